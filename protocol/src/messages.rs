@@ -1,0 +1,423 @@
+//! Signed message payloads.
+//!
+//! Each payload is CBOR-encoded, then signed inside a [`SignedEnvelope`] under its own
+//! [`MessageKind`]. Structs are encoded as maps with field names, every one has a version
+//! field `v`, and unknown fields are ignored when decoding: a later version can add a field
+//! (an availability window on a bid, a float tolerance on a spec) and old nodes still read
+//! the message. A node refuses a message whose `v` is newer than it speaks.
+//!
+//! [`Signed::open`] is the one way to get a payload out of an envelope: it verifies the
+//! signature on the received bytes, decodes them under a size limit and checks the version.
+
+use fleetmesh_crypto::{
+    Digest, InputDigest, MessageKind, ModelId, OutputDigest, PublicKey, SignedEnvelope, TaskId, VerifyError,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode, DecodeError};
+use crate::limits;
+
+/// The message version this code writes and the newest it reads.
+pub const WIRE_VERSION: u16 = 1;
+
+/// Why a signed message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The signature does not verify.
+    #[error(transparent)]
+    Signature(#[from] VerifyError),
+    /// The payload does not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// A payload type with its message kind and size limit.
+pub trait Signed: Serialize + DeserializeOwned {
+    /// The domain tag it is signed under.
+    const KIND: MessageKind;
+    /// The largest payload accepted.
+    const MAX_BYTES: usize;
+    /// Its version field.
+    fn version(&self) -> u16;
+
+    /// Encodes and signs.
+    fn sign(&self, identity: &fleetmesh_crypto::Identity) -> SignedEnvelope {
+        SignedEnvelope::sign(identity, Self::KIND, encode(self))
+    }
+
+    /// Verifies `env` as this kind, then decodes its payload.
+    fn open(env: &SignedEnvelope) -> Result<Self, OpenError> {
+        let payload = env.verify(Self::KIND)?;
+        let value: Self = decode(payload, Self::MAX_BYTES)?;
+        if value.version() > WIRE_VERSION {
+            return Err(DecodeError::UnsupportedVersion { got: value.version(), max: WIRE_VERSION }.into());
+        }
+        Ok(value)
+    }
+}
+
+macro_rules! signed {
+    ($ty:ty, $kind:expr, $max:expr) => {
+        impl Signed for $ty {
+            const KIND: MessageKind = $kind;
+            const MAX_BYTES: usize = $max;
+            fn version(&self) -> u16 {
+                self.v
+            }
+        }
+    };
+}
+
+/// What a requester asks for. Signed by the requester; the [`TaskId`] is blake3 of the
+/// envelope's payload bytes, so the spec cannot be swapped under its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Message version.
+    pub v: u16,
+    /// The model to run.
+    pub model: ModelId,
+    /// blake3 of the input bytes (the input itself goes only to the winners).
+    pub input_digest: InputDigest,
+    /// Input length in bytes.
+    pub input_size: u64,
+    /// How many independent workers must run it (k).
+    pub redundancy: u8,
+    /// The most the requester pays one worker.
+    pub max_price: u64,
+    /// When the spec was made, Unix milliseconds.
+    pub created_ms: u64,
+    /// How long each bid round stays open.
+    pub bid_window_ms: u32,
+    /// How long a worker has from award to result.
+    pub exec_timeout_ms: u32,
+    /// After this instant (Unix ms) the task fails if it is not verified.
+    pub deadline_ms: u64,
+    /// Makes otherwise identical specs distinct.
+    pub nonce: u64,
+}
+signed!(TaskSpec, MessageKind::TaskSpec, limits::MAX_SPEC_BYTES);
+
+/// The task id of a signed spec: blake3 of the exact payload bytes.
+pub fn task_id_of(spec: &SignedEnvelope) -> TaskId {
+    TaskId::of(&spec.payload)
+}
+
+/// Gossiped on [`crate::ids::TOPIC_TASKS`]: "task X for model M is taking bids".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// Message version.
+    pub v: u16,
+    /// The task (fetch its spec from the DHT).
+    pub task_id: TaskId,
+    /// The model, so nodes without it skip the DHT lookup.
+    pub model: ModelId,
+    /// Bid round; a re-announcement after a failed round has a higher one.
+    pub round: u32,
+    /// Bids for this round are taken until this instant (Unix ms).
+    pub bid_deadline_ms: u64,
+    /// Copied from the spec so nodes whose price floor is higher skip the lookup.
+    pub max_price: u64,
+}
+signed!(Announcement, MessageKind::Announcement, limits::MAX_GOSSIP_BYTES);
+
+/// A worker's offer to run a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bid {
+    /// Message version.
+    pub v: u16,
+    /// The task.
+    pub task_id: TaskId,
+    /// The bid round it answers.
+    pub round: u32,
+    /// Asked price.
+    pub price: u64,
+    /// Promised time from award to result, milliseconds.
+    pub promised_ms: u32,
+    /// Tasks queued ahead of this one at the worker.
+    pub queue_depth: u32,
+    /// Free execution slots at the worker.
+    pub free_slots: u32,
+}
+signed!(Bid, MessageKind::Bid, 1024);
+
+/// The digest naming one signed bid: blake3 of its envelope's payload and signer.
+pub fn bid_digest(bid: &SignedEnvelope) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(&bid.signer.to_bytes());
+    h.update(&bid.payload);
+    Digest::from_bytes(*h.finalize().as_bytes())
+}
+
+/// The requester's decision for one bid round, sent to each winner with the input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Award {
+    /// Message version.
+    pub v: u16,
+    /// The task.
+    pub task_id: TaskId,
+    /// The bid round decided.
+    pub round: u32,
+    /// Digests of the bids the decision was made on, sorted: anyone holding those bids can
+    /// recompute the winners with [`crate::winner::choose`].
+    pub bid_set: Vec<Digest>,
+    /// Who is awarded, in rank order.
+    pub winners: Vec<PublicKey>,
+    /// The result is due by this instant (Unix ms).
+    pub result_deadline_ms: u64,
+}
+signed!(Award, MessageKind::Award, limits::MAX_SPEC_BYTES);
+
+/// Why a bid was not chosen (or not even considered).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum DeclineReason {
+    /// Ranked below the winners; `rank` counts from 0.
+    Outbid {
+        /// Its place in the ranking.
+        rank: u32,
+    },
+    /// Asked more than the spec's max price.
+    PriceAboveMax,
+    /// Promised a completion time beyond the spec's execution timeout.
+    TooSlow,
+    /// Bid for another task or another round.
+    WrongTask,
+    /// The bidder already has a bid in this set.
+    DuplicateBidder,
+    /// The requester does not serve its own task.
+    OwnTask,
+    /// The signature did not verify or the payload did not decode.
+    Invalid,
+    /// Arrived after the round closed.
+    Late,
+    /// The task no longer takes bids (verified, failed, or cancelled).
+    TaskClosed,
+}
+
+/// The requester telling a bidder it was not chosen, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decline {
+    /// Message version.
+    pub v: u16,
+    /// The task.
+    pub task_id: TaskId,
+    /// The round.
+    pub round: u32,
+    /// Why.
+    pub reason: DeclineReason,
+}
+signed!(Decline, MessageKind::Decline, 1024);
+
+/// How the output was produced, for reproducibility reports.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RuntimeProfile {
+    /// Inference engine and version, e.g. `tract-onnx 0.23.9`.
+    pub engine: String,
+    /// The CPU instruction set path the engine chose, when known.
+    pub isa: String,
+}
+
+/// A worker's signed statement of what it computed. The output bytes travel beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultHeader {
+    /// Message version.
+    pub v: u16,
+    /// The task.
+    pub task_id: TaskId,
+    /// Digest of the input it ran on.
+    pub input_digest: InputDigest,
+    /// The model it ran.
+    pub model: ModelId,
+    /// blake3 of the output bytes.
+    pub output_digest: OutputDigest,
+    /// Output length.
+    pub output_size: u64,
+    /// Time spent in inference, microseconds.
+    pub run_time_us: u64,
+    /// How it ran.
+    pub runtime: RuntimeProfile,
+}
+signed!(ResultHeader, MessageKind::ResultHeader, 2048);
+
+/// Why a result was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The header's signature does not verify or the header does not decode.
+    BadSignature,
+    /// The signer was not awarded this task.
+    NotAwarded,
+    /// The header names another task.
+    WrongTask,
+    /// The header's input digest is not the requester's.
+    InputMismatch,
+    /// The header's model is not the one asked for.
+    ModelMismatch,
+    /// blake3 of the bytes received is not the header's output digest.
+    OutputDigestMismatch,
+    /// The output is bigger than allowed.
+    OutputTooLarge,
+    /// The output disagrees with the majority of workers.
+    Disagreement,
+    /// This worker's result was already received.
+    Duplicate,
+    /// The task is no longer open (verified, failed, or past its deadline).
+    TaskClosed,
+    /// The requester does not know this task.
+    UnknownTask,
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Self::BadSignature => "result header signature does not verify",
+            Self::NotAwarded => "signer was not awarded this task",
+            Self::WrongTask => "result names another task",
+            Self::InputMismatch => "input digest is not the requester's",
+            Self::ModelMismatch => "model is not the one requested",
+            Self::OutputDigestMismatch => "blake3 of the output does not match the header",
+            Self::OutputTooLarge => "output exceeds the size limit",
+            Self::Disagreement => "output disagrees with the majority",
+            Self::Duplicate => "result already received from this worker",
+            Self::TaskClosed => "task is no longer open",
+            Self::UnknownTask => "unknown task",
+        };
+        f.write_str(s)
+    }
+}
+
+/// The requester's signed acknowledgement of accepted work: the worker's proof it was paid
+/// attention to, and later the basis of its reputation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Message version.
+    pub v: u16,
+    /// The task.
+    pub task_id: TaskId,
+    /// The worker credited.
+    pub worker: PublicKey,
+    /// The output accepted.
+    pub output_digest: OutputDigest,
+    /// The price paid.
+    pub price: u64,
+    /// When accepted, Unix ms.
+    pub accepted_ms: u64,
+}
+signed!(Receipt, MessageKind::Receipt, 1024);
+
+/// A node's capability advert, gossiped on [`crate::ids::TOPIC_PRESENCE`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Message version.
+    pub v: u16,
+    /// Models the node holds.
+    pub models: Vec<ModelId>,
+    /// Free execution slots.
+    pub free_slots: u32,
+    /// Lowest price it bids.
+    pub price_floor: u64,
+    /// When sent, Unix ms.
+    pub at_ms: u64,
+}
+signed!(Presence, MessageKind::Presence, limits::MAX_GOSSIP_BYTES);
+
+/// One requester's open tasks for one model: a DHT record under
+/// [`crate::ids::open_tasks_record_key`], so nodes that missed the gossip still find them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenTasks {
+    /// Message version.
+    pub v: u16,
+    /// The model.
+    pub model: ModelId,
+    /// Open task ids, at most [`limits::MAX_OPEN_TASKS_PER_RECORD`].
+    pub tasks: Vec<TaskId>,
+    /// When written, Unix ms (newer records replace older ones).
+    pub updated_ms: u64,
+}
+signed!(OpenTasks, MessageKind::OpenTasks, limits::MAX_RECORD_BYTES);
+
+#[cfg(test)]
+mod tests {
+    use fleetmesh_crypto::Identity;
+
+    use super::*;
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            v: WIRE_VERSION,
+            model: ModelId::of(b"model"),
+            input_digest: InputDigest::of(b"input"),
+            input_size: 5,
+            redundancy: 2,
+            max_price: 10,
+            created_ms: 1,
+            bid_window_ms: 500,
+            exec_timeout_ms: 5_000,
+            deadline_ms: 60_000,
+            nonce: 7,
+        }
+    }
+
+    #[test]
+    fn sign_then_open_round_trips() {
+        let id = Identity::from_secret_bytes(&[1; 32]);
+        let env = spec().sign(&id);
+        assert_eq!(TaskSpec::open(&env).unwrap(), spec());
+        assert_eq!(task_id_of(&env), TaskId::of(&env.payload));
+    }
+
+    #[test]
+    fn open_refuses_another_kind() {
+        let id = Identity::from_secret_bytes(&[1; 32]);
+        let env = spec().sign(&id);
+        assert!(matches!(Bid::open(&env), Err(OpenError::Signature(_))));
+    }
+
+    #[test]
+    fn newer_version_is_refused_with_a_clear_error() {
+        let id = Identity::from_secret_bytes(&[1; 32]);
+        let env = TaskSpec { v: WIRE_VERSION + 1, ..spec() }.sign(&id);
+        assert_eq!(
+            TaskSpec::open(&env),
+            Err(OpenError::Decode(DecodeError::UnsupportedVersion { got: 2, max: 1 }))
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        // A v1 bid from a future node that adds an availability window.
+        #[derive(Serialize)]
+        struct FutureBid {
+            #[serde(flatten)]
+            bid: Bid,
+            parked_until_ms: u64,
+        }
+        let bid = Bid {
+            v: 1,
+            task_id: TaskId::of(b"t"),
+            round: 0,
+            price: 3,
+            promised_ms: 100,
+            queue_depth: 0,
+            free_slots: 2,
+        };
+        let id = Identity::from_secret_bytes(&[2; 32]);
+        let env = SignedEnvelope::sign(
+            &id,
+            MessageKind::Bid,
+            encode(&FutureBid { bid: bid.clone(), parked_until_ms: 99 }),
+        );
+        assert_eq!(Bid::open(&env).unwrap(), bid);
+    }
+
+    #[test]
+    fn swapped_spec_changes_the_task_id() {
+        let id = Identity::from_secret_bytes(&[1; 32]);
+        let a = spec().sign(&id);
+        let b = TaskSpec { max_price: 11, ..spec() }.sign(&id);
+        assert_ne!(task_id_of(&a), task_id_of(&b));
+    }
+}

@@ -1,0 +1,250 @@
+//! The winner rule: a pure, deterministic function from a task and a set of signed bids to
+//! ranked winners and, for every bid not chosen, a reason.
+//!
+//! Any node given the same spec and the same bids computes the same answer, whatever order
+//! the bids arrived in: invalid bids are filtered by rules that look at each bid alone, a
+//! bidder with several bids keeps the one with the lowest bid digest, and the ranking sorts
+//! by an integer score with ties broken by blake3(task id || bidder key), never by arrival.
+//!
+//! The score (lower is better) weighs, in thousandths:
+//! * price relative to the spec's max price (weight 5),
+//! * promised completion time relative to the execution timeout (weight 4),
+//! * load: queue depth relative to queue depth plus free slots (weight 1).
+//!
+//! Integer arithmetic only, so no platform can round differently.
+
+use std::collections::BTreeMap;
+
+use fleetmesh_crypto::{Digest, PublicKey, SignedEnvelope, TaskId};
+
+use crate::messages::{bid_digest, Bid, DeclineReason, Signed, TaskSpec};
+
+/// One bid the rule considered valid, with its rank data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankedBid {
+    /// Who bid.
+    pub bidder: PublicKey,
+    /// The decoded bid.
+    pub bid: Bid,
+    /// Its digest (goes into the award's bid set).
+    pub digest: Digest,
+    /// Its score; lower is better.
+    pub score: u64,
+}
+
+/// The rule's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// The first `k` are the winners; the rest are standby, in order, for re-awards.
+    pub ranked: Vec<RankedBid>,
+    /// How many of `ranked` win now: `min(k, ranked.len())`.
+    pub winners: usize,
+    /// Every bid not ranked, and the losers among the ranked, with the reason.
+    pub declined: Vec<(PublicKey, DeclineReason)>,
+    /// Sorted digests of the valid bids: the bid set the decision names.
+    pub bid_set: Vec<Digest>,
+}
+
+impl Decision {
+    /// The winners' keys in rank order.
+    pub fn winner_keys(&self) -> Vec<PublicKey> {
+        self.ranked[..self.winners].iter().map(|r| r.bidder).collect()
+    }
+}
+
+/// Score of one bid against the spec; lower is better.
+pub fn score(spec: &TaskSpec, bid: &Bid) -> u64 {
+    let price = u64::from(u32::MAX).min(bid.price.saturating_mul(1000) / spec.max_price.max(1));
+    let time = u64::from(bid.promised_ms).saturating_mul(1000) / u64::from(spec.exec_timeout_ms.max(1));
+    let slots = u64::from(bid.queue_depth) + u64::from(bid.free_slots) + 1;
+    let load = u64::from(bid.queue_depth).saturating_mul(1000) / slots;
+    price.saturating_mul(5).saturating_add(time.saturating_mul(4)).saturating_add(load)
+}
+
+fn tie_break(task: &TaskId, bidder: &PublicKey) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(task.as_bytes());
+    h.update(&bidder.to_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// Applies the winner rule for `round` of task `task_id` (with `spec`, signed by `requester`).
+pub fn choose(
+    task_id: &TaskId,
+    spec: &TaskSpec,
+    requester: &PublicKey,
+    round: u32,
+    bids: &[SignedEnvelope],
+) -> Decision {
+    let mut declined = Vec::new();
+    // Per bidder, the valid bid with the lowest digest; later ones are duplicates.
+    let mut best: BTreeMap<PublicKey, (Digest, Bid)> = BTreeMap::new();
+    let mut duplicates: Vec<PublicKey> = Vec::new();
+    for env in bids {
+        let bidder = env.signer;
+        let Ok(bid) = Bid::open(env) else {
+            declined.push((bidder, DeclineReason::Invalid));
+            continue;
+        };
+        let reason = if bid.task_id != *task_id || bid.round != round {
+            Some(DeclineReason::WrongTask)
+        } else if bidder == *requester {
+            Some(DeclineReason::OwnTask)
+        } else if bid.price > spec.max_price {
+            Some(DeclineReason::PriceAboveMax)
+        } else if bid.promised_ms > spec.exec_timeout_ms {
+            Some(DeclineReason::TooSlow)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            declined.push((bidder, reason));
+            continue;
+        }
+        let digest = bid_digest(env);
+        match best.get(&bidder) {
+            Some((d, _)) if *d <= digest => duplicates.push(bidder),
+            Some(_) => {
+                duplicates.push(bidder);
+                best.insert(bidder, (digest, bid));
+            }
+            None => {
+                best.insert(bidder, (digest, bid));
+            }
+        }
+    }
+    declined.extend(duplicates.into_iter().map(|b| (b, DeclineReason::DuplicateBidder)));
+
+    let mut ranked: Vec<RankedBid> = best
+        .into_iter()
+        .map(|(bidder, (digest, bid))| RankedBid { score: score(spec, &bid), bidder, bid, digest })
+        .collect();
+    ranked.sort_by_cached_key(|r| (r.score, tie_break(task_id, &r.bidder)));
+    let winners = ranked.len().min(usize::from(spec.redundancy));
+    for (rank, r) in ranked.iter().enumerate().skip(winners) {
+        declined.push((r.bidder, DeclineReason::Outbid { rank: u32::try_from(rank).unwrap_or(u32::MAX) }));
+    }
+    let mut bid_set: Vec<Digest> = ranked.iter().map(|r| r.digest).collect();
+    bid_set.sort();
+    // Sort the declines too so the whole decision is order-independent.
+    declined.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| format!("{:?}", a.1).cmp(&format!("{:?}", b.1))));
+    Decision { ranked, winners, declined, bid_set }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetmesh_crypto::{Identity, InputDigest, ModelId};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::messages::WIRE_VERSION;
+
+    fn spec(k: u8) -> TaskSpec {
+        TaskSpec {
+            v: WIRE_VERSION,
+            model: ModelId::of(b"m"),
+            input_digest: InputDigest::of(b"i"),
+            input_size: 1,
+            redundancy: k,
+            max_price: 100,
+            created_ms: 0,
+            bid_window_ms: 100,
+            exec_timeout_ms: 1000,
+            deadline_ms: 10_000,
+            nonce: 0,
+        }
+    }
+
+    fn bid(seed: u8, task: TaskId, price: u64, promised_ms: u32) -> SignedEnvelope {
+        let id = Identity::from_secret_bytes(&[seed; 32]);
+        Bid { v: WIRE_VERSION, task_id: task, round: 0, price, promised_ms, queue_depth: 0, free_slots: 1 }
+            .sign(&id)
+    }
+
+    fn requester() -> PublicKey {
+        Identity::from_secret_bytes(&[200; 32]).public()
+    }
+
+    #[test]
+    fn cheaper_and_faster_wins() {
+        let t = TaskId::of(b"t");
+        let bids = vec![bid(1, t, 90, 900), bid(2, t, 10, 100), bid(3, t, 50, 500)];
+        let d = choose(&t, &spec(2), &requester(), 0, &bids);
+        assert_eq!(d.winners, 2);
+        let w = d.winner_keys();
+        assert_eq!(w[0], Identity::from_secret_bytes(&[2; 32]).public());
+        assert_eq!(w[1], Identity::from_secret_bytes(&[3; 32]).public());
+        assert!(d
+            .declined
+            .contains(&(Identity::from_secret_bytes(&[1; 32]).public(), DeclineReason::Outbid { rank: 2 })));
+        assert_eq!(d.bid_set.len(), 3);
+    }
+
+    #[test]
+    fn invalid_bids_get_reasons() {
+        let t = TaskId::of(b"t");
+        let mut forged = bid(4, t, 1, 1);
+        forged.signer = Identity::from_secret_bytes(&[5; 32]).public();
+        let own = {
+            let id = Identity::from_secret_bytes(&[200; 32]);
+            Bid { v: 1, task_id: t, round: 0, price: 1, promised_ms: 1, queue_depth: 0, free_slots: 1 }
+                .sign(&id)
+        };
+        let bids =
+            vec![bid(1, t, 101, 100), bid(2, t, 10, 1001), bid(3, TaskId::of(b"other"), 1, 1), forged, own];
+        let d = choose(&t, &spec(1), &requester(), 0, &bids);
+        assert_eq!(d.winners, 0);
+        let reasons: Vec<_> = d.declined.iter().map(|(_, r)| r.clone()).collect();
+        for r in [
+            DeclineReason::PriceAboveMax,
+            DeclineReason::TooSlow,
+            DeclineReason::WrongTask,
+            DeclineReason::Invalid,
+            DeclineReason::OwnTask,
+        ] {
+            assert!(reasons.contains(&r), "missing {r:?} in {reasons:?}");
+        }
+    }
+
+    #[test]
+    fn a_bidder_counts_once() {
+        let t = TaskId::of(b"t");
+        let bids = vec![bid(1, t, 10, 100), bid(1, t, 20, 100), bid(2, t, 30, 100)];
+        let d = choose(&t, &spec(2), &requester(), 0, &bids);
+        assert_eq!(d.ranked.len(), 2);
+        assert!(d.declined.iter().any(|(_, r)| *r == DeclineReason::DuplicateBidder));
+    }
+
+    #[test]
+    fn equal_scores_are_ordered_by_hash_not_arrival() {
+        let t = TaskId::of(b"t");
+        let a = choose(&t, &spec(1), &requester(), 0, &[bid(1, t, 10, 100), bid(2, t, 10, 100)]);
+        let b = choose(&t, &spec(1), &requester(), 0, &[bid(2, t, 10, 100), bid(1, t, 10, 100)]);
+        assert_eq!(a.ranked[0].score, a.ranked[1].score);
+        assert_eq!(a, b);
+    }
+
+    proptest! {
+        // Each case signs up to 25 bids; 64 cases keep the debug-build test fast.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn order_of_arrival_does_not_matter(
+            params in proptest::collection::vec((1u8..30, 0u64..150, 0u32..1500), 1..25),
+            k in 1u8..4,
+            seed in any::<u64>(),
+        ) {
+            let t = TaskId::of(b"prop");
+            let bids: Vec<_> = params.iter().map(|&(s, p, ms)| bid(s, t, p, ms)).collect();
+            let mut shuffled = bids.clone();
+            // Fisher-Yates with a simple LCG so the test needs no extra crate.
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (x >> 33) as usize % (i + 1));
+            }
+            let a = choose(&t, &spec(k), &requester(), 0, &bids);
+            let b = choose(&t, &spec(k), &requester(), 0, &shuffled);
+            prop_assert_eq!(a, b);
+        }
+    }
+}
