@@ -1,1 +1,325 @@
-fn main() {}
+//! The `fleetmesh` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use fleetmesh_node::demo::{self, DemoOptions};
+use fleetmesh_node::{Node, NodeConfig};
+
+#[derive(Parser)]
+#[command(name = "fleetmesh", version, about = "A peer-to-peer compute mesh for parked vehicles")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Submit a task to a running node and print the verified result.
+    Submit(SubmitArgs),
+    /// Show a task's state.
+    Status {
+        /// Task id (hex).
+        task: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the node's peers.
+    Peers {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Exit 0 if the node's API answers (for container health checks).
+    Health {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Create the node key in the data dir (if missing) and print the node's ids.
+    Keygen {
+        /// Data directory.
+        #[arg(long, env = "FLEETMESH_DATA_DIR", default_value = "fleetmesh-data")]
+        data_dir: PathBuf,
+    },
+    /// Start a mesh of N nodes in this process and run M real digits tasks end to end.
+    Demo {
+        /// Nodes in the mesh.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Tasks to run.
+        #[arg(long, default_value_t = 20)]
+        tasks: usize,
+        /// Workers per task (k).
+        #[arg(long, default_value_t = 2)]
+        redundancy: u8,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run a node until Ctrl-C.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML config file; flags and env override it.
+    #[arg(long, env = "FLEETMESH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (key, store, models).
+    #[arg(long, env = "FLEETMESH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Listen multiaddr (repeatable).
+    #[arg(long, env = "FLEETMESH_LISTEN", value_delimiter = ',')]
+    listen: Vec<String>,
+    /// Bootstrap multiaddr ending in /p2p/<id> (repeatable; /dns4/ works).
+    #[arg(long, env = "FLEETMESH_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<String>,
+    /// Turn mDNS discovery off.
+    #[arg(long, env = "FLEETMESH_NO_MDNS")]
+    no_mdns: bool,
+    /// Local API address (loopback by default); `off` disables it.
+    #[arg(long, env = "FLEETMESH_API")]
+    api: Option<String>,
+    /// Tasks run at once.
+    #[arg(long, env = "FLEETMESH_SLOTS")]
+    slots: Option<u32>,
+    /// Do not bid on other nodes' tasks.
+    #[arg(long, env = "FLEETMESH_NO_SERVE")]
+    no_serve: bool,
+}
+
+#[derive(Args, Clone)]
+struct ApiArgs {
+    /// The node's API, e.g. http://127.0.0.1:7070
+    #[arg(long, env = "FLEETMESH_API_URL", default_value = "http://127.0.0.1:7070")]
+    api: String,
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Model id (hex); default: the embedded digits model.
+    #[arg(long)]
+    model: Option<String>,
+    /// Input file (the model's input tensor as little-endian f32).
+    #[arg(long, conflicts_with = "digits_sample")]
+    input: Option<PathBuf>,
+    /// Use sample N of the embedded digits test set as input.
+    #[arg(long)]
+    digits_sample: Option<usize>,
+    /// Workers (k).
+    #[arg(long)]
+    redundancy: Option<u8>,
+    /// Max seconds to wait for the result.
+    #[arg(long, default_value_t = 60)]
+    timeout_secs: u64,
+    /// Print the task as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fleetmesh_node=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Node { command: NodeCommand::Run(args) } => run_node(args).await,
+        Command::Submit(args) => submit(args).await,
+        Command::Status { task, api } => {
+            let v: serde_json::Value = get_json(&format!("{}/v1/tasks/{task}", api.api)).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::Peers { api } => {
+            let peers: Vec<fleetmesh_node::PeerInfo> = get_json(&format!("{}/v1/peers", api.api)).await?;
+            println!("{:<54} {:<9} {:<6} models", "peer id", "connected", "slots");
+            for p in peers {
+                let models: Vec<String> = p.models.iter().map(|m| m[..8.min(m.len())].to_owned()).collect();
+                let slots = p.free_slots.map_or("-".into(), |s| s.to_string());
+                println!("{:<54} {:<9} {:<6} {}", p.peer_id, p.connected, slots, models.join(","));
+            }
+            Ok(())
+        }
+        Command::Health { api } => {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
+            let r =
+                client.get(format!("{}/healthz", api.api)).send().await.context("node API unreachable")?;
+            if !r.status().is_success() {
+                bail!("node API answered {}", r.status());
+            }
+            println!("ok");
+            Ok(())
+        }
+        Command::Keygen { data_dir } => {
+            let path = data_dir.join("node.key");
+            let (id, created) = fleetmesh_crypto::load_or_create_identity(&path)?;
+            let mut secret = id.secret_bytes();
+            let kp = libp2p_keypair(secret.as_mut())?;
+            println!("{} {}", if created { "created" } else { "existing" }, path.display());
+            println!("peer id    {}", kp);
+            println!("public key {}", id.public());
+            Ok(())
+        }
+        Command::Demo { nodes, tasks, redundancy, timeout_secs, json } => {
+            let report = demo::run(DemoOptions {
+                nodes,
+                tasks,
+                redundancy,
+                timeout: Duration::from_secs(timeout_secs),
+                progress: !json,
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            if report.tasks_verified + report.tasks_failed < report.tasks_submitted {
+                bail!("{} tasks did not finish within {timeout_secs} s", report.tasks_unfinished);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn libp2p_keypair(secret: &mut [u8]) -> Result<String> {
+    // The peer id is derived the same way the node derives it.
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(secret);
+    let id = fleetmesh_crypto::Identity::from_secret_bytes(&bytes);
+    Ok(fleetmesh_node::peer_id_string(&id.public()))
+}
+
+async fn run_node(args: RunArgs) -> Result<()> {
+    let mut cfg = match &args.config {
+        Some(p) => NodeConfig::from_toml_file(p)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    if !args.listen.is_empty() {
+        cfg.listen = args.listen;
+    }
+    if !args.bootstrap.is_empty() {
+        cfg.bootstrap = args.bootstrap;
+    }
+    if args.no_mdns {
+        cfg.mdns = false;
+    }
+    if let Some(api) = args.api {
+        cfg.api_addr = if api == "off" {
+            None
+        } else {
+            Some(api.parse().with_context(|| format!("--api {api:?}: expected ip:port or off"))?)
+        };
+    }
+    if let Some(s) = args.slots {
+        cfg.slots = s;
+    }
+    if args.no_serve {
+        cfg.serve = false;
+    }
+    let node = Node::spawn(cfg).await?;
+    let addrs = node.client.listen_addrs().await?;
+    eprintln!("fleetmesh node {}", node.client.peer_id());
+    for a in addrs {
+        eprintln!("  listening on {a}/p2p/{}", node.client.peer_id());
+    }
+    if let Some(api) = node.api_addr {
+        eprintln!("  API on http://{api}");
+    }
+    tokio::signal::ctrl_c().await?;
+    eprintln!("shutting down");
+    node.stop().await;
+    Ok(())
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T> {
+    let r = reqwest::get(url).await.with_context(|| format!("cannot reach {url}; is the node running?"))?;
+    let status = r.status();
+    let body = r.text().await?;
+    if !status.is_success() {
+        bail!("{status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("unexpected answer from {url}"))
+}
+
+async fn submit(args: SubmitArgs) -> Result<()> {
+    use base64::Engine;
+    let mut body = serde_json::json!({ "model": args.model, "redundancy": args.redundancy });
+    match (&args.input, args.digits_sample) {
+        (Some(path), _) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            body["input_base64"] = base64::engine::general_purpose::STANDARD.encode(bytes).into();
+        }
+        (None, Some(i)) => body["digits_sample"] = i.into(),
+        (None, None) => bail!("give --input FILE or --digits-sample N"),
+    }
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/v1/tasks", args.api.api))
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}; is the node running?", args.api.api))?;
+    let status = r.status();
+    let text = r.text().await?;
+    if !status.is_success() {
+        bail!("submit refused ({status}): {text}");
+    }
+    let sub: fleetmesh_node::api::Submitted = serde_json::from_str(&text)?;
+    eprintln!("submitted task {}", sub.task_id);
+    let url =
+        format!("{}/v1/tasks/{}/wait?timeout_ms={}", args.api.api, sub.task_id, args.timeout_secs * 1000);
+    let view: fleetmesh_node::TaskView = get_json(&url).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        println!("task     {}", view.task_id);
+        println!("phase    {:?}", view.phase);
+        if let Some(l) = view.label {
+            let expected = sub.expected_label.map(|e| format!(" (expected {e})")).unwrap_or_default();
+            println!("label    {l}{expected}");
+        }
+        if let Some(d) = &view.output_digest {
+            println!("output   blake3 {d}");
+        }
+        for w in &view.workers {
+            println!("worker   {} {}", w.peer_id, w.status);
+        }
+        if let Some(f) = &view.failure {
+            println!("failure  {f}");
+        }
+    }
+    match view.phase {
+        fleetmesh_node::Phase::Verified => Ok(()),
+        fleetmesh_node::Phase::Failed => bail!("task failed"),
+        _ => bail!("task not finished after {} s", args.timeout_secs),
+    }
+}

@@ -332,12 +332,23 @@ pub struct OpenTasks {
     pub v: u16,
     /// The model.
     pub model: ModelId,
-    /// Open task ids, at most [`limits::MAX_OPEN_TASKS_PER_RECORD`].
-    pub tasks: Vec<TaskId>,
+    /// Tasks taking bids, at most [`limits::MAX_OPEN_TASKS_PER_RECORD`].
+    pub tasks: Vec<OpenTask>,
     /// When written, Unix ms (newer records replace older ones).
     pub updated_ms: u64,
 }
 signed!(OpenTasks, MessageKind::OpenTasks, limits::MAX_RECORD_BYTES);
+
+/// One entry of [`OpenTasks`]: what a node needs to bid without having seen the gossip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenTask {
+    /// The task (its spec is the DHT record under [`crate::ids::task_record_key`]).
+    pub task_id: TaskId,
+    /// The round taking bids.
+    pub round: u32,
+    /// Bids for that round close at this instant (Unix ms).
+    pub bid_deadline_ms: u64,
+}
 
 #[cfg(test)]
 mod tests {

@@ -37,8 +37,16 @@ pub enum TaskRequest {
         /// The decline.
         decline: SignedEnvelope,
     },
+    /// A signed [`crate::Receipt`] for a result that was held as pending.
+    Receipt {
+        /// The receipt.
+        receipt: SignedEnvelope,
+    },
     /// A signed [`crate::ResultHeader`] with the output bytes.
     Result {
+        /// The task whose award this answers. The requester checks the header against this
+        /// task, so an old result replayed for a new award is caught as naming another task.
+        task_id: fleetmesh_crypto::TaskId,
         /// The header.
         header: SignedEnvelope,
         /// The output; its blake3 must equal the header's output digest.
@@ -126,7 +134,11 @@ mod tests {
         let env = SignedEnvelope::sign(&id, MessageKind::Bid, vec![1, 2, 3]);
         for req in [
             TaskRequest::Bid { bid: env.clone() },
-            TaskRequest::Result { header: env.clone(), output: vec![9; 100] },
+            TaskRequest::Result {
+                task_id: fleetmesh_crypto::TaskId::of(b"t"),
+                header: env.clone(),
+                output: vec![9; 100],
+            },
             TaskRequest::Award { spec: env.clone(), award: env.clone(), input: vec![] },
         ] {
             assert_eq!(TaskRequest::from_bytes(&req.to_bytes()).unwrap(), req);
@@ -136,6 +148,7 @@ mod tests {
     #[test]
     fn oversized_request_is_refused() {
         let req = TaskRequest::Result {
+            task_id: fleetmesh_crypto::TaskId::of(b"t"),
             header: SignedEnvelope::sign(&Identity::from_secret_bytes(&[4; 32]), MessageKind::Bid, vec![]),
             output: vec![0; limits::MAX_REQUEST_BYTES],
         };

@@ -1,0 +1,99 @@
+//! The request-response codec for [`fleetmesh_protocol::ids::TASK_PROTOCOL`].
+//!
+//! One CBOR value per stream, bounded by the protocol's size limits. A request that does not
+//! decode is not a stream error: it reaches the node as [`Frame::Malformed`], so the node can
+//! answer with a clear refusal and keep the connection, and the sender learns what was wrong.
+
+use fleetmesh_protocol::limits;
+use fleetmesh_protocol::wire::{TaskRequest, TaskResponse};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+
+/// A request as it crosses the codec.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // built once per request and moved into the codec
+pub enum Frame {
+    /// A well-formed request.
+    Request(TaskRequest),
+    /// Inbound bytes that did not decode, with the reason.
+    Malformed(String),
+    /// Raw bytes to send as they are (tests of hostile input use this).
+    Raw(Vec<u8>),
+}
+
+/// The codec; stateless.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TaskCodec;
+
+async fn read_bounded<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: usize,
+) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut buf = Vec::new();
+    io.take(limit as u64 + 1).read_to_end(&mut buf).await?;
+    let over = buf.len() > limit;
+    Ok((buf, over))
+}
+
+impl libp2p::request_response::Codec for TaskCodec {
+    type Protocol = StreamProtocol;
+    type Request = Frame;
+    type Response = TaskResponse;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Frame> {
+        let (buf, over) = read_bounded(io, limits::MAX_REQUEST_BYTES).await?;
+        if over {
+            return Ok(Frame::Malformed(format!("request exceeds {} bytes", limits::MAX_REQUEST_BYTES)));
+        }
+        Ok(match TaskRequest::from_bytes(&buf) {
+            Ok(req) => Frame::Request(req),
+            Err(e) => Frame::Malformed(e.to_string()),
+        })
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<TaskResponse> {
+        let (buf, over) = read_bounded(io, limits::MAX_RESPONSE_BYTES).await?;
+        if over {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "response too large"));
+        }
+        TaskResponse::from_bytes(&buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Frame,
+    ) -> std::io::Result<()> {
+        let bytes = match req {
+            Frame::Request(r) => r.to_bytes(),
+            Frame::Raw(b) => b,
+            Frame::Malformed(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "cannot send a malformed frame",
+                ))
+            }
+        };
+        io.write_all(&bytes).await?;
+        io.close().await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: TaskResponse,
+    ) -> std::io::Result<()> {
+        io.write_all(&res.to_bytes()).await?;
+        io.close().await
+    }
+}

@@ -1,0 +1,199 @@
+//! Node configuration: defaults that work on a laptop, a TOML file, env and flag overrides.
+//!
+//! Every field has a default (`#[serde(default)]`), so a config file names only what it
+//! changes. Durations are milliseconds so a TOML file needs no special syntax.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where the key, the store and the model cache live.
+    pub data_dir: PathBuf,
+    /// Multiaddrs to listen on (TCP and QUIC by default, all interfaces, random ports).
+    pub listen: Vec<String>,
+    /// Multiaddrs of bootstrap peers, ending in `/p2p/<peer id>`; `/dns4/...` works.
+    pub bootstrap: Vec<String>,
+    /// Find peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Where the local HTTP API listens; `None` turns it off. Loopback by default.
+    pub api_addr: Option<SocketAddr>,
+    /// Tasks this node runs at once (each runs single-threaded).
+    pub slots: u32,
+    /// Tasks this node queues beyond its running ones before it stops bidding.
+    pub max_queue: u32,
+    /// The lowest price this node bids.
+    pub price_floor: u64,
+    /// Whether this node bids on other nodes' tasks at all.
+    pub serve: bool,
+    /// Defaults for tasks this node submits.
+    pub tasks: TaskDefaults,
+    /// How often the presence advert is gossiped, ms.
+    pub presence_interval_ms: u64,
+    /// How often the node looks in the DHT for open tasks it missed, ms.
+    pub dht_scan_interval_ms: u64,
+    /// How long an idle connection is kept, ms.
+    pub idle_connection_timeout_ms: u64,
+    /// Misbehaviour for integration tests; absent from release builds.
+    #[cfg(feature = "test-hooks")]
+    #[serde(skip)]
+    pub misbehave: Option<crate::hooks::Misbehave>,
+    /// (tests) Ignore task announcements, so only the DHT scan can find tasks.
+    #[cfg(feature = "test-hooks")]
+    #[serde(skip)]
+    pub ignore_task_gossip: bool,
+    /// (tests) Sleep this long before each inference.
+    #[cfg(feature = "test-hooks")]
+    #[serde(skip)]
+    pub exec_delay_ms: u64,
+}
+
+/// Defaults for submitted tasks; a submit request can override each.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskDefaults {
+    /// Workers per task (k).
+    pub redundancy: u8,
+    /// Highest price paid per worker.
+    pub max_price: u64,
+    /// Bid round length, ms.
+    pub bid_window_ms: u32,
+    /// Time a worker has from award to result, ms.
+    pub exec_timeout_ms: u32,
+    /// Time from submit until the task fails if not verified, ms.
+    pub deadline_ms: u64,
+    /// Bid rounds before a task with no bids fails.
+    pub max_rounds: u32,
+    /// Close a bid round early once every peer whose presence advert lists the model has bid
+    /// (and at least k bids are in). The award names the bid set, so this loses no
+    /// determinism; it removes the bid window from the critical path.
+    pub early_close: bool,
+}
+
+impl Default for TaskDefaults {
+    fn default() -> Self {
+        Self {
+            redundancy: 1,
+            max_price: 100,
+            bid_window_ms: 1_000,
+            exec_timeout_ms: 10_000,
+            deadline_ms: 120_000,
+            max_rounds: 6,
+            early_close: true,
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("fleetmesh-data"),
+            listen: vec!["/ip4/0.0.0.0/tcp/0".into(), "/ip4/0.0.0.0/udp/0/quic-v1".into()],
+            bootstrap: Vec::new(),
+            mdns: true,
+            api_addr: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
+            slots: 2,
+            max_queue: 64,
+            price_floor: 1,
+            serve: true,
+            tasks: TaskDefaults::default(),
+            presence_interval_ms: 5_000,
+            dht_scan_interval_ms: 5_000,
+            idle_connection_timeout_ms: 120_000,
+            #[cfg(feature = "test-hooks")]
+            misbehave: None,
+            #[cfg(feature = "test-hooks")]
+            ignore_task_gossip: false,
+            #[cfg(feature = "test-hooks")]
+            exec_delay_ms: 0,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads a TOML file; missing fields keep their defaults, unknown fields are an error.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+    }
+
+    /// Checks values that would make the node misbehave, with a message saying what to fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.slots == 0 && self.serve {
+            return bad("slots must be at least 1 when serve = true");
+        }
+        let t = &self.tasks;
+        if t.redundancy == 0 || t.redundancy > fleetmesh_protocol::limits::MAX_REDUNDANCY {
+            return bad("tasks.redundancy must be between 1 and 7");
+        }
+        if t.bid_window_ms < 10 || t.exec_timeout_ms < 10 {
+            return bad("tasks.bid_window_ms and tasks.exec_timeout_ms must be at least 10");
+        }
+        if t.deadline_ms < u64::from(t.bid_window_ms) + u64::from(t.exec_timeout_ms) {
+            return bad("tasks.deadline_ms must leave room for one bid window plus one execution");
+        }
+        if t.max_rounds == 0 {
+            return bad("tasks.max_rounds must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a node config.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_toml_keeps_defaults() {
+        let c: NodeConfig = toml::from_str("slots = 4\n[tasks]\nredundancy = 2\n").unwrap();
+        assert_eq!(c.slots, 4);
+        assert_eq!(c.tasks.redundancy, 2);
+        assert_eq!(c.tasks.bid_window_ms, TaskDefaults::default().bid_window_ms);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_errors() {
+        assert!(toml::from_str::<NodeConfig>("slotz = 4").is_err());
+        let mut c = NodeConfig::default();
+        c.tasks.redundancy = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("redundancy"));
+    }
+
+    #[test]
+    fn api_is_loopback_by_default() {
+        assert!(NodeConfig::default().api_addr.unwrap().ip().is_loopback());
+    }
+}

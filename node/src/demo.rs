@@ -1,0 +1,317 @@
+//! `fleetmesh demo`: a whole mesh in one process, running real digits tasks end to end.
+//!
+//! N nodes listen on loopback over TCP and QUIC (even nodes dial the bootstrap over TCP, odd
+//! ones over QUIC), find each other through node 0 and the DHT, and M tasks from different
+//! requesters go through announce, bid, award, execute and verify with redundancy k. The
+//! report is built from the requesters' own task records.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::{ClientError, Node, NodeError, SubmitRequest};
+use crate::state::{Phase, TaskView};
+use crate::NodeConfig;
+
+/// Demo parameters.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Nodes in the mesh.
+    pub nodes: usize,
+    /// Tasks submitted.
+    pub tasks: usize,
+    /// Workers per task.
+    pub redundancy: u8,
+    /// Give up waiting after this long.
+    pub timeout: Duration,
+    /// Print progress lines to stderr.
+    pub progress: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self { nodes: 5, tasks: 20, redundancy: 2, timeout: Duration::from_secs(120), progress: true }
+    }
+}
+
+/// p50 and p99 of a latency, ms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `values`.
+    pub fn of(values: &[u64]) -> Self {
+        let mut v = values.to_vec();
+        v.sort_unstable();
+        let pick = |q: f64| -> f64 {
+            if v.is_empty() {
+                return 0.0;
+            }
+            let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+            v[rank - 1] as f64
+        };
+        Self { p50: pick(0.50), p99: pick(0.99) }
+    }
+}
+
+/// What the demo measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DemoReport {
+    /// Nodes in the mesh.
+    pub nodes: usize,
+    /// Workers per task.
+    pub redundancy: u8,
+    /// Tasks submitted.
+    pub tasks_submitted: usize,
+    /// Tasks verified.
+    pub tasks_verified: usize,
+    /// Results rejected by requesters (each with a reason in the task record).
+    pub results_rejected: usize,
+    /// Tasks failed (with a reason).
+    pub tasks_failed: usize,
+    /// Tasks neither verified nor failed when the demo stopped waiting.
+    pub tasks_unfinished: usize,
+    /// Share of verified tasks whose label matches the test set's.
+    pub accuracy: f64,
+    /// End-to-end latency, submit to verified.
+    pub latency_ms: Percentiles,
+    /// Submit to award (bid window).
+    pub bid_phase_ms: Percentiles,
+    /// Award to first checked result (transfer, queue, inference, return).
+    pub execute_phase_ms: Percentiles,
+    /// First result to verified (waiting for the other k-1).
+    pub verify_phase_ms: Percentiles,
+    /// Valid bids per task.
+    pub bids_per_task: f64,
+    /// Inferences run by each node, in node order.
+    pub served_per_node: Vec<u64>,
+    /// Wall time of the task phase, ms.
+    pub wall_ms: u64,
+    /// Failure reasons, if any.
+    pub failures: Vec<String>,
+}
+
+/// A node config for a loopback mesh member.
+pub fn loopback_config(data_dir: std::path::PathBuf) -> NodeConfig {
+    NodeConfig {
+        data_dir,
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into(), "/ip4/127.0.0.1/udp/0/quic-v1".into()],
+        mdns: false,
+        api_addr: None,
+        presence_interval_ms: 1_000,
+        dht_scan_interval_ms: 2_000,
+        ..NodeConfig::default()
+    }
+}
+
+/// Starts `n` nodes on loopback, node 0 the bootstrap of the others (TCP for even nodes,
+/// QUIC for odd ones). `configure` may change each node's config.
+pub async fn spawn_local_mesh(
+    root: &std::path::Path,
+    n: usize,
+    mut configure: impl FnMut(usize, &mut NodeConfig),
+) -> Result<Vec<Node>, NodeError> {
+    let mut nodes: Vec<Node> = Vec::with_capacity(n);
+    let mut boot: Vec<String> = Vec::new();
+    for i in 0..n {
+        let mut cfg = loopback_config(root.join(format!("node{i}")));
+        if i > 0 {
+            let pick = if i % 2 == 0 { "/tcp/" } else { "/quic-v1" };
+            cfg.bootstrap = boot.iter().filter(|a| a.contains(pick)).cloned().collect();
+        }
+        configure(i, &mut cfg);
+        let node = Node::spawn(cfg).await?;
+        if i == 0 {
+            let id = node.client.peer_id();
+            let addrs = node.client.listen_addrs().await.map_err(|e| NodeError::Network(e.to_string()))?;
+            boot = addrs.iter().map(|a| format!("{a}/p2p/{id}")).collect();
+        }
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+/// Waits until every node sees at least `min_peers` connected peers with presence adverts.
+pub async fn wait_for_mesh(nodes: &[Node], min_peers: usize, timeout: Duration) -> Result<(), ClientError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut ready = true;
+        for n in nodes {
+            let peers = n.client.peers().await?;
+            if peers.iter().filter(|p| p.connected && !p.models.is_empty()).count() < min_peers {
+                ready = false;
+                break;
+            }
+        }
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(ClientError::Timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the demo and returns its report.
+pub async fn run(opts: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
+    let nodes_n = opts.nodes.max(2);
+    let dir = tempfile::tempdir()?;
+    let nodes = spawn_local_mesh(dir.path(), nodes_n, |_, _| {}).await?;
+    if opts.progress {
+        eprintln!("started {nodes_n} nodes on loopback (TCP + QUIC); waiting for the mesh to form...");
+    }
+    wait_for_mesh(&nodes, (nodes_n - 1).min(3), Duration::from_secs(30)).await?;
+
+    let samples = crate::digits::test_set();
+    let start = Instant::now();
+    let mut submitted = Vec::with_capacity(opts.tasks);
+    for i in 0..opts.tasks {
+        let requester = i % nodes_n;
+        let sample = &samples[(i * 37) % samples.len()];
+        let req = SubmitRequest {
+            input: sample.to_input(),
+            redundancy: Some(opts.redundancy),
+            ..SubmitRequest::default()
+        };
+        let id = nodes[requester].client.submit(req).await?;
+        submitted.push((requester, id, sample.label));
+    }
+    if opts.progress {
+        eprintln!(
+            "submitted {} tasks (k = {}) from {} requesters",
+            opts.tasks,
+            opts.redundancy,
+            nodes_n.min(opts.tasks)
+        );
+    }
+
+    let deadline = Instant::now() + opts.timeout;
+    let mut views: Vec<TaskView> = Vec::new();
+    loop {
+        views.clear();
+        for (r, id, _) in &submitted {
+            if let Some(v) = nodes[*r].client.status(*id).await? {
+                views.push(v);
+            }
+        }
+        let done = views.iter().filter(|v| v.phase.is_terminal()).count();
+        if opts.progress {
+            let verified = views.iter().filter(|v| v.phase == Phase::Verified).count();
+            eprintln!(
+                "  {:>6.1}s  verified {verified}/{}  finished {done}/{}",
+                start.elapsed().as_secs_f64(),
+                opts.tasks,
+                opts.tasks
+            );
+        }
+        if done == submitted.len() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(if opts.progress { 500 } else { 50 })).await;
+    }
+    let wall_ms = start.elapsed().as_millis() as u64;
+
+    let mut report = DemoReport {
+        nodes: nodes_n,
+        redundancy: opts.redundancy,
+        tasks_submitted: submitted.len(),
+        wall_ms,
+        ..DemoReport::default()
+    };
+    let (mut e2e, mut bid, mut exec, mut verify, mut correct) = (vec![], vec![], vec![], vec![], 0usize);
+    let mut bids = 0u64;
+    for (v, (_, _, label)) in views.iter().zip(&submitted) {
+        let t = &v.timings;
+        bids += u64::from(v.bids_received);
+        report.results_rejected += v.rejections.len();
+        match v.phase {
+            Phase::Verified => {
+                report.tasks_verified += 1;
+                if v.label == Some(u32::from(*label)) {
+                    correct += 1;
+                }
+                e2e.push(t.finished_ms.saturating_sub(t.submitted_ms));
+                bid.push(t.awarded_ms.saturating_sub(t.submitted_ms));
+                exec.push(t.first_result_ms.saturating_sub(t.awarded_ms));
+                verify.push(t.finished_ms.saturating_sub(t.first_result_ms));
+            }
+            Phase::Failed => {
+                report.tasks_failed += 1;
+                report.failures.push(v.failure.clone().unwrap_or_default());
+            }
+            _ => report.tasks_unfinished += 1,
+        }
+    }
+    report.tasks_unfinished += submitted.len() - views.len();
+    report.accuracy =
+        if report.tasks_verified > 0 { correct as f64 / report.tasks_verified as f64 } else { 0.0 };
+    report.latency_ms = Percentiles::of(&e2e);
+    report.bid_phase_ms = Percentiles::of(&bid);
+    report.execute_phase_ms = Percentiles::of(&exec);
+    report.verify_phase_ms = Percentiles::of(&verify);
+    report.bids_per_task = if submitted.is_empty() { 0.0 } else { bids as f64 / submitted.len() as f64 };
+    for n in &nodes {
+        report.served_per_node.push(n.client.stats().await?.jobs_executed);
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+    Ok(report)
+}
+
+impl DemoReport {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let p = |x: &Percentiles| format!("{:>8.1} {:>8.1}", x.p50, x.p99);
+        let _ = writeln!(
+            s,
+            "fleetmesh demo: {} nodes, {} tasks, redundancy {}",
+            self.nodes, self.tasks_submitted, self.redundancy
+        );
+        let _ = writeln!(s, "  tasks submitted   {:>6}", self.tasks_submitted);
+        let _ = writeln!(s, "  tasks verified    {:>6}", self.tasks_verified);
+        let _ = writeln!(s, "  results rejected  {:>6}", self.results_rejected);
+        let _ = writeln!(s, "  tasks failed      {:>6}", self.tasks_failed);
+        let _ = writeln!(s, "  tasks unfinished  {:>6}", self.tasks_unfinished);
+        let _ = writeln!(
+            s,
+            "  accuracy          {:>6.1} %  (labels of the held-out digits test set)",
+            self.accuracy * 100.0
+        );
+        let _ = writeln!(s, "  bids per task     {:>6.1}", self.bids_per_task);
+        let _ = writeln!(s, "  latency (ms)           p50      p99");
+        let _ = writeln!(s, "    bid window      {}", p(&self.bid_phase_ms));
+        let _ = writeln!(s, "    execute         {}", p(&self.execute_phase_ms));
+        let _ = writeln!(s, "    verify (k of k) {}", p(&self.verify_phase_ms));
+        let _ = writeln!(s, "    end to end      {}", p(&self.latency_ms));
+        let served: Vec<String> =
+            self.served_per_node.iter().enumerate().map(|(i, n)| format!("node{i}={n}")).collect();
+        let _ = writeln!(s, "  tasks served per node: {}", served.join(" "));
+        let _ = writeln!(s, "  wall time {:.1} s", self.wall_ms as f64 / 1000.0);
+        for f in &self.failures {
+            let _ = writeln!(s, "  failure: {f}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(Percentiles::of(&v), Percentiles { p50: 50.0, p99: 99.0 });
+        assert_eq!(Percentiles::of(&[]), Percentiles::default());
+        assert_eq!(Percentiles::of(&[7]), Percentiles { p50: 7.0, p99: 7.0 });
+    }
+}

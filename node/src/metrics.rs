@@ -1,0 +1,49 @@
+//! The node's own counters, registered beside libp2p's in one Prometheus registry.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+
+/// Counters owned by the event loop; each field's doc is its help text.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    pub(crate) tasks_submitted: Counter,
+    pub(crate) tasks_verified: Counter,
+    pub(crate) tasks_failed: Counter,
+    pub(crate) bids_received: Counter,
+    pub(crate) bids_sent: Counter,
+    pub(crate) bids_declined: Counter,
+    pub(crate) results_received: Counter,
+    pub(crate) results_rejected: Counter,
+    pub(crate) disagreements: Counter,
+    pub(crate) reawards: Counter,
+    pub(crate) jobs_executed: Counter,
+    pub(crate) malformed_requests: Counter,
+    pub(crate) records_refused: Counter,
+    pub(crate) gossip_rejected: Counter,
+}
+
+impl Metrics {
+    pub(crate) fn new(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let entries: [(&str, &str, &Counter); 14] = [
+            ("tasks_submitted", "Tasks submitted to this node", &m.tasks_submitted),
+            ("tasks_verified", "Tasks this node requested that were verified", &m.tasks_verified),
+            ("tasks_failed", "Tasks this node requested that failed", &m.tasks_failed),
+            ("bids_received", "Bids received for this node's tasks", &m.bids_received),
+            ("bids_sent", "Bids this node sent", &m.bids_sent),
+            ("bids_declined", "Declines this node received for its bids", &m.bids_declined),
+            ("results_received", "Results received for this node's tasks", &m.results_received),
+            ("results_rejected", "Results rejected by this node", &m.results_rejected),
+            ("disagreements", "Times workers' outputs disagreed without a quorum", &m.disagreements),
+            ("reawards", "Workers replaced after failing, vanishing or being rejected", &m.reawards),
+            ("jobs_executed", "Inferences this node ran for others", &m.jobs_executed),
+            ("malformed_requests", "Task-protocol requests that did not decode", &m.malformed_requests),
+            ("records_refused", "DHT records refused by validation", &m.records_refused),
+            ("gossip_rejected", "Gossip messages rejected by validation", &m.gossip_rejected),
+        ];
+        for (name, help, c) in entries {
+            registry.register(name, help, c.clone());
+        }
+        m
+    }
+}

@@ -1,0 +1,141 @@
+//! The node's embedded transactional store (redb) in the data dir.
+//!
+//! Requester tasks and worker jobs are written here before the node acknowledges anything
+//! about them, so a node killed at any point restarts knowing every task it accepted.
+//! Values are CBOR; a record that no longer decodes is reported and skipped on load, never a
+//! reason to refuse to start.
+
+use std::path::Path;
+
+use fleetmesh_crypto::TaskId;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A table of CBOR values keyed by task id.
+#[derive(Clone, Copy)]
+pub(crate) struct Table(TableDefinition<'static, &'static [u8], &'static [u8]>);
+
+/// Tasks this node requested.
+pub(crate) const REQUESTS: Table = Table(TableDefinition::new("requests"));
+/// Inputs of tasks this node requested.
+pub(crate) const REQUEST_INPUTS: Table = Table(TableDefinition::new("request_inputs"));
+/// Tasks this node was awarded.
+pub(crate) const JOBS: Table = Table(TableDefinition::new("jobs"));
+/// Inputs of tasks this node was awarded.
+pub(crate) const JOB_INPUTS: Table = Table(TableDefinition::new("job_inputs"));
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// redb failed (I/O, corruption, or another process holds the file).
+    #[error("store: {0}")]
+    Db(String),
+}
+
+fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Db(e.into().to_string())
+}
+
+/// The records that decoded, and the keys of those that did not.
+pub(crate) type Loaded<T> = (Vec<(TaskId, T)>, Vec<TaskId>);
+
+/// The open store.
+pub(crate) struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (or creates) `dir/fleetmesh.redb`.
+    pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
+        let path = dir.join("fleetmesh.redb");
+        let db = Database::create(&path).map_err(|e| {
+            StoreError::Db(format!(
+                "{}: {e} (is another fleetmesh node using this data dir?)",
+                path.display()
+            ))
+        })?;
+        let txn = db.begin_write().map_err(db_err)?;
+        for t in [REQUESTS, REQUEST_INPUTS, JOBS, JOB_INPUTS] {
+            txn.open_table(t.0).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(Self { db })
+    }
+
+    /// Writes several values in one durable transaction.
+    pub(crate) fn put_many(&self, items: &[(Table, &TaskId, &[u8])]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        for (table, key, value) in items {
+            let mut t = txn.open_table(table.0).map_err(db_err)?;
+            t.insert(key.as_bytes().as_slice(), *value).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Writes one CBOR value durably.
+    pub(crate) fn put<T: Serialize>(&self, table: Table, key: &TaskId, value: &T) -> Result<(), StoreError> {
+        let bytes = fleetmesh_protocol::encode(value);
+        self.put_many(&[(table, key, &bytes)])
+    }
+
+    /// Reads raw bytes.
+    pub(crate) fn get_raw(&self, table: Table, key: &TaskId) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(table.0).map_err(db_err)?;
+        Ok(t.get(key.as_bytes().as_slice()).map_err(db_err)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every value in a table that decodes; the ones that do not are returned by key.
+    pub(crate) fn load_all<T: DeserializeOwned>(&self, table: Table) -> Result<Loaded<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(table.0).map_err(db_err)?;
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for entry in t.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let Ok(key) = <[u8; 32]>::try_from(k.value()) else { continue };
+            let key = TaskId::from_bytes(key);
+            match fleetmesh_protocol::decode::<T>(v.value(), usize::MAX) {
+                Ok(val) => ok.push((key, val)),
+                Err(_) => bad.push(key),
+            }
+        }
+        Ok((ok, bad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = TaskId::of(b"t");
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.put(JOBS, &id, &vec![1u32, 2, 3]).unwrap();
+            s.put_many(&[(JOB_INPUTS, &id, b"input")]).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let (all, bad) = s.load_all::<Vec<u32>>(JOBS).unwrap();
+        assert_eq!(all, vec![(id, vec![1, 2, 3])]);
+        assert!(bad.is_empty());
+        assert_eq!(s.get_raw(JOB_INPUTS, &id).unwrap().unwrap(), b"input");
+    }
+
+    #[test]
+    fn undecodable_records_are_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let (good, broken) = (TaskId::of(b"a"), TaskId::of(b"b"));
+        s.put(JOBS, &good, &7u32).unwrap();
+        s.put_many(&[(JOBS, &broken, &[0xff, 0x00])]).unwrap();
+        let (all, bad) = s.load_all::<u32>(JOBS).unwrap();
+        assert_eq!(all, vec![(good, 7)]);
+        assert_eq!(bad, vec![broken]);
+    }
+}

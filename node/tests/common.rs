@@ -1,0 +1,57 @@
+//! Helpers for in-process mesh tests. Every wait is bounded.
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use fleetmesh_crypto::TaskId;
+use fleetmesh_node::demo::{spawn_local_mesh, wait_for_mesh};
+use fleetmesh_node::{Client, Node, NodeConfig, Phase, SubmitRequest, TaskView};
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub async fn mesh(
+    dir: &std::path::Path,
+    n: usize,
+    configure: impl FnMut(usize, &mut NodeConfig),
+) -> Vec<Node> {
+    let nodes = tokio::time::timeout(WAIT, spawn_local_mesh(dir, n, configure))
+        .await
+        .expect("mesh start timed out")
+        .unwrap();
+    nodes
+}
+
+/// Waits until every serving node sees `min` peers with adverts.
+pub async fn ready(nodes: &[Node], min: usize) {
+    wait_for_mesh(nodes, min, WAIT).await.expect("mesh did not form");
+}
+
+pub fn digits_task(sample: usize, k: u8) -> (SubmitRequest, u8) {
+    let s = &fleetmesh_node::digits::test_set()[sample];
+    (SubmitRequest { input: s.to_input(), redundancy: Some(k), ..SubmitRequest::default() }, s.label)
+}
+
+pub async fn wait_done(c: &Client, id: TaskId) -> TaskView {
+    tokio::time::timeout(WAIT, c.wait(id)).await.expect("task did not finish in time").unwrap()
+}
+
+pub async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn assert_verified(v: &TaskView, label: u8) {
+    assert_eq!(v.phase, Phase::Verified, "task not verified: {v:#?}");
+    assert_eq!(v.label, Some(u32::from(label)), "wrong label: {v:#?}");
+    assert_eq!(v.verified_by.len(), usize::from(v.redundancy));
+}
+
+pub async fn stop_all(nodes: Vec<Node>) {
+    for n in nodes {
+        tokio::time::timeout(Duration::from_secs(10), n.stop()).await.expect("node did not stop");
+    }
+}

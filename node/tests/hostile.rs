@@ -1,0 +1,126 @@
+//! Malformed, oversized and forged bytes on the task protocol: a clear refusal, no panic,
+//! and the node keeps serving.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use common::*;
+use fleetmesh_crypto::{Identity, MessageKind, SignedEnvelope, TaskId};
+use fleetmesh_node::Frame;
+use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
+use fleetmesh_protocol::{Bid, Signed};
+
+fn refused_invalid(r: &Result<TaskResponse, String>) -> bool {
+    matches!(r, Ok(TaskResponse::Refused(Refusal::Invalid(_))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_errors_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 4, |_, _| {}).await;
+    ready(&nodes, 3).await;
+    let attacker = &nodes[3].client;
+    let victim = nodes[0].client.peer_id();
+
+    // Garbage, truncated CBOR, deep nesting, an empty request.
+    for bytes in [vec![0xff; 64], vec![0xa1, 0x63], vec![0x81; 10_000], vec![]] {
+        let r = attacker.send_raw(victim, Frame::Raw(bytes)).await.unwrap();
+        assert!(refused_invalid(&r), "{r:?}");
+    }
+    // Oversized: one byte over the limit.
+    let big = vec![0u8; fleetmesh_protocol::limits::MAX_REQUEST_BYTES + 1];
+    let r = attacker.send_raw(victim, Frame::Raw(big)).await.unwrap();
+    assert!(refused_invalid(&r), "{r:?}");
+    // A bid whose signature was made by another key.
+    let bid = Bid {
+        v: 1,
+        task_id: TaskId::of(b"x"),
+        round: 0,
+        price: 1,
+        promised_ms: 1,
+        queue_depth: 0,
+        free_slots: 1,
+    };
+    let mut forged = bid.sign(&Identity::generate().unwrap());
+    forged.signer = attacker.public_key();
+    let r = attacker.send_raw(victim, Frame::Request(TaskRequest::Bid { bid: forged })).await.unwrap();
+    assert!(refused_invalid(&r), "{r:?}");
+    // A well-signed bid for a task the victim never heard of.
+    let r = attacker
+        .send_raw(victim, Frame::Request(TaskRequest::Bid { bid: bid.sign(&Identity::generate().unwrap()) }))
+        .await
+        .unwrap();
+    assert!(refused_invalid(&r) || matches!(r, Ok(TaskResponse::Refused(Refusal::UnknownTask))), "{r:?}");
+    // A result with a header signed as another kind of message.
+    let header = SignedEnvelope::sign(&Identity::generate().unwrap(), MessageKind::Bid, vec![1, 2, 3]);
+    let r = attacker
+        .send_raw(
+            victim,
+            Frame::Request(TaskRequest::Result { task_id: TaskId::of(b"x"), header, output: vec![] }),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(r, Ok(TaskResponse::Rejected(fleetmesh_protocol::RejectReason::BadSignature))), "{r:?}");
+    // An award that names the victim but is signed by someone other than the spec's signer.
+    let spec = fleetmesh_protocol::TaskSpec {
+        v: 1,
+        model: fleetmesh_node::digits::model_id(),
+        input_digest: fleetmesh_crypto::InputDigest::of(b"in"),
+        input_size: 2,
+        redundancy: 1,
+        max_price: 100,
+        created_ms: 0,
+        bid_window_ms: 100,
+        exec_timeout_ms: 1000,
+        deadline_ms: u64::MAX,
+        nonce: 0,
+    }
+    .sign(&Identity::generate().unwrap());
+    let award = fleetmesh_protocol::Award {
+        v: 1,
+        task_id: fleetmesh_protocol::task_id_of(&spec),
+        round: 0,
+        bid_set: vec![],
+        winners: vec![nodes[0].client.public_key()],
+        result_deadline_ms: u64::MAX,
+    }
+    .sign(&Identity::generate().unwrap());
+    let r = attacker
+        .send_raw(victim, Frame::Request(TaskRequest::Award { spec, award, input: b"in".to_vec() }))
+        .await
+        .unwrap();
+    assert!(refused_invalid(&r), "{r:?}");
+
+    // The victim still serves and requests.
+    let (req, label) = digits_task(1, 2);
+    let task = nodes[0].client.submit(req).await.unwrap();
+    assert_verified(&wait_done(&nodes[0].client, task).await, label);
+    assert!(nodes[0].client.metrics_text().contains("fleetmesh_malformed_requests_total 5"));
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submissions_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 1, |_, _| {}).await;
+    let c = &nodes[0].client;
+    let empty = c.submit(fleetmesh_node::SubmitRequest::default()).await.unwrap_err();
+    assert!(empty.to_string().contains("empty"), "{empty}");
+    let (mut req, _) = digits_task(0, 9);
+    let k = c.submit(req.clone()).await.unwrap_err();
+    assert!(k.to_string().contains("redundancy"), "{k}");
+    req.redundancy = Some(1);
+    req.input = vec![0; fleetmesh_protocol::limits::MAX_INPUT_BYTES + 1];
+    assert!(c.submit(req).await.unwrap_err().to_string().contains("exceeds"));
+    // A task nobody can serve fails with a clear reason instead of waiting forever.
+    let (mut lonely, _) = digits_task(0, 1);
+    lonely.bid_window_ms = Some(50);
+    lonely.deadline_ms = Some(5_000);
+    lonely.exec_timeout_ms = Some(100);
+    let id = c.submit(lonely).await.unwrap();
+    let v = wait_done(c, id).await;
+    assert_eq!(v.phase, fleetmesh_node::Phase::Failed);
+    assert!(v.failure.unwrap().contains("no valid bids"));
+    stop_all(nodes).await;
+}
