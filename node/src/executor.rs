@@ -285,6 +285,14 @@ mod tests {
                 correct += 1;
             }
         }
+        // Under TRACT_CPU_ISA=-avx2,... (CI runs this test both ways) tract must really be on
+        // another kernel path, and must still agree bit for bit.
+        let isa = runtime_profile().isa;
+        if let Ok(spec) = std::env::var("TRACT_CPU_ISA") {
+            for removed in spec.split(',').filter_map(|t| t.trim().strip_prefix('-')) {
+                assert!(!isa.split(',').any(|f| f == removed), "{removed} still in use: {isa}");
+            }
+        }
         // The recipe measured 438/450 with onnxruntime; tract must reproduce its integer logits.
         assert_eq!(logits_equal, set.len(), "tract and onnxruntime disagree on integer logits");
         assert_eq!(correct, 438);
