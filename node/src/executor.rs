@@ -9,7 +9,7 @@
 //! classifiers. Integer outputs (the default model's int8 logits) are bit-identical on every
 //! SIMD path tract can take, which is what lets k workers agree on one blake3 digest.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -99,6 +99,9 @@ pub struct Inference {
 /// The content-addressed model store plus a cache of loaded plans.
 pub struct ModelStore {
     dir: PathBuf,
+    /// Models held: read from the directory once, then kept by `install`, so the hot paths
+    /// (every announcement, presence advert and DHT scan) never touch the disk.
+    held: Mutex<BTreeSet<ModelId>>,
     plans: Mutex<HashMap<ModelId, (Plan, usize)>>,
 }
 
@@ -113,7 +116,12 @@ impl ModelStore {
     pub fn open(dir: &Path) -> Result<Self, ExecError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| ExecError::Store { path: dir.to_owned(), message: e.to_string() })?;
-        let store = Self { dir: dir.to_owned(), plans: Mutex::new(HashMap::new()) };
+        let held = std::fs::read_dir(dir)
+            .map_err(|e| ExecError::Store { path: dir.to_owned(), message: e.to_string() })?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".onnx")?.parse().ok())
+            .collect();
+        let store = Self { dir: dir.to_owned(), held: Mutex::new(held), plans: Mutex::new(HashMap::new()) };
         store.install(crate::digits::MODEL_ONNX)?;
         Ok(store)
     }
@@ -132,24 +140,20 @@ impl ModelStore {
                 .and_then(|()| std::fs::rename(&tmp, &path))
                 .map_err(|e| ExecError::Store { path: path.clone(), message: e.to_string() })?;
         }
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(id);
+        }
         Ok(id)
     }
 
     /// Whether this node holds `model`.
     pub fn has(&self, model: &ModelId) -> bool {
-        self.path_of(model).is_file()
+        self.held.lock().is_ok_and(|h| h.contains(model))
     }
 
     /// Every model held, sorted.
     pub fn list(&self) -> Vec<ModelId> {
-        let mut out: Vec<ModelId> = std::fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".onnx")?.parse().ok())
-            .collect();
-        out.sort();
-        out
+        self.held.lock().map(|h| h.iter().copied().collect()).unwrap_or_default()
     }
 
     fn plan(&self, model: &ModelId) -> Result<(Plan, usize), ExecError> {

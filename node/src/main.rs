@@ -177,10 +177,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Keygen { data_dir } => {
             let path = data_dir.join("node.key");
             let (id, created) = fleetmesh_crypto::load_or_create_identity(&path)?;
-            let mut secret = id.secret_bytes();
-            let kp = libp2p_keypair(secret.as_mut())?;
             println!("{} {}", if created { "created" } else { "existing" }, path.display());
-            println!("peer id    {}", kp);
+            println!("peer id    {}", fleetmesh_node::peer_id_string(&id.public()));
             println!("public key {}", id.public());
             Ok(())
         }
@@ -205,14 +203,6 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn libp2p_keypair(secret: &mut [u8]) -> Result<String> {
-    // The peer id is derived the same way the node derives it.
-    let mut bytes = [0u8; 32];
-    bytes.copy_from_slice(secret);
-    let id = fleetmesh_crypto::Identity::from_secret_bytes(&bytes);
-    Ok(fleetmesh_node::peer_id_string(&id.public()))
 }
 
 async fn run_node(args: RunArgs) -> Result<()> {

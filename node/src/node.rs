@@ -380,7 +380,7 @@ impl Node {
             bids_sent_order: VecDeque::new(),
             spec_lookups: HashMap::new(),
             provider_lookups: HashMap::new(),
-            open_lookups: HashMap::new(),
+            open_lookups: HashSet::new(),
             outbound: HashMap::new(),
             presence: HashMap::new(),
             providing: HashSet::new(),
@@ -483,7 +483,7 @@ pub(crate) struct EventLoop {
     /// DHT lookups of requesters with open tasks for a model.
     pub(crate) provider_lookups: HashMap<kad::QueryId, ModelId>,
     /// DHT lookups of one requester's open-task record.
-    pub(crate) open_lookups: HashMap<kad::QueryId, ()>,
+    pub(crate) open_lookups: HashSet<kad::QueryId>,
     pub(crate) outbound: HashMap<OutboundRequestId, Outbound>,
     /// The last presence advert of each peer.
     pub(crate) presence: HashMap<PeerId, Presence>,
@@ -795,35 +795,30 @@ impl EventLoop {
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         use fleetmesh_protocol::{Announcement, Signed};
-        let acceptance = match fleetmesh_protocol::decode::<fleetmesh_crypto::SignedEnvelope>(
-            &message.data,
-            fleetmesh_protocol::limits::MAX_GOSSIP_BYTES,
-        ) {
-            Err(_) => gossipsub::MessageAcceptance::Reject,
-            Ok(env) if message.topic == gossipsub::IdentTopic::new(ids::TOPIC_TASKS).hash() => {
-                match Announcement::open(&env) {
-                    Ok(a) => {
-                        self.on_announcement(env.signer, a);
-                        gossipsub::MessageAcceptance::Accept
-                    }
-                    Err(_) => gossipsub::MessageAcceptance::Reject,
+        let limit = fleetmesh_protocol::limits::MAX_GOSSIP_BYTES;
+        let acceptance = if message.topic == gossipsub::IdentTopic::new(ids::TOPIC_TASKS).hash() {
+            match Announcement::open_bytes(&message.data, limit) {
+                Ok((env, a)) => {
+                    self.on_announcement(env.signer, a);
+                    gossipsub::MessageAcceptance::Accept
                 }
+                Err(_) => gossipsub::MessageAcceptance::Reject,
             }
-            Ok(env) if message.topic == gossipsub::IdentTopic::new(ids::TOPIC_PRESENCE).hash() => {
-                match Presence::open(&env) {
-                    // Adverts are only believed from the peer that signed them.
-                    Ok(p) if message.source.is_some_and(|s| Some(env.signer) == public_key_of(&s)) => {
-                        if let Some(src) = message.source {
-                            if self.presence.len() < MAX_PRESENCE_PEERS || self.presence.contains_key(&src) {
-                                self.presence.insert(src, p);
-                            }
+        } else if message.topic == gossipsub::IdentTopic::new(ids::TOPIC_PRESENCE).hash() {
+            match Presence::open_bytes(&message.data, limit) {
+                // Adverts are only believed from the peer that signed them.
+                Ok((env, p)) if message.source.is_some_and(|s| Some(env.signer) == public_key_of(&s)) => {
+                    if let Some(src) = message.source {
+                        if self.presence.len() < MAX_PRESENCE_PEERS || self.presence.contains_key(&src) {
+                            self.presence.insert(src, p);
                         }
-                        gossipsub::MessageAcceptance::Accept
                     }
-                    _ => gossipsub::MessageAcceptance::Reject,
+                    gossipsub::MessageAcceptance::Accept
                 }
+                _ => gossipsub::MessageAcceptance::Reject,
             }
-            Ok(_) => gossipsub::MessageAcceptance::Ignore,
+        } else {
+            gossipsub::MessageAcceptance::Ignore
         };
         if acceptance == gossipsub::MessageAcceptance::Reject {
             self.metrics.gossip_rejected.inc();
@@ -839,7 +834,7 @@ impl EventLoop {
                     if let Some(key) = self.spec_lookups.remove(&id) {
                         self.on_spec_found(key, rec.record.value);
                         self.finish_query(id);
-                    } else if self.open_lookups.remove(&id).is_some() {
+                    } else if self.open_lookups.remove(&id) {
                         self.on_open_tasks_found(rec.record.value);
                         self.finish_query(id);
                     }
@@ -891,8 +886,10 @@ impl EventLoop {
                 }
             }
             kad::InboundRequest::AddProvider { record: Some(record) } => {
-                let key = record.key.to_vec();
-                if key.starts_with(b"/fleetmesh/model-open/") && key.len() == 22 + 32 {
+                if matches!(
+                    ids::RecordKey::parse(&record.key.to_vec()),
+                    Some(ids::RecordKey::ModelProviders(_))
+                ) {
                     use libp2p::kad::store::RecordStore;
                     let _ = self.swarm.behaviour_mut().kad.store_mut().add_provider(record);
                 } else {

@@ -68,8 +68,7 @@ pub(crate) struct ReqTask {
     pub(crate) bid_set: Vec<fleetmesh_crypto::Digest>,
     pub(crate) standby: Vec<(PublicKey, u64)>,
     pub(crate) assignments: Vec<Assignment>,
-    #[serde(with = "output_list")]
-    pub(crate) outputs: Vec<(OutputDigest, Vec<u8>)>,
+    pub(crate) outputs: Vec<(OutputDigest, serde_bytes::ByteBuf)>,
     pub(crate) rejections: Vec<(PublicKey, RejectReason)>,
     pub(crate) verified: Option<(OutputDigest, Vec<PublicKey>)>,
     pub(crate) receipts: Vec<(PublicKey, SignedEnvelope)>,
@@ -77,24 +76,6 @@ pub(crate) struct ReqTask {
     pub(crate) times: Timings,
     #[serde(skip)]
     pub(crate) announce_pending: bool,
-}
-
-mod output_list {
-    use fleetmesh_crypto::OutputDigest;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(v: &[(OutputDigest, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
-        let as_bytes: Vec<(OutputDigest, serde_bytes::ByteBuf)> =
-            v.iter().map(|(d, b)| (*d, serde_bytes::ByteBuf::from(b.clone()))).collect();
-        as_bytes.serialize(s)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<(OutputDigest, Vec<u8>)>, D::Error> {
-        let v: Vec<(OutputDigest, serde_bytes::ByteBuf)> = Deserialize::deserialize(d)?;
-        Ok(v.into_iter().map(|(d, b)| (d, b.into_vec())).collect())
-    }
 }
 
 impl ReqTask {
@@ -111,7 +92,7 @@ impl ReqTask {
         let verified_output = self
             .verified
             .as_ref()
-            .and_then(|(d, _)| self.outputs.iter().find(|(o, _)| o == d).map(|(_, b)| b.clone()));
+            .and_then(|(d, _)| self.outputs.iter().find(|(o, _)| o == d).map(|(_, b)| b.to_vec()));
         let label = verified_output
             .as_deref()
             .and_then(|b| crate::executor::ModelOutput::from_bytes(b).ok())
@@ -156,20 +137,20 @@ impl ReqTask {
 /// Whether a DHT record may be stored: a task spec must verify and hash to its key; an
 /// open-tasks record must verify and be signed by the requester its key names.
 pub(crate) fn record_is_valid(key: &[u8], value: &[u8]) -> bool {
-    let Ok(env) =
-        fleetmesh_protocol::decode::<SignedEnvelope>(value, fleetmesh_protocol::limits::MAX_RECORD_BYTES)
-    else {
-        return false;
-    };
+    let limit = fleetmesh_protocol::limits::MAX_RECORD_BYTES;
     match ids::RecordKey::parse(key) {
-        Some(ids::RecordKey::Task(id)) => TaskSpec::open(&env).is_ok() && task_id_of(&env) == id,
-        Some(ids::RecordKey::OpenTasks(model, signer)) => {
-            env.signer.to_bytes() == signer
-                && OpenTasks::open(&env).is_ok_and(|o| {
-                    o.model == model && o.tasks.len() <= fleetmesh_protocol::limits::MAX_OPEN_TASKS_PER_RECORD
-                })
+        Some(ids::RecordKey::Task(id)) => {
+            TaskSpec::open_bytes(value, limit).is_ok_and(|(env, _)| task_id_of(&env) == id)
         }
-        None => false,
+        Some(ids::RecordKey::OpenTasks(model, signer)) => {
+            OpenTasks::open_bytes(value, limit).is_ok_and(|(env, o)| {
+                env.signer.to_bytes() == signer
+                    && o.model == model
+                    && o.tasks.len() <= fleetmesh_protocol::limits::MAX_OPEN_TASKS_PER_RECORD
+            })
+        }
+        // Provider keys hold provider records, never values.
+        Some(ids::RecordKey::ModelProviders(_)) | None => false,
     }
 }
 
@@ -598,7 +579,7 @@ impl EventLoop {
             a.status = AssignStatus::Returned(h.output_digest);
         }
         if !t.outputs.iter().any(|(d, _)| *d == h.output_digest) {
-            t.outputs.push((h.output_digest, output));
+            t.outputs.push((h.output_digest, serde_bytes::ByteBuf::from(output)));
         }
         if t.times.first_result_ms == 0 {
             t.times.first_result_ms = now_ms();

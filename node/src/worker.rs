@@ -109,13 +109,10 @@ impl EventLoop {
 
     /// The spec came back from the DHT: check it and bid.
     pub(crate) fn on_spec_found(&mut self, (task, round): (TaskId, u32), value: Vec<u8>) {
-        let Ok(env) = fleetmesh_protocol::decode::<SignedEnvelope>(
-            &value,
-            fleetmesh_protocol::limits::MAX_RECORD_BYTES,
-        ) else {
+        let Ok((env, spec)) = TaskSpec::open_bytes(&value, fleetmesh_protocol::limits::MAX_RECORD_BYTES)
+        else {
             return;
         };
-        let Ok(spec) = TaskSpec::open(&env) else { return };
         if task_id_of(&env) != task
             || env.signer == self.identity.public()
             || spec.max_price < self.config.price_floor
@@ -176,18 +173,15 @@ impl EventLoop {
                 .behaviour_mut()
                 .kad
                 .get_record(kad::RecordKey::new(&ids::open_tasks_record_key(&model, &pk)));
-            self.open_lookups.insert(qid, ());
+            self.open_lookups.insert(qid);
         }
     }
 
     pub(crate) fn on_open_tasks_found(&mut self, value: Vec<u8>) {
-        let Ok(env) = fleetmesh_protocol::decode::<SignedEnvelope>(
-            &value,
-            fleetmesh_protocol::limits::MAX_RECORD_BYTES,
-        ) else {
+        let Ok((env, open)) = OpenTasks::open_bytes(&value, fleetmesh_protocol::limits::MAX_RECORD_BYTES)
+        else {
             return;
         };
-        let Ok(open) = OpenTasks::open(&env) else { return };
         if env.signer == self.identity.public() {
             return;
         }

@@ -43,6 +43,8 @@ pub enum RecordKey {
     Task(TaskId),
     /// An open-tasks index.
     OpenTasks(ModelId, [u8; 32]),
+    /// The provider key of requesters with open tasks for a model (provider records only).
+    ModelProviders(ModelId),
 }
 
 impl RecordKey {
@@ -50,6 +52,9 @@ impl RecordKey {
     pub fn parse(key: &[u8]) -> Option<Self> {
         if let Some(rest) = key.strip_prefix(b"/fleetmesh/task/".as_slice()) {
             return Some(Self::Task(TaskId::from_bytes(rest.try_into().ok()?)));
+        }
+        if let Some(rest) = key.strip_prefix(b"/fleetmesh/model-open/".as_slice()) {
+            return Some(Self::ModelProviders(ModelId::from_bytes(rest.try_into().ok()?)));
         }
         if let Some(rest) = key.strip_prefix(b"/fleetmesh/open/".as_slice()) {
             if rest.len() != 64 {
@@ -77,6 +82,8 @@ mod tests {
             RecordKey::parse(&open_tasks_record_key(&m, &pk)),
             Some(RecordKey::OpenTasks(m, pk.to_bytes()))
         );
+        assert_eq!(RecordKey::parse(&model_provider_key(&m)), Some(RecordKey::ModelProviders(m)));
+        assert_eq!(RecordKey::parse(b"/fleetmesh/model-open/short"), None);
         assert_eq!(RecordKey::parse(b"/fleetmesh/task/short"), None);
         assert_eq!(RecordKey::parse(b"/other"), None);
     }

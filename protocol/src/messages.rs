@@ -56,6 +56,13 @@ pub trait Signed: Serialize + DeserializeOwned {
         }
         Ok(value)
     }
+
+    /// Decodes an envelope from wire bytes (at most `limit` long), then opens it as this kind.
+    fn open_bytes(bytes: &[u8], limit: usize) -> Result<(SignedEnvelope, Self), OpenError> {
+        let env: SignedEnvelope = decode(bytes, limit)?;
+        let value = Self::open(&env)?;
+        Ok((env, value))
+    }
 }
 
 macro_rules! signed {
