@@ -150,6 +150,10 @@ pub(crate) enum Command {
     SendRaw(PeerId, Box<Frame>, oneshot::Sender<Result<TaskResponse, String>>),
     Stats(oneshot::Sender<NodeStats>),
     Shutdown(oneshot::Sender<()>),
+    #[cfg(feature = "test-hooks")]
+    PublishRaw(String, Vec<u8>, oneshot::Sender<Result<(), String>>),
+    #[cfg(feature = "test-hooks")]
+    PutRawRecord(Vec<u8>, Vec<u8>, oneshot::Sender<Result<(), String>>),
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -232,6 +236,22 @@ impl Client {
     /// Counters.
     pub async fn stats(&self) -> Result<NodeStats, ClientError> {
         self.call(Command::Stats).await
+    }
+
+    /// (tests) Publishes raw bytes on a gossip topic.
+    #[cfg(feature = "test-hooks")]
+    pub async fn publish_raw(&self, topic: &str, bytes: Vec<u8>) -> Result<Result<(), String>, ClientError> {
+        self.call(|tx| Command::PublishRaw(topic.to_owned(), bytes, tx)).await
+    }
+
+    /// (tests) Puts a raw record into the DHT, bypassing every check.
+    #[cfg(feature = "test-hooks")]
+    pub async fn put_raw_record(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<Result<(), String>, ClientError> {
+        self.call(|tx| Command::PutRawRecord(key, value, tx)).await
     }
 
     /// Prometheus text exposition of libp2p's and the node's metrics.
@@ -612,6 +632,18 @@ impl EventLoop {
                 let _ = tx.send(self.stats.clone());
             }
             Command::Shutdown(_) => {}
+            #[cfg(feature = "test-hooks")]
+            Command::PublishRaw(topic, bytes, tx) => {
+                let r =
+                    self.swarm.behaviour_mut().gossipsub.publish(gossipsub::IdentTopic::new(topic), bytes);
+                let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+            }
+            #[cfg(feature = "test-hooks")]
+            Command::PutRawRecord(key, value, tx) => {
+                let r =
+                    self.swarm.behaviour_mut().kad.put_record(kad::Record::new(key, value), kad::Quorum::One);
+                let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+            }
         }
     }
 

@@ -55,3 +55,11 @@ pub async fn stop_all(nodes: Vec<Node>) {
         tokio::time::timeout(Duration::from_secs(10), n.stop()).await.expect("node did not stop");
     }
 }
+
+/// The value of a counter in a node's Prometheus text (0 when absent).
+pub fn counter(c: &Client, name: &str) -> u64 {
+    c.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}

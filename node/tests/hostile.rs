@@ -124,3 +124,93 @@ async fn bad_submissions_are_refused_with_a_reason() {
     assert!(v.failure.unwrap().contains("no valid bids"));
     stop_all(nodes).await;
 }
+
+/// Forged and malformed gossip is rejected by every receiver's validation (and not acted
+/// on); invalid DHT records are refused before they are stored; the mesh keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_gossip_and_dht_records_are_refused() {
+    use fleetmesh_protocol::ids;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 4, |_, _| {}).await;
+    ready(&nodes, 3).await;
+    let attacker = &nodes[3].client;
+    let victims = &nodes[..3];
+    let stranger = Identity::generate().unwrap();
+
+    // Garbage on both topics.
+    attacker.publish_raw(ids::TOPIC_TASKS, vec![0xff; 40]).await.unwrap().unwrap();
+    attacker.publish_raw(ids::TOPIC_PRESENCE, vec![0x81; 300]).await.unwrap().unwrap();
+    // An announcement whose signature is of another kind.
+    let a = fleetmesh_protocol::Announcement {
+        v: 1,
+        task_id: TaskId::of(b"fake"),
+        model: fleetmesh_node::digits::model_id(),
+        round: 0,
+        bid_deadline_ms: u64::MAX,
+        max_price: 100,
+    };
+    let wrong_kind = SignedEnvelope::sign(&stranger, MessageKind::Bid, fleetmesh_protocol::encode(&a));
+    attacker.publish_raw(ids::TOPIC_TASKS, fleetmesh_protocol::encode(&wrong_kind)).await.unwrap().unwrap();
+    // A presence advert signed by someone other than the publishing peer.
+    let advert =
+        fleetmesh_protocol::Presence { v: 1, models: vec![], free_slots: 99, price_floor: 0, at_ms: 0 };
+    attacker
+        .publish_raw(ids::TOPIC_PRESENCE, fleetmesh_protocol::encode(&advert.sign(&stranger)))
+        .await
+        .unwrap()
+        .unwrap();
+
+    wait_until("every victim to reject the 4 forged messages", async || {
+        victims.iter().all(|n| counter(&n.client, "fleetmesh_gossip_rejected_total") >= 4)
+    })
+    .await;
+    // Nobody bid on the fake task (its spec does not exist anyway) and nobody believes the
+    // forged advert of 99 free slots.
+    for n in victims {
+        assert!(n.client.peers().await.unwrap().iter().all(|p| p.free_slots != Some(99)));
+    }
+
+    // DHT: garbage under a task key, a valid spec under the wrong task id, an open-tasks
+    // record under another requester's key.
+    let spec = fleetmesh_protocol::TaskSpec {
+        v: 1,
+        model: fleetmesh_node::digits::model_id(),
+        input_digest: fleetmesh_crypto::InputDigest::of(b"in"),
+        input_size: 2,
+        redundancy: 1,
+        max_price: 100,
+        created_ms: 0,
+        bid_window_ms: 100,
+        exec_timeout_ms: 1000,
+        deadline_ms: u64::MAX,
+        nonce: 0,
+    }
+    .sign(&stranger);
+    let open = fleetmesh_protocol::OpenTasks {
+        v: 1,
+        model: fleetmesh_node::digits::model_id(),
+        tasks: vec![],
+        updated_ms: 0,
+    }
+    .sign(&stranger);
+    let records = [
+        (ids::task_record_key(&TaskId::of(b"a")), vec![0xff; 10]),
+        (ids::task_record_key(&TaskId::of(b"not the spec")), fleetmesh_protocol::encode(&spec)),
+        (
+            ids::open_tasks_record_key(&fleetmesh_node::digits::model_id(), &nodes[0].client.public_key()),
+            fleetmesh_protocol::encode(&open),
+        ),
+    ];
+    for (k, v) in records {
+        attacker.put_raw_record(k, v).await.unwrap().unwrap();
+    }
+    wait_until("the victims to refuse the 3 invalid records", async || {
+        victims.iter().map(|n| counter(&n.client, "fleetmesh_records_refused_total")).sum::<u64>() >= 3
+    })
+    .await;
+
+    let (req, label) = digits_task(2, 2);
+    let task = nodes[1].client.submit(req).await.unwrap();
+    assert_verified(&wait_done(&nodes[1].client, task).await, label);
+    stop_all(nodes).await;
+}

@@ -1,0 +1,128 @@
+//! The local HTTP API and the `fleetmesh` CLI against a real mesh.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use common::*;
+use fleetmesh_node::{Phase, TaskView};
+use serde_json::{json, Value};
+
+async fn post(url: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Runs the CLI (blocking, in a thread) and returns (success, stdout, stderr).
+async fn cli(args: Vec<String>) -> (bool, String, String) {
+    tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetmesh"))
+                .args(&args)
+                .env("RUST_LOG", "error")
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into(),
+                String::from_utf8_lossy(&out.stderr).into(),
+            )
+        }),
+    )
+    .await
+    .expect("CLI timed out")
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_and_cli_submit_status_peers_metrics_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 4, |i, c| {
+        if i == 0 {
+            c.api_addr = Some("127.0.0.1:0".parse().unwrap());
+        }
+    })
+    .await;
+    ready(&nodes, 3).await;
+    let base = format!("http://{}", nodes[0].api_addr.unwrap());
+
+    // Submit through the API, wait, read back.
+    let (code, sub) = post(&format!("{base}/v1/tasks"), json!({ "digits_sample": 4, "redundancy": 2 })).await;
+    assert_eq!(code, 202, "{sub}");
+    let id = sub["task_id"].as_str().unwrap().to_owned();
+    let expected = sub["expected_label"].as_u64().unwrap();
+    let (code, body) = get(&format!("{base}/v1/tasks/{id}/wait?timeout_ms=30000")).await;
+    assert_eq!(code, 200);
+    let view: TaskView = serde_json::from_str(&body).unwrap();
+    assert_eq!(view.phase, Phase::Verified);
+    assert_eq!(view.label.map(u64::from), Some(expected));
+    assert_eq!(view.verified_by.len(), 2);
+    let (_, list) = get(&format!("{base}/v1/tasks")).await;
+    assert!(list.contains(&id));
+    let (_, peers) = get(&format!("{base}/v1/peers")).await;
+    let peers: Vec<fleetmesh_node::PeerInfo> = serde_json::from_str(&peers).unwrap();
+    assert!(peers.iter().filter(|p| p.connected).count() >= 3);
+    let (_, node) = get(&format!("{base}/v1/node")).await;
+    assert!(node.contains(&nodes[0].client.peer_id().to_string()));
+    assert_eq!(get(&format!("{base}/healthz")).await, (200, "ok".to_owned()));
+    let (_, metrics) = get(&format!("{base}/metrics")).await;
+    assert!(metrics.contains("fleetmesh_tasks_verified_total 1"), "{metrics}");
+    assert!(metrics.contains("fleetmesh_libp2p_"), "libp2p's own metrics are missing");
+
+    // Bad requests: a clear error and a 4xx.
+    for body in [
+        json!({ "input_base64": "%%%" }),
+        json!({ "input_base64": "AAAA", "digits_sample": 1 }),
+        json!({}),
+        json!({ "digits_sample": 100000 }),
+        json!({ "digits_sample": 1, "model": "not-hex" }),
+        json!({ "digits_sample": 1, "redundancy": 0 }),
+    ] {
+        let (code, err) = post(&format!("{base}/v1/tasks"), body.clone()).await;
+        assert_eq!(code, 400, "{body} -> {err}");
+        assert!(err["error"].as_str().is_some_and(|e| !e.is_empty()), "{err}");
+    }
+    let raw = reqwest::Client::new()
+        .post(format!("{base}/v1/tasks"))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert!(raw.status().is_client_error());
+    assert_eq!(get(&format!("{base}/v1/tasks/xyz")).await.0, 400);
+    assert_eq!(get(&format!("{base}/v1/tasks/{}", "0".repeat(64))).await.0, 404);
+
+    // The CLI against the same node.
+    let api = vec!["--api".to_owned(), base.clone()];
+    let (ok, out, err) = cli([
+        vec!["submit".into(), "--digits-sample".into(), "9".into(), "--redundancy".into(), "2".into()],
+        api.clone(),
+    ]
+    .concat())
+    .await;
+    assert!(ok, "{out}{err}");
+    let label9 = fleetmesh_node::digits::test_set()[9].label;
+    assert!(out.contains("phase    Verified"), "{out}");
+    assert!(out.contains(&format!("(expected {label9})")), "{out}");
+    let (ok, out, _) = cli([vec!["status".into(), id.clone()], api.clone()].concat()).await;
+    assert!(ok && out.contains("\"verified\""), "{out}");
+    let (ok, out, _) = cli([vec!["peers".into()], api.clone()].concat()).await;
+    assert!(ok && out.lines().count() >= 4, "{out}");
+    let (ok, out, _) = cli([vec!["health".into()], api.clone()].concat()).await;
+    assert!(ok && out.trim() == "ok");
+    // Errors say what is wrong and exit non-zero.
+    let (ok, _, err) = cli([vec!["submit".into()], api.clone()].concat()).await;
+    assert!(!ok && err.contains("--digits-sample"), "{err}");
+    let (ok, _, err) = cli(vec!["health".into(), "--api".into(), "http://127.0.0.1:1".into()]).await;
+    assert!(!ok && err.contains("unreachable"), "{err}");
+    let (ok, _, err) = cli([vec!["status".into(), "0".repeat(64)], api].concat()).await;
+    assert!(!ok && err.contains("404"), "{err}");
+    stop_all(nodes).await;
+}
