@@ -38,6 +38,9 @@ pub struct NodeConfig {
     pub dht_scan_interval_ms: u64,
     /// How long an idle connection is kept, ms.
     pub idle_connection_timeout_ms: u64,
+    /// Finished tasks (requested and served) kept in memory; older ones are read from the
+    /// store on demand, so memory stays bounded however long the node runs.
+    pub max_finished_in_memory: usize,
     /// Misbehaviour for integration tests; absent from release builds.
     #[cfg(feature = "test-hooks")]
     #[serde(skip)]
@@ -104,6 +107,7 @@ impl Default for NodeConfig {
             presence_interval_ms: 5_000,
             dht_scan_interval_ms: 5_000,
             idle_connection_timeout_ms: 120_000,
+            max_finished_in_memory: 1024,
             #[cfg(feature = "test-hooks")]
             misbehave: None,
             #[cfg(feature = "test-hooks")]

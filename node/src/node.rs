@@ -137,6 +137,10 @@ pub struct NodeStats {
     pub jobs_executed: u64,
     /// Bids this node sent.
     pub bids_sent: u64,
+    /// Requested tasks held in memory (unfinished plus the most recent finished).
+    pub tasks_in_memory: u64,
+    /// Served jobs held in memory (unfinished plus the most recent finished).
+    pub jobs_in_memory: u64,
 }
 
 pub(crate) enum Command {
@@ -408,6 +412,7 @@ impl Node {
             stats: NodeStats::default(),
             next_presence: tokio::time::Instant::now(),
             next_dht_scan: tokio::time::Instant::now() + Duration::from_secs(1),
+            next_compaction: tokio::time::Instant::now(),
             bootstrap,
             first_result: None,
         };
@@ -513,6 +518,7 @@ pub(crate) struct EventLoop {
     pub(crate) stats: NodeStats,
     next_presence: tokio::time::Instant,
     next_dht_scan: tokio::time::Instant,
+    next_compaction: tokio::time::Instant,
     bootstrap: Vec<(PeerId, Multiaddr)>,
     /// (test hooks) the first result this worker produced, for replay.
     #[allow(dead_code)]
@@ -570,11 +576,17 @@ impl EventLoop {
                 let _ = tx.send(self.submit(*req));
             }
             Command::Status(id, tx) => {
-                let _ = tx.send(self.requests.get(&id).map(ReqTask::view));
+                let view = self.requests.get(&id).map(ReqTask::view);
+                let _ = tx.send(view.or_else(|| self.load_request(&id).map(|t| t.view())));
             }
             Command::Wait(id, tx) => match self.requests.get(&id) {
+                // Only finished tasks leave memory, so one found in the store is finished.
                 None => {
-                    let _ = tx.send(Err(ClientError::UnknownTask(id.to_string())));
+                    let r = self
+                        .load_request(&id)
+                        .map(|t| t.view())
+                        .ok_or_else(|| ClientError::UnknownTask(id.to_string()));
+                    let _ = tx.send(r);
                 }
                 Some(t) if t.phase.is_terminal() => {
                     let _ = tx.send(Ok(t.view()));
@@ -629,7 +641,12 @@ impl EventLoop {
                 self.outbound.insert(id, Outbound::Raw(tx));
             }
             Command::Stats(tx) => {
-                let _ = tx.send(self.stats.clone());
+                let stats = NodeStats {
+                    tasks_in_memory: self.requests.len() as u64,
+                    jobs_in_memory: self.jobs.len() as u64,
+                    ..self.stats.clone()
+                };
+                let _ = tx.send(stats);
             }
             Command::Shutdown(_) => {}
             #[cfg(feature = "test-hooks")]
@@ -672,6 +689,10 @@ impl EventLoop {
         let now = tokio::time::Instant::now();
         self.requester_tick();
         self.worker_tick();
+        if now >= self.next_compaction {
+            self.next_compaction = now + Duration::from_secs(1);
+            self.forget_old_finished();
+        }
         if now >= self.next_presence {
             self.next_presence = now + Duration::from_millis(self.config.presence_interval_ms.max(100));
             self.publish_presence();
@@ -679,6 +700,37 @@ impl EventLoop {
         if now >= self.next_dht_scan && self.config.serve {
             self.next_dht_scan = now + Duration::from_millis(self.config.dht_scan_interval_ms.max(100));
             self.scan_dht_for_open_tasks();
+        }
+    }
+
+    /// Drops the oldest finished tasks and jobs from memory beyond the configured number.
+    /// They stay in the store: status reads them from there, and awards and re-sent results
+    /// for them are answered from there.
+    fn forget_old_finished(&mut self) {
+        let cap = self.config.max_finished_in_memory;
+        let mut done: Vec<(u64, TaskId)> = self
+            .requests
+            .iter()
+            .filter(|(_, t)| t.phase.is_terminal())
+            .map(|(id, t)| (t.times.finished_ms, *id))
+            .collect();
+        if done.len() > cap {
+            done.sort_unstable();
+            for (_, id) in &done[..done.len() - cap] {
+                self.requests.remove(id);
+            }
+        }
+        let mut done: Vec<(u64, TaskId)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.is_finished())
+            .map(|(id, j)| (j.result_deadline_ms, *id))
+            .collect();
+        if done.len() > cap {
+            done.sort_unstable();
+            for (_, id) in &done[..done.len() - cap] {
+                self.jobs.remove(id);
+            }
         }
     }
 

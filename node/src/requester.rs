@@ -234,6 +234,12 @@ impl EventLoop {
         Ok(id)
     }
 
+    /// A requested task as persisted (for tasks no longer held in memory).
+    pub(crate) fn load_request(&self, id: &TaskId) -> Option<ReqTask> {
+        let bytes = self.store.get_raw(store::REQUESTS, id).ok()??;
+        fleetmesh_protocol::decode(&bytes, usize::MAX).ok()
+    }
+
     fn persist_request(&self, id: &TaskId) -> bool {
         let Some(t) = self.requests.get(id) else { return false };
         match self.store.put(store::REQUESTS, id, t) {
@@ -531,10 +537,20 @@ impl EventLoop {
                 return TaskResponse::Rejected(RejectReason::BadSignature);
             }
         };
-        let Some(t) = self.requests.get_mut(&id) else {
-            return TaskResponse::Rejected(RejectReason::UnknownTask);
-        };
         let worker = header.signer;
+        let Some(t) = self.requests.get_mut(&id) else {
+            // A finished task that left memory: re-send the receipt if this worker earned one.
+            return match self.load_request(&id) {
+                Some(t) => t
+                    .receipts
+                    .iter()
+                    .find(|(w, _)| *w == worker)
+                    .map_or(TaskResponse::Rejected(RejectReason::TaskClosed), |(_, r)| {
+                        TaskResponse::Receipt(r.clone())
+                    }),
+                None => TaskResponse::Rejected(RejectReason::UnknownTask),
+            };
+        };
         // Idempotent: a worker re-sending an accepted result gets its receipt again.
         if let Some((_, r)) = t.receipts.iter().find(|(w, _)| *w == worker) {
             return TaskResponse::Receipt(r.clone());

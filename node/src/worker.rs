@@ -62,6 +62,13 @@ pub(crate) struct Job {
     pub(crate) next_send_ms: u64,
 }
 
+impl Job {
+    /// Nothing more will happen to this job.
+    pub(crate) fn is_finished(&self) -> bool {
+        matches!(self.state, JobState::Receipted(_) | JobState::Rejected(_) | JobState::Abandoned(_))
+    }
+}
+
 impl EventLoop {
     fn queued_jobs(&self) -> usize {
         self.jobs.values().filter(|j| matches!(j.state, JobState::Queued)).count()
@@ -217,8 +224,10 @@ impl EventLoop {
         if !self.models.has(&spec.model) {
             return TaskResponse::Refused(Refusal::ModelUnavailable);
         }
-        if self.jobs.contains_key(&task) {
-            return TaskResponse::Ack; // already accepted: awards are idempotent
+        // Already accepted (in memory, or finished and only in the store): awards are idempotent.
+        if self.jobs.contains_key(&task) || self.store.get_raw(store::JOBS, &task).is_ok_and(|j| j.is_some())
+        {
+            return TaskResponse::Ack;
         }
         if !self.has_capacity() {
             return TaskResponse::Refused(Refusal::NoCapacity);

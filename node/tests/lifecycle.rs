@@ -245,3 +245,33 @@ async fn restarted_worker_does_not_run_an_accepted_task_twice() {
     nodes.push(w2);
     stop_all(nodes).await;
 }
+
+/// Finished tasks leave memory beyond the configured number but stay readable from the
+/// store; a long-running node's memory does not grow with its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_leave_memory_but_not_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 3, |_, c| c.max_finished_in_memory = 1).await;
+    ready(&nodes, 2).await;
+    let c = nodes[0].client.clone();
+    let mut done = Vec::new();
+    for s in 0..4 {
+        let (req, label) = digits_task(50 + s, 1);
+        let id = c.submit(req).await.unwrap();
+        assert_verified(&wait_done(&c, id).await, label);
+        done.push((id, label));
+    }
+    wait_until("old tasks and jobs to leave memory", async || {
+        let mut ok = c.stats().await.unwrap().tasks_in_memory <= 1;
+        for n in &nodes[1..] {
+            ok &= n.client.stats().await.unwrap().jobs_in_memory <= 1;
+        }
+        ok
+    })
+    .await;
+    for (id, label) in done {
+        assert_verified(&c.status(id).await.unwrap().expect("status of a forgotten task"), label);
+        assert_verified(&wait_done(&c, id).await, label);
+    }
+    stop_all(nodes).await;
+}
