@@ -87,6 +87,8 @@ impl Behaviour {
             .heartbeat_interval(Duration::from_millis(500))
             .validation_mode(gossipsub::ValidationMode::Strict)
             .validate_messages()
+            // Peer exchange: a peer pruned from a full mesh learns other peers to dial.
+            .do_px()
             .max_transmit_size(fleetmesh_protocol::limits::MAX_GOSSIP_BYTES + 1024)
             // Content-addressed ids: the same signed bytes are the same message.
             .message_id_fn(|m: &gossipsub::Message| {

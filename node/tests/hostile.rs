@@ -160,9 +160,14 @@ async fn hostile_gossip_and_dht_records_are_refused() {
         .unwrap()
         .unwrap();
 
-    wait_until("every victim to reject the 4 forged messages", async || {
-        victims.iter().all(|n| counter(&n.client, "fleetmesh_gossip_rejected_total") >= 4)
-    })
+    let rejected = || -> Vec<u64> {
+        victims.iter().map(|n| counter(&n.client, "fleetmesh_gossip_rejected_total")).collect()
+    };
+    wait_until_with(
+        "every victim to reject the 4 forged messages",
+        async || rejected().iter().all(|&r| r >= 4),
+        || format!("(rejections per victim: {:?})", rejected()),
+    )
     .await;
     // Nobody bid on the fake task (its spec does not exist anyway) and nobody believes the
     // forged advert of 99 free slots.
@@ -204,9 +209,14 @@ async fn hostile_gossip_and_dht_records_are_refused() {
     for (k, v) in records {
         attacker.put_raw_record(k, v).await.unwrap().unwrap();
     }
-    wait_until("the victims to refuse the 3 invalid records", async || {
-        victims.iter().map(|n| counter(&n.client, "fleetmesh_records_refused_total")).sum::<u64>() >= 3
-    })
+    let refused = || -> Vec<u64> {
+        victims.iter().map(|n| counter(&n.client, "fleetmesh_records_refused_total")).collect()
+    };
+    wait_until_with(
+        "the victims to refuse the 3 invalid records",
+        async || refused().iter().sum::<u64>() >= 3,
+        || format!("(refusals per victim: {:?})", refused()),
+    )
     .await;
 
     let (req, label) = digits_task(2, 2);

@@ -36,10 +36,15 @@ pub async fn wait_done(c: &Client, id: TaskId) -> TaskView {
     tokio::time::timeout(WAIT, c.wait(id)).await.expect("task did not finish in time").unwrap()
 }
 
-pub async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+pub async fn wait_until(what: &str, f: impl AsyncFnMut() -> bool) {
+    wait_until_with(what, f, String::new).await;
+}
+
+/// As [`wait_until`], adding `state()` to the failure message.
+pub async fn wait_until_with(what: &str, mut f: impl AsyncFnMut() -> bool, state: impl Fn() -> String) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what} {}", state());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
