@@ -69,7 +69,7 @@ pub struct TaskDefaults {
     pub exec_timeout_ms: u32,
     /// Time from submit until the task fails if not verified, ms.
     pub deadline_ms: u64,
-    /// Bid rounds before a task with no bids fails.
+    /// Consecutive bid rounds without a single valid bid before the task fails.
     pub max_rounds: u32,
     /// Close a bid round early once every peer whose presence advert lists the model has bid
     /// (and at least k bids are in). The award names the bid set, so this loses no

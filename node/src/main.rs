@@ -99,6 +99,9 @@ struct RunArgs {
     /// Do not bid on other nodes' tasks.
     #[arg(long, env = "FLEETMESH_NO_SERVE")]
     no_serve: bool,
+    /// The lowest price this node bids.
+    #[arg(long, env = "FLEETMESH_PRICE_FLOOR")]
+    price_floor: Option<u64>,
 }
 
 #[derive(Args, Clone)]
@@ -234,6 +237,9 @@ async fn run_node(args: RunArgs) -> Result<()> {
     }
     if args.no_serve {
         cfg.serve = false;
+    }
+    if let Some(p) = args.price_floor {
+        cfg.price_floor = p;
     }
     let node = Node::spawn(cfg).await?;
     let addrs = node.client.listen_addrs().await?;

@@ -65,6 +65,9 @@ pub(crate) struct ReqTask {
     pub(crate) bid_deadline_ms: u64,
     pub(crate) bids: Vec<SignedEnvelope>,
     pub(crate) bids_total: u32,
+    /// Consecutive bid rounds that ended without a valid bid.
+    #[serde(default)]
+    pub(crate) empty_rounds: u32,
     pub(crate) bid_set: Vec<fleetmesh_crypto::Digest>,
     pub(crate) standby: Vec<(PublicKey, u64)>,
     pub(crate) assignments: Vec<Assignment>,
@@ -211,6 +214,7 @@ impl EventLoop {
             bid_deadline_ms: now + u64::from(bid_window_ms),
             bids: Vec::new(),
             bids_total: 0,
+            empty_rounds: 0,
             bid_set: Vec::new(),
             standby: Vec::new(),
             assignments: Vec::new(),
@@ -369,10 +373,13 @@ impl EventLoop {
             .max(1);
         let now = now_ms();
         if decision.ranked.is_empty() {
-            let rounds = t.round + 1;
-            if rounds >= self.config.tasks.max_rounds || now >= t.spec.deadline_ms {
+            // Only consecutive rounds without a single valid bid count towards giving up;
+            // re-auctions after a worker failed are not "no bids".
+            t.empty_rounds += 1;
+            let empty = t.empty_rounds;
+            if empty >= self.config.tasks.max_rounds || now >= t.spec.deadline_ms {
                 let reason = format!(
-                    "no valid bids after {rounds} bid rounds (does any node hold model {}?)",
+                    "no valid bids in {empty} consecutive bid rounds (does any node hold model {}?)",
                     t.spec.model
                 );
                 self.fail(id, reason);
@@ -380,7 +387,7 @@ impl EventLoop {
             }
             // Back off: each empty round waits longer, up to 8 windows.
             t.round += 1;
-            let window = u64::from(t.spec.bid_window_ms) << t.round.min(3);
+            let window = u64::from(t.spec.bid_window_ms) << empty.min(3);
             t.bid_deadline_ms = (now + window).min(t.spec.deadline_ms);
             let model = t.spec.model;
             self.persist_request(id);
@@ -388,6 +395,7 @@ impl EventLoop {
             self.announce(id);
             return;
         }
+        t.empty_rounds = 0;
         t.bid_set = decision.bid_set.clone();
         let take = needed.min(decision.ranked.len());
         let winners: Vec<(PublicKey, u64)> =

@@ -1,0 +1,355 @@
+//! `fleetmesh-scenario`: drives a running fleetmesh testnet from outside.
+//!
+//! It reads the topology that `testnet/run` wrote (containers, networks, the requesters'
+//! published API addresses), submits tasks to the requesters at a chosen rate, injects the
+//! scenario's faults with the docker CLI while they run, waits until every task is verified
+//! or failed, and prints a table and, as its last line, one JSON object. It exits non-zero if
+//! any task was lost (accepted by a requester but neither verified nor failed with a reason)
+//! or any task's result was accepted twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use fleetmesh_node::demo::Percentiles;
+use fleetmesh_node::{Phase, TaskView};
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser)]
+#[command(about = "Run a fault scenario against a running fleetmesh testnet")]
+struct Args {
+    /// smoke, churn, partition, requester-restart or freeze.
+    scenario: String,
+    /// The topology file written by testnet/run.
+    #[arg(long)]
+    topology: PathBuf,
+    /// Tasks to submit (default: the scenario's).
+    #[arg(long)]
+    tasks: Option<usize>,
+    /// Tasks per second (default: the scenario's).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Workers per task.
+    #[arg(long, default_value_t = 2)]
+    redundancy: u8,
+    /// Seconds to wait for the last task after the last submission.
+    #[arg(long, default_value_t = 240)]
+    timeout_secs: u64,
+}
+
+/// One container of the testnet.
+#[derive(Debug, Clone, Deserialize)]
+struct Member {
+    container: String,
+    /// Which side of a partition it is on ("a" or "b").
+    side: String,
+    /// The requester's API, published on loopback.
+    #[serde(default)]
+    api: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Topology {
+    /// The two networks every node is attached to (a partition detaches each side from one).
+    networks: [String; 2],
+    boots: Vec<Member>,
+    requesters: Vec<Member>,
+    workers: Vec<Member>,
+}
+
+#[derive(Debug, Clone)]
+enum Fault {
+    Kill(Vec<String>),
+    Start(Vec<String>),
+    Pause(Vec<String>),
+    Unpause(Vec<String>),
+    Split,
+    Heal,
+    Restart(String),
+}
+
+struct Plan {
+    tasks: usize,
+    rate: f64,
+    /// (seconds after the first submission, fault)
+    faults: Vec<(f64, Fault)>,
+}
+
+fn plan(name: &str, topo: &Topology) -> Result<Plan> {
+    let workers: Vec<String> = topo.workers.iter().map(|w| w.container.clone()).collect();
+    Ok(match name {
+        "smoke" => Plan { tasks: 30, rate: 10.0, faults: vec![] },
+        "churn" => {
+            // 30 % of the serving nodes (boot nodes serve too; at least one) drive away
+            // mid-run and come back later. Only vehicles are killed: the boot nodes stay.
+            let serving = workers.len() + topo.boots.len();
+            let n = ((serving as f64 * 0.3).round() as usize).clamp(1, workers.len());
+            let gone: Vec<String> = workers.iter().take(n).cloned().collect();
+            Plan {
+                tasks: 200,
+                rate: 20.0,
+                faults: vec![(3.0, Fault::Kill(gone.clone())), (8.0, Fault::Start(gone))],
+            }
+        }
+        "freeze" => {
+            // A vehicle in a tunnel: frozen past its result deadline, then back.
+            let frozen: Vec<String> = workers.iter().take(1).cloned().collect();
+            Plan {
+                tasks: 40,
+                rate: 10.0,
+                faults: vec![(1.0, Fault::Pause(frozen.clone())), (14.0, Fault::Unpause(frozen))],
+            }
+        }
+        "partition" => Plan { tasks: 60, rate: 6.0, faults: vec![(3.0, Fault::Split), (8.0, Fault::Heal)] },
+        "requester-restart" => {
+            let r = topo.requesters.first().context("no requester in the topology")?.container.clone();
+            Plan { tasks: 60, rate: 10.0, faults: vec![(2.5, Fault::Restart(r))] }
+        }
+        other => bail!("unknown scenario {other:?}: smoke, churn, partition, requester-restart or freeze"),
+    })
+}
+
+fn docker(args: &[&str]) -> Result<()> {
+    let out = Command::new("docker").args(args).output().context("running docker")?;
+    if !out.status.success() {
+        bail!("docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Applies a fault; returns what was done, for the event log.
+fn apply(fault: &Fault, topo: &Topology) -> Result<String> {
+    let each = |verb: &str, cs: &[String]| -> Result<String> {
+        for c in cs {
+            docker(&[verb, c])?;
+        }
+        Ok(format!("{verb} {}", cs.join(" ")))
+    };
+    match fault {
+        Fault::Kill(cs) => each("kill", cs),
+        Fault::Start(cs) => each("start", cs),
+        Fault::Pause(cs) => each("pause", cs),
+        Fault::Unpause(cs) => each("unpause", cs),
+        Fault::Restart(c) => {
+            // SIGKILL, no grace: the requester must resume from what it persisted.
+            docker(&["restart", "-t", "0", c])?;
+            Ok(format!("restart -t 0 {c}"))
+        }
+        Fault::Split | Fault::Heal => {
+            let [net_a, net_b] = &topo.networks;
+            let all = topo.boots.iter().chain(&topo.requesters).chain(&topo.workers);
+            for m in all {
+                // Side a keeps only network a, side b only network b: two islands.
+                let other = if m.side == "a" { net_b } else { net_a };
+                if matches!(fault, Fault::Split) {
+                    docker(&["network", "disconnect", "-f", other, &m.container])?;
+                } else {
+                    docker(&["network", "connect", other, &m.container])?;
+                }
+            }
+            Ok(if matches!(fault, Fault::Split) {
+                "partition: side a | side b".into()
+            } else {
+                "partition healed".into()
+            })
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Tracked {
+    requester: usize,
+    task_id: String,
+    label: Option<u8>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    scenario: String,
+    submitted: usize,
+    verified: usize,
+    failed: usize,
+    lost: usize,
+    duplicates_accepted: usize,
+    accuracy: f64,
+    latency_ms: Percentiles,
+    submit_retries: usize,
+    failure_reasons: BTreeMap<String, usize>,
+    events: Vec<String>,
+    wall_s: f64,
+}
+
+async fn submit(http: &reqwest::Client, api: &str, sample: usize, k: u8) -> Result<(String, Option<u8>)> {
+    let body = serde_json::json!({ "digits_sample": sample, "redundancy": k });
+    let r = http.post(format!("{api}/v1/tasks")).json(&body).send().await?;
+    let status = r.status();
+    let text = r.text().await?;
+    if status.as_u16() != 202 {
+        bail!("{status}: {text}");
+    }
+    let s: fleetmesh_node::api::Submitted = serde_json::from_str(&text)?;
+    Ok((s.task_id, s.expected_label))
+}
+
+async fn status(http: &reqwest::Client, api: &str, id: &str) -> Result<Option<TaskView>> {
+    let r = http.get(format!("{api}/v1/tasks/{id}")).send().await?;
+    match r.status().as_u16() {
+        200 => Ok(Some(r.json().await?)),
+        404 => Ok(None),
+        s => bail!("status {s}"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let topo: Topology = serde_json::from_str(
+        &std::fs::read_to_string(&args.topology)
+            .with_context(|| format!("reading {}", args.topology.display()))?,
+    )?;
+    let mut plan = plan(&args.scenario, &topo)?;
+    plan.tasks = args.tasks.unwrap_or(plan.tasks);
+    plan.rate = args.rate.unwrap_or(plan.rate).max(0.1);
+    let apis: Vec<String> = topo.requesters.iter().filter_map(|r| r.api.clone()).collect();
+    if apis.is_empty() {
+        bail!("the topology has no requester API");
+    }
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let start = Instant::now();
+    let mut report = Report { scenario: args.scenario.clone(), ..Report::default() };
+
+    // Faults run on their own schedule while tasks are submitted.
+    let faults = plan.faults.clone();
+    let topo = std::sync::Arc::new(topo);
+    let topo2 = topo.clone();
+    let fault_task = tokio::spawn(async move {
+        let mut events = Vec::new();
+        for (at, fault) in faults {
+            tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
+            let t2 = topo2.clone();
+            let f2 = fault.clone();
+            let r = tokio::task::spawn_blocking(move || apply(&f2, &t2)).await;
+            let line = match r {
+                Ok(Ok(what)) => format!("{:>6.1}s {what}", start.elapsed().as_secs_f64()),
+                Ok(Err(e)) => format!("{:>6.1}s FAILED {fault:?}: {e}", start.elapsed().as_secs_f64()),
+                Err(e) => format!("{:>6.1}s FAILED {fault:?}: {e}", start.elapsed().as_secs_f64()),
+            };
+            eprintln!("  fault {line}");
+            events.push(line);
+        }
+        events
+    });
+
+    let mut tracked: Vec<Tracked> = Vec::with_capacity(plan.tasks);
+    for i in 0..plan.tasks {
+        tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / plan.rate)).into()).await;
+        let requester = i % apis.len();
+        // A requester that is restarting is retried for up to a minute; nothing is dropped.
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            match submit(&http, &apis[requester], (i * 37) % 450, args.redundancy).await {
+                Ok((task_id, label)) => {
+                    tracked.push(Tracked { requester, task_id, label });
+                    break;
+                }
+                Err(e) if Instant::now() < give_up => {
+                    report.submit_retries += 1;
+                    if report.submit_retries % 10 == 1 {
+                        eprintln!("  submit to {} failed ({e}); retrying", apis[requester]);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => bail!("requester {} refused task {i} for a minute: {e}", apis[requester]),
+            }
+        }
+    }
+    eprintln!("submitted {} tasks in {:.1} s", tracked.len(), start.elapsed().as_secs_f64());
+    report.events = fault_task.await.unwrap_or_default();
+
+    // Wait until every task is verified or failed (or the timeout).
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut views: HashMap<String, TaskView> = HashMap::new();
+    let mut last_print = Instant::now();
+    loop {
+        for t in &tracked {
+            if views.get(&t.task_id).is_some_and(|v| v.phase.is_terminal()) {
+                continue;
+            }
+            match status(&http, &apis[t.requester], &t.task_id).await {
+                Ok(Some(v)) => {
+                    views.insert(t.task_id.clone(), v);
+                }
+                Ok(None) => {
+                    views.remove(&t.task_id);
+                }
+                Err(_) => {} // requester unreachable right now: ask again next round
+            }
+        }
+        let done =
+            tracked.iter().filter(|t| views.get(&t.task_id).is_some_and(|v| v.phase.is_terminal())).count();
+        if last_print.elapsed() > Duration::from_secs(2) {
+            eprintln!("  {:>6.1}s finished {done}/{}", start.elapsed().as_secs_f64(), tracked.len());
+            last_print = Instant::now();
+        }
+        if done == tracked.len() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    report.submitted = tracked.len();
+    let mut latencies = Vec::new();
+    let mut correct = 0;
+    for t in &tracked {
+        match views.get(&t.task_id) {
+            Some(v) if v.phase == Phase::Verified => {
+                report.verified += 1;
+                let mut by = v.verified_by.clone();
+                by.sort();
+                by.dedup();
+                if by.len() != v.verified_by.len() || v.verified_by.len() > usize::from(v.redundancy) {
+                    report.duplicates_accepted += 1;
+                }
+                if v.label.is_some() && v.label.map(|l| l as u8) == t.label {
+                    correct += 1;
+                }
+                latencies.push(v.timings.finished_ms.saturating_sub(v.timings.submitted_ms));
+            }
+            Some(v) if v.phase == Phase::Failed && v.failure.is_some() => {
+                report.failed += 1;
+                *report.failure_reasons.entry(v.failure.clone().unwrap_or_default()).or_default() += 1;
+            }
+            _ => report.lost += 1,
+        }
+    }
+    report.accuracy = if report.verified > 0 { correct as f64 / report.verified as f64 } else { 0.0 };
+    report.latency_ms = Percentiles::of(&latencies);
+    report.wall_s = start.elapsed().as_secs_f64();
+
+    println!("scenario {}", report.scenario);
+    println!("  submitted            {:>6}", report.submitted);
+    println!("  verified             {:>6}", report.verified);
+    println!("  failed (with reason) {:>6}", report.failed);
+    println!("  lost                 {:>6}", report.lost);
+    println!("  duplicates accepted  {:>6}", report.duplicates_accepted);
+    println!("  accuracy             {:>6.1} %", report.accuracy * 100.0);
+    println!("  latency p50 / p99    {:>6.0} / {:.0} ms", report.latency_ms.p50, report.latency_ms.p99);
+    println!("  submit retries       {:>6}", report.submit_retries);
+    for (reason, n) in &report.failure_reasons {
+        println!("  failure x{n}: {reason}");
+    }
+    for e in &report.events {
+        println!("  event {e}");
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    if report.lost > 0 || report.duplicates_accepted > 0 {
+        bail!("{} tasks lost, {} accepted twice", report.lost, report.duplicates_accepted);
+    }
+    if report.events.iter().any(|e| e.contains("FAILED")) {
+        bail!("a fault could not be injected; the scenario did not test what it claims");
+    }
+    Ok(())
+}
