@@ -47,6 +47,17 @@ enum Command {
         #[arg(long, env = "FLEETMESH_DATA_DIR", default_value = "fleetmesh-data")]
         data_dir: PathBuf,
     },
+    /// Measure protocol overhead, throughput and memory on loopback (see docs/BENCHMARKS.md).
+    Bench {
+        /// Parts to run: overhead, throughput, memory (default: all).
+        parts: Vec<String>,
+        /// Smaller runs (seconds instead of minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a mesh of N nodes in this process and run M real digits tasks end to end.
     Demo {
         /// Nodes in the mesh.
@@ -135,6 +146,27 @@ struct SubmitArgs {
     json: bool,
 }
 
+/// Writes a line to stdout; a closed pipe (`fleetmesh peers | head`) ends the program
+/// quietly instead of panicking.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+/// As `say!` without the newline.
+macro_rules! say_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        if write!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -154,16 +186,16 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Submit(args) => submit(args).await,
         Command::Status { task, api } => {
             let v: serde_json::Value = get_json(&format!("{}/v1/tasks/{task}", api.api)).await?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            say!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
         Command::Peers { api } => {
             let peers: Vec<fleetmesh_node::PeerInfo> = get_json(&format!("{}/v1/peers", api.api)).await?;
-            println!("{:<54} {:<9} {:<6} models", "peer id", "connected", "slots");
+            say!("{:<54} {:<9} {:<6} models", "peer id", "connected", "slots");
             for p in peers {
                 let models: Vec<String> = p.models.iter().map(|m| m[..8.min(m.len())].to_owned()).collect();
                 let slots = p.free_slots.map_or("-".into(), |s| s.to_string());
-                println!("{:<54} {:<9} {:<6} {}", p.peer_id, p.connected, slots, models.join(","));
+                say!("{:<54} {:<9} {:<6} {}", p.peer_id, p.connected, slots, models.join(","));
             }
             Ok(())
         }
@@ -174,15 +206,40 @@ async fn run(cli: Cli) -> Result<()> {
             if !r.status().is_success() {
                 bail!("node API answered {}", r.status());
             }
-            println!("ok");
+            say!("ok");
             Ok(())
         }
         Command::Keygen { data_dir } => {
             let path = data_dir.join("node.key");
             let (id, created) = fleetmesh_crypto::load_or_create_identity(&path)?;
-            println!("{} {}", if created { "created" } else { "existing" }, path.display());
-            println!("peer id    {}", fleetmesh_node::peer_id_string(&id.public()));
-            println!("public key {}", id.public());
+            say!("{} {}", if created { "created" } else { "existing" }, path.display());
+            say!("peer id    {}", fleetmesh_node::peer_id_string(&id.public()));
+            say!("public key {}", id.public());
+            Ok(())
+        }
+        Command::Bench { parts, quick, json } => {
+            use fleetmesh_node::bench::{self, Part};
+            let parts = if parts.is_empty() || parts.iter().any(|p| p == "all") {
+                vec![Part::Overhead, Part::Throughput, Part::Memory]
+            } else {
+                parts
+                    .iter()
+                    .map(|p| match p.as_str() {
+                        "overhead" => Ok(Part::Overhead),
+                        "throughput" => Ok(Part::Throughput),
+                        "memory" => Ok(Part::Memory),
+                        other => Err(anyhow::anyhow!(
+                            "unknown part {other:?}: overhead, throughput, memory or all"
+                        )),
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            };
+            let report = bench::run(&parts, quick).await.map_err(|e| anyhow::anyhow!("bench failed: {e}"))?;
+            if json {
+                say!("{}", serde_json::to_string(&report)?);
+            } else {
+                say_raw!("{}", report.table());
+            }
             Ok(())
         }
         Command::Demo { nodes, tasks, redundancy, timeout_secs, json } => {
@@ -196,9 +253,9 @@ async fn run(cli: Cli) -> Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                say!("{}", serde_json::to_string(&report)?);
             } else {
-                print!("{}", report.table());
+                say_raw!("{}", report.table());
             }
             if report.tasks_verified + report.tasks_failed < report.tasks_submitted {
                 bail!("{} tasks did not finish within {timeout_secs} s", report.tasks_unfinished);
@@ -295,22 +352,22 @@ async fn submit(args: SubmitArgs) -> Result<()> {
         format!("{}/v1/tasks/{}/wait?timeout_ms={}", args.api.api, sub.task_id, args.timeout_secs * 1000);
     let view: fleetmesh_node::TaskView = get_json(&url).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        say!("{}", serde_json::to_string_pretty(&view)?);
     } else {
-        println!("task     {}", view.task_id);
-        println!("phase    {:?}", view.phase);
+        say!("task     {}", view.task_id);
+        say!("phase    {:?}", view.phase);
         if let Some(l) = view.label {
             let expected = sub.expected_label.map(|e| format!(" (expected {e})")).unwrap_or_default();
-            println!("label    {l}{expected}");
+            say!("label    {l}{expected}");
         }
         if let Some(d) = &view.output_digest {
-            println!("output   blake3 {d}");
+            say!("output   blake3 {d}");
         }
         for w in &view.workers {
-            println!("worker   {} {}", w.peer_id, w.status);
+            say!("worker   {} {}", w.peer_id, w.status);
         }
         if let Some(f) = &view.failure {
-            println!("failure  {f}");
+            say!("failure  {f}");
         }
     }
     match view.phase {
