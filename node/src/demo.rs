@@ -123,6 +123,10 @@ pub async fn spawn_local_mesh(
         if i > 0 {
             let pick = if i % 2 == 0 { "/tcp/" } else { "/quic-v1" };
             cfg.bootstrap = boot.iter().filter(|a| a.contains(pick)).cloned().collect();
+            if cfg.bootstrap.is_empty() {
+                // Node 0 does not listen on that transport: use whatever it has.
+                cfg.bootstrap = boot.clone();
+            }
         }
         configure(i, &mut cfg);
         let node = Node::spawn(cfg).await?;

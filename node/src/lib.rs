@@ -13,6 +13,7 @@
 
 pub mod api;
 mod behaviour;
+pub mod bench;
 mod codec;
 pub mod config;
 pub mod demo;

@@ -234,7 +234,9 @@ async fn run(cli: Cli) -> Result<()> {
                     })
                     .collect::<Result<Vec<_>>>()?
             };
-            let report = bench::run(&parts, quick).await.map_err(|e| anyhow::anyhow!("bench failed: {e}"))?;
+            let report = bench::run(&parts, quick, &std::env::current_exe()?)
+                .await
+                .map_err(|e| anyhow::anyhow!("bench failed: {e}"))?;
             if json {
                 say!("{}", serde_json::to_string(&report)?);
             } else {

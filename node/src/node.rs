@@ -408,6 +408,8 @@ impl Node {
             outbound: HashMap::new(),
             presence: HashMap::new(),
             providing: HashSet::new(),
+            open_tasks_dirty: HashSet::new(),
+            next_open_flush: tokio::time::Instant::now(),
             waiters: HashMap::new(),
             stats: NodeStats::default(),
             next_presence: tokio::time::Instant::now(),
@@ -514,6 +516,9 @@ pub(crate) struct EventLoop {
     pub(crate) presence: HashMap<PeerId, Presence>,
     /// Models this node announced itself as a provider of open tasks for.
     pub(crate) providing: HashSet<ModelId>,
+    /// Models whose open-tasks record must be rewritten on the next flush.
+    pub(crate) open_tasks_dirty: HashSet<ModelId>,
+    next_open_flush: tokio::time::Instant,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<Result<TaskView, ClientError>>>>,
     pub(crate) stats: NodeStats,
     next_presence: tokio::time::Instant,
@@ -689,6 +694,10 @@ impl EventLoop {
         let now = tokio::time::Instant::now();
         self.requester_tick();
         self.worker_tick();
+        if now >= self.next_open_flush && !self.open_tasks_dirty.is_empty() {
+            self.next_open_flush = now + Duration::from_millis(500);
+            self.flush_open_tasks();
+        }
         if now >= self.next_compaction {
             self.next_compaction = now + Duration::from_secs(1);
             self.forget_old_finished();

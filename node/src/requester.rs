@@ -264,7 +264,21 @@ impl EventLoop {
     }
 
     /// Rewrites this node's open-tasks record for `model` and its provider record.
+    /// Marks this node's open-tasks record for `model` stale; `flush_open_tasks` rewrites it
+    /// on the next tick, so a burst of changes costs one DHT write, not one each.
     pub(crate) fn publish_open_tasks(&mut self, model: &fleetmesh_crypto::ModelId) {
+        self.open_tasks_dirty.insert(*model);
+    }
+
+    /// Rewrites the stale open-tasks records (called from the tick, at most twice a second).
+    pub(crate) fn flush_open_tasks(&mut self) {
+        let models: Vec<fleetmesh_crypto::ModelId> = self.open_tasks_dirty.drain().collect();
+        for m in models {
+            self.write_open_tasks(&m);
+        }
+    }
+
+    fn write_open_tasks(&mut self, model: &fleetmesh_crypto::ModelId) {
         let mut open: Vec<OpenTask> = self
             .requests
             .values()
@@ -298,6 +312,7 @@ impl EventLoop {
             round: t.round,
             bid_deadline_ms: t.bid_deadline_ms,
             max_price: t.spec.max_price,
+            spec: Some(t.spec_env.clone()),
         };
         let env = a.sign(&self.identity);
         let ok = self.publish(ids::TOPIC_TASKS, &env);

@@ -87,9 +87,38 @@ impl EventLoop {
         if self.config.ignore_task_gossip {
             return;
         }
-        self.consider(a.task_id, a.model, a.round, a.bid_deadline_ms, Some(a.max_price));
+        match a.spec {
+            // The spec came with the announcement: check it and bid without a DHT lookup.
+            Some(spec)
+                if self.worth_bidding(a.task_id, a.model, a.round, a.bid_deadline_ms, Some(a.max_price)) =>
+            {
+                self.bid_on_spec((a.task_id, a.round), &spec);
+            }
+            Some(_) => {}
+            None => self.consider(a.task_id, a.model, a.round, a.bid_deadline_ms, Some(a.max_price)),
+        }
     }
 
+    /// Whether this node would bid on round `round` of `task`, before looking at the spec.
+    fn worth_bidding(
+        &self,
+        task: TaskId,
+        model: ModelId,
+        round: u32,
+        bid_deadline_ms: u64,
+        max_price: Option<u64>,
+    ) -> bool {
+        self.config.serve
+            && bid_deadline_ms > now_ms()
+            && max_price.is_none_or(|p| p >= self.config.price_floor)
+            && self.models.has(&model)
+            && !self.jobs.contains_key(&task)
+            && !self.bids_sent.contains(&(task, round))
+            && !self.spec_lookups.values().any(|k| *k == (task, round))
+            && self.has_capacity()
+    }
+
+    /// Looks the spec up in the DHT if this node would bid on it.
     fn consider(
         &mut self,
         task: TaskId,
@@ -98,15 +127,7 @@ impl EventLoop {
         bid_deadline_ms: u64,
         max_price: Option<u64>,
     ) {
-        if !self.config.serve
-            || bid_deadline_ms <= now_ms()
-            || max_price.is_some_and(|p| p < self.config.price_floor)
-            || !self.models.has(&model)
-            || self.jobs.contains_key(&task)
-            || self.bids_sent.contains(&(task, round))
-            || self.spec_lookups.values().any(|k| *k == (task, round))
-            || !self.has_capacity()
-        {
+        if !self.worth_bidding(task, model, round, bid_deadline_ms, max_price) {
             return;
         }
         let qid =
@@ -115,12 +136,18 @@ impl EventLoop {
     }
 
     /// The spec came back from the DHT: check it and bid.
-    pub(crate) fn on_spec_found(&mut self, (task, round): (TaskId, u32), value: Vec<u8>) {
-        let Ok((env, spec)) = TaskSpec::open_bytes(&value, fleetmesh_protocol::limits::MAX_RECORD_BYTES)
-        else {
-            return;
-        };
-        if task_id_of(&env) != task
+    pub(crate) fn on_spec_found(&mut self, key: (TaskId, u32), value: Vec<u8>) {
+        if let Ok(env) =
+            fleetmesh_protocol::decode::<SignedEnvelope>(&value, fleetmesh_protocol::limits::MAX_RECORD_BYTES)
+        {
+            self.bid_on_spec(key, &env);
+        }
+    }
+
+    /// Checks a signed spec (from the DHT or an announcement) and bids on it.
+    fn bid_on_spec(&mut self, (task, round): (TaskId, u32), env: &SignedEnvelope) {
+        let Ok(spec) = TaskSpec::open(env) else { return };
+        if task_id_of(env) != task
             || env.signer == self.identity.public()
             || spec.max_price < self.config.price_floor
             || spec.deadline_ms <= now_ms()

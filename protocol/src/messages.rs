@@ -126,6 +126,10 @@ pub struct Announcement {
     pub bid_deadline_ms: u64,
     /// Copied from the spec so nodes whose price floor is higher skip the lookup.
     pub max_price: u64,
+    /// The signed spec itself, so receivers can bid without a DHT lookup. Optional: the DHT
+    /// record stays the source for nodes that missed the gossip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SignedEnvelope>,
 }
 signed!(Announcement, MessageKind::Announcement, limits::MAX_GOSSIP_BYTES);
 
@@ -429,6 +433,27 @@ mod tests {
             encode(&FutureBid { bid: bid.clone(), parked_until_ms: 99 }),
         );
         assert_eq!(Bid::open(&env).unwrap(), bid);
+    }
+
+    #[test]
+    fn announcement_spec_is_optional_on_the_wire() {
+        let id = Identity::from_secret_bytes(&[3; 32]);
+        let spec_env = spec().sign(&id);
+        let with = Announcement {
+            v: 1,
+            task_id: task_id_of(&spec_env),
+            model: spec().model,
+            round: 0,
+            bid_deadline_ms: 9,
+            max_price: 10,
+            spec: Some(spec_env.clone()),
+        };
+        assert_eq!(Announcement::open(&with.sign(&id)).unwrap(), with);
+        // An announcement from a node that does not send the spec (field absent) still decodes.
+        let without = Announcement { spec: None, ..with };
+        let env = without.sign(&id);
+        assert!(!String::from_utf8_lossy(&env.payload).contains("spec"));
+        assert_eq!(Announcement::open(&env).unwrap(), without);
     }
 
     #[test]

@@ -1,0 +1,293 @@
+//! `fleetmesh bench`: what the mesh costs on top of the inference it carries.
+//!
+//! Every part runs real nodes in this process on loopback with real sockets:
+//! * `overhead`: 5 nodes, k = 1, one task at a time. For each task the same input is also run
+//!   directly on a local model store, in this run; overhead = end-to-end verified latency
+//!   minus that direct inference time.
+//! * `throughput`: 10 nodes, every node a requester, k = 1; the number of tasks in flight is
+//!   raised step by step until verified tasks per second stop growing.
+//! * `memory`: RSS of one idle node in its own process after it joined a small mesh, and of
+//!   one process running a 200-node mesh (QUIC only, to stay within file-descriptor limits).
+//!
+//! Gossip spread to 200 nodes needs per-delivery timestamps; it comes with the trace format
+//! (issue 4) rather than a one-off hook.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::demo::{spawn_local_mesh, wait_for_mesh, Percentiles};
+use crate::node::SubmitRequest;
+use crate::state::Phase;
+
+/// Which parts to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Protocol overhead per task.
+    Overhead,
+    /// Verified tasks per second at saturation.
+    Throughput,
+    /// Resident memory.
+    Memory,
+}
+
+/// What `fleetmesh bench` measured; absent parts are omitted.
+#[derive(Debug, Default, Serialize)]
+pub struct BenchReport {
+    /// How bid rounds closed in these runs.
+    pub window_policy: String,
+    /// Tasks in the overhead part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead_tasks: Option<usize>,
+    /// p50 of end-to-end minus direct inference, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead_p50_ms: Option<f64>,
+    /// p99 of end-to-end minus direct inference, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead_p99_ms: Option<f64>,
+    /// p50 end-to-end verified latency, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e_p50_ms: Option<f64>,
+    /// p50 direct inference time (the same inputs, same run), microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_p50_us: Option<f64>,
+    /// p50 end-to-end / p50 direct.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e_over_direct: Option<f64>,
+    /// Verified tasks per second at the best in-flight level.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks_per_s: Option<f64>,
+    /// p99 latency at that level, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput_p99_ms: Option<f64>,
+    /// Tasks in flight at that level.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput_in_flight: Option<usize>,
+    /// Every level tried: (in flight, tasks/s, p99 ms).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub throughput_levels: Vec<(usize, f64, f64)>,
+    /// RSS of one idle node process after joining a 3-node mesh, MB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_node_rss_mb: Option<f64>,
+    /// RSS of the process running the 200-node mesh, MB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh200_rss_mb: Option<f64>,
+    /// Nodes in that mesh (fewer with --quick).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_nodes: Option<usize>,
+}
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Runs the chosen parts. `quick` shrinks every part (for tests and smoke runs); `node_exe`
+/// is the `fleetmesh` binary the memory part starts as a separate idle node.
+pub async fn run(parts: &[Part], quick: bool, node_exe: &std::path::Path) -> BenchResult<BenchReport> {
+    let mut report = BenchReport {
+        window_policy: "early close once every connected peer advertising the model has bid, else 1 s window"
+            .into(),
+        ..BenchReport::default()
+    };
+    for part in parts {
+        match part {
+            Part::Overhead => overhead(&mut report, if quick { 10 } else { 200 }).await?,
+            Part::Throughput => throughput(&mut report, quick).await?,
+            Part::Memory => memory(&mut report, if quick { 20 } else { 200 }, node_exe).await?,
+        }
+    }
+    Ok(report)
+}
+
+async fn overhead(report: &mut BenchReport, tasks: usize) -> BenchResult<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = spawn_local_mesh(dir.path(), 5, |_, _| {}).await?;
+    wait_for_mesh(&nodes, 4, Duration::from_secs(30)).await?;
+    let direct_store = crate::executor::ModelStore::open(&dir.path().join("direct"))?;
+    let model = crate::digits::model_id();
+    let samples = crate::digits::test_set();
+    let (mut e2e, mut direct, mut over) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..tasks {
+        let input = samples[i % samples.len()].to_input();
+        let t = Instant::now();
+        direct_store.run(&model, &input)?;
+        let direct_us = t.elapsed().as_micros() as u64;
+        let client = &nodes[i % nodes.len()].client;
+        let t = Instant::now();
+        let id =
+            client.submit(SubmitRequest { input, redundancy: Some(1), ..SubmitRequest::default() }).await?;
+        let view = tokio::time::timeout(Duration::from_secs(60), client.wait(id)).await??;
+        let e2e_us = t.elapsed().as_micros() as u64;
+        if view.phase != Phase::Verified {
+            return Err(format!("task {i} not verified: {:?}", view.failure).into());
+        }
+        e2e.push(e2e_us);
+        direct.push(direct_us);
+        over.push(e2e_us.saturating_sub(direct_us));
+    }
+    let (e, d, o) = (Percentiles::of(&e2e), Percentiles::of(&direct), Percentiles::of(&over));
+    report.overhead_tasks = Some(tasks);
+    report.overhead_p50_ms = Some(o.p50 / 1000.0);
+    report.overhead_p99_ms = Some(o.p99 / 1000.0);
+    report.e2e_p50_ms = Some(e.p50 / 1000.0);
+    report.direct_p50_us = Some(d.p50);
+    report.e2e_over_direct = Some(e.p50 / d.p50.max(1.0));
+    for n in nodes {
+        n.stop().await;
+    }
+    Ok(())
+}
+
+async fn throughput(report: &mut BenchReport, quick: bool) -> BenchResult<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = spawn_local_mesh(dir.path(), 10, |_, c| c.max_queue = 1024).await?;
+    wait_for_mesh(&nodes, 9, Duration::from_secs(30)).await?;
+    let samples = std::sync::Arc::new(crate::digits::test_set());
+    let window = Duration::from_secs(if quick { 2 } else { 6 });
+    let levels: &[usize] = if quick { &[4, 16] } else { &[8, 32, 128, 256] };
+    let mut best: Option<(usize, f64, f64)> = None;
+    for &level in levels {
+        let end = Instant::now() + window;
+        let mut lanes = tokio::task::JoinSet::new();
+        for lane in 0..level {
+            let client = nodes[lane % nodes.len()].client.clone();
+            let samples = samples.clone();
+            lanes.spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = lane;
+                while Instant::now() < end {
+                    let input = samples[i % samples.len()].to_input();
+                    i += level;
+                    let t = Instant::now();
+                    let Ok(id) = client
+                        .submit(SubmitRequest { input, redundancy: Some(1), ..SubmitRequest::default() })
+                        .await
+                    else {
+                        break;
+                    };
+                    match tokio::time::timeout(Duration::from_secs(60), client.wait(id)).await {
+                        Ok(Ok(v)) if v.phase == Phase::Verified && Instant::now() <= end => {
+                            lat.push(t.elapsed().as_millis() as u64)
+                        }
+                        _ => {}
+                    }
+                }
+                lat
+            });
+        }
+        let mut lat = Vec::new();
+        while let Some(r) = lanes.join_next().await {
+            lat.extend(r.unwrap_or_default());
+        }
+        let tps = lat.len() as f64 / window.as_secs_f64();
+        let p99 = Percentiles::of(&lat).p99;
+        report.throughput_levels.push((level, tps, p99));
+        if best.is_none_or(|(_, b, _)| tps > b) {
+            best = Some((level, tps, p99));
+        }
+        // Let the next level start from an idle mesh.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if let Some((level, tps, p99)) = best {
+        report.tasks_per_s = Some(tps);
+        report.throughput_p99_ms = Some(p99);
+        report.throughput_in_flight = Some(level);
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+    Ok(())
+}
+
+fn rss_mb(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+async fn memory(report: &mut BenchReport, mesh_nodes: usize, exe: &std::path::Path) -> BenchResult<()> {
+    // One idle node in its own process, joined to a 3-node mesh in this one.
+    let dir = tempfile::tempdir()?;
+    let small = spawn_local_mesh(dir.path(), 3, |_, _| {}).await?;
+    let boot = small[0].client.listen_addrs().await?;
+    let boot = format!("{}/p2p/{}", boot[0], small[0].client.peer_id());
+    let mut child = std::process::Command::new(exe)
+        .args(["node", "run", "--data-dir"])
+        .arg(dir.path().join("idle"))
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", &boot, "--no-mdns", "--api", "off"])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let joined = small[0].client.peers().await?.iter().filter(|p| p.connected).count() >= 3;
+    report.idle_node_rss_mb = rss_mb(&child.id().to_string());
+    let _ = child.kill();
+    let _ = child.wait();
+    if !joined {
+        return Err("the idle node did not join the mesh".into());
+    }
+    for n in small {
+        n.stop().await;
+    }
+
+    // A mesh of `mesh_nodes` in this process (QUIC only: one socket per node).
+    let dir = tempfile::tempdir()?;
+    let nodes = spawn_local_mesh(dir.path(), mesh_nodes, |_, c| {
+        c.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()];
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The whole process: the mesh plus whatever earlier parts left allocated.
+    report.mesh200_rss_mb = rss_mb("self");
+    report.mesh_nodes = Some(mesh_nodes);
+    for n in nodes {
+        n.stop().await;
+    }
+    Ok(())
+}
+
+impl BenchReport {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let f = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}"));
+        let _ = writeln!(s, "fleetmesh bench  (window policy: {})", self.window_policy);
+        if self.overhead_tasks.is_some() {
+            let _ = writeln!(
+                s,
+                "  overhead  ({} tasks, 5 nodes, k=1, one at a time)",
+                self.overhead_tasks.unwrap_or(0)
+            );
+            let _ = writeln!(s, "    overhead_p50_ms   {:>10}   (target <= 3)", f(self.overhead_p50_ms));
+            let _ = writeln!(s, "    overhead_p99_ms   {:>10}   (target <= 15)", f(self.overhead_p99_ms));
+            let _ = writeln!(s, "    e2e_p50_ms        {:>10}", f(self.e2e_p50_ms));
+            let _ = writeln!(s, "    direct_p50_us     {:>10}", f(self.direct_p50_us));
+            let _ = writeln!(s, "    e2e_over_direct   {:>10}", f(self.e2e_over_direct));
+        }
+        if !self.throughput_levels.is_empty() {
+            let _ = writeln!(s, "  throughput  (10 nodes, all requesters, k=1)");
+            for (level, tps, p99) in &self.throughput_levels {
+                let _ = writeln!(s, "    in flight {level:>4}: {tps:>8.1} tasks/s, p99 {p99:>8.0} ms");
+            }
+            let _ = writeln!(s, "    tasks_per_s       {:>10}   (target >= 2000)", f(self.tasks_per_s));
+        }
+        if self.idle_node_rss_mb.is_some() || self.mesh200_rss_mb.is_some() {
+            let _ = writeln!(s, "  memory");
+            let _ = writeln!(s, "    idle_node_rss_mb  {:>10}   (target < 20)", f(self.idle_node_rss_mb));
+            let _ = writeln!(
+                s,
+                "    mesh{}_rss_mb    {:>10}",
+                self.mesh_nodes.unwrap_or(0),
+                f(self.mesh200_rss_mb)
+            );
+        }
+        s
+    }
+}

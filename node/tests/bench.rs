@@ -1,0 +1,26 @@
+//! `fleetmesh bench --quick` runs every part end to end and reports every figure. No timing
+//! is asserted here: targets live in docs/BENCHMARKS.md, measured with release builds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use fleetmesh_node::bench::{run, Part};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_bench_reports_every_part() {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_fleetmesh"));
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(180),
+        run(&[Part::Overhead, Part::Throughput, Part::Memory], true, exe),
+    )
+    .await
+    .expect("bench timed out")
+    .unwrap();
+    assert_eq!(r.overhead_tasks, Some(10));
+    let (e2e, direct) = (r.e2e_p50_ms.unwrap(), r.direct_p50_us.unwrap());
+    assert!(direct > 0.0 && e2e * 1000.0 > direct, "end to end must include the inference: {r:?}");
+    assert!(r.overhead_p99_ms.unwrap() >= r.overhead_p50_ms.unwrap());
+    assert_eq!(r.throughput_levels.len(), 2);
+    assert!(r.tasks_per_s.unwrap() > 0.0, "no task verified under load: {r:?}");
+    assert!(r.idle_node_rss_mb.unwrap() > 1.0 && r.mesh200_rss_mb.unwrap() > r.idle_node_rss_mb.unwrap());
+    assert_eq!(r.mesh_nodes, Some(20));
+}
