@@ -11,6 +11,24 @@ use fleetmesh_node::Frame;
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{Bid, Signed};
 
+/// A valid signed spec for a 2-byte input of the digits model.
+fn spec_signed_by(id: &Identity) -> SignedEnvelope {
+    fleetmesh_protocol::TaskSpec {
+        v: 1,
+        model: fleetmesh_node::digits::model_id(),
+        input_digest: fleetmesh_crypto::InputDigest::of(b"in"),
+        input_size: 2,
+        redundancy: 1,
+        max_price: 100,
+        created_ms: 0,
+        bid_window_ms: 100,
+        exec_timeout_ms: 1000,
+        deadline_ms: u64::MAX,
+        nonce: 0,
+    }
+    .sign(id)
+}
+
 fn refused_invalid(r: &Result<TaskResponse, String>) -> bool {
     matches!(r, Ok(TaskResponse::Refused(Refusal::Invalid(_))))
 }
@@ -63,20 +81,7 @@ async fn hostile_requests_get_errors_and_the_node_keeps_serving() {
         .unwrap();
     assert!(matches!(r, Ok(TaskResponse::Rejected(fleetmesh_protocol::RejectReason::BadSignature))), "{r:?}");
     // An award that names the victim but is signed by someone other than the spec's signer.
-    let spec = fleetmesh_protocol::TaskSpec {
-        v: 1,
-        model: fleetmesh_node::digits::model_id(),
-        input_digest: fleetmesh_crypto::InputDigest::of(b"in"),
-        input_size: 2,
-        redundancy: 1,
-        max_price: 100,
-        created_ms: 0,
-        bid_window_ms: 100,
-        exec_timeout_ms: 1000,
-        deadline_ms: u64::MAX,
-        nonce: 0,
-    }
-    .sign(&Identity::generate().unwrap());
+    let spec = spec_signed_by(&Identity::generate().unwrap());
     let award = fleetmesh_protocol::Award {
         v: 1,
         task_id: fleetmesh_protocol::task_id_of(&spec),
@@ -178,20 +183,7 @@ async fn hostile_gossip_and_dht_records_are_refused() {
 
     // DHT: garbage under a task key, a valid spec under the wrong task id, an open-tasks
     // record under another requester's key.
-    let spec = fleetmesh_protocol::TaskSpec {
-        v: 1,
-        model: fleetmesh_node::digits::model_id(),
-        input_digest: fleetmesh_crypto::InputDigest::of(b"in"),
-        input_size: 2,
-        redundancy: 1,
-        max_price: 100,
-        created_ms: 0,
-        bid_window_ms: 100,
-        exec_timeout_ms: 1000,
-        deadline_ms: u64::MAX,
-        nonce: 0,
-    }
-    .sign(&stranger);
+    let spec = spec_signed_by(&stranger);
     let open = fleetmesh_protocol::OpenTasks {
         v: 1,
         model: fleetmesh_node::digits::model_id(),
