@@ -33,6 +33,8 @@ pub enum MessageKind {
     Presence,
     /// A requester's list of its open tasks for one model (a DHT record).
     OpenTasks,
+    /// A node's signature over the head of its task-timeline hash chain (a trace file).
+    TraceHead,
 }
 
 impl MessageKind {
@@ -48,6 +50,7 @@ impl MessageKind {
             Self::Receipt => b"receipt",
             Self::Presence => b"presence",
             Self::OpenTasks => b"open-tasks",
+            Self::TraceHead => b"trace-head",
         }
     }
 

@@ -41,6 +41,9 @@ pub struct NodeConfig {
     /// Finished tasks (requested and served) kept in memory; older ones are read from the
     /// store on demand, so memory stays bounded however long the node runs.
     pub max_finished_in_memory: usize,
+    /// Write a gossip trace (go-libp2p-pubsub JSON tracer format) here, and the signed task
+    /// timeline beside it (see `docs/TRACES.md`). Off when absent.
+    pub trace: Option<PathBuf>,
     /// Misbehaviour for integration tests; absent from release builds.
     #[cfg(feature = "test-hooks")]
     #[serde(skip)]
@@ -108,6 +111,7 @@ impl Default for NodeConfig {
             dht_scan_interval_ms: 5_000,
             idle_connection_timeout_ms: 120_000,
             max_finished_in_memory: 1024,
+            trace: None,
             #[cfg(feature = "test-hooks")]
             misbehave: None,
             #[cfg(feature = "test-hooks")]

@@ -26,11 +26,21 @@ pub struct DemoOptions {
     pub timeout: Duration,
     /// Print progress lines to stderr.
     pub progress: bool,
+    /// Write each node's gossip trace and task timeline into this folder
+    /// (`node-<i>.jsonl`, `node-<i>.timeline.jsonl`).
+    pub trace: Option<std::path::PathBuf>,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        Self { nodes: 5, tasks: 20, redundancy: 2, timeout: Duration::from_secs(120), progress: true }
+        Self {
+            nodes: 5,
+            tasks: 20,
+            redundancy: 2,
+            timeout: Duration::from_secs(120),
+            progress: true,
+            trace: None,
+        }
     }
 }
 
@@ -166,7 +176,10 @@ pub async fn wait_for_mesh(nodes: &[Node], min_peers: usize, timeout: Duration) 
 pub async fn run(opts: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
     let nodes_n = opts.nodes.max(2);
     let dir = tempfile::tempdir()?;
-    let nodes = spawn_local_mesh(dir.path(), nodes_n, |_, _| {}).await?;
+    let nodes = spawn_local_mesh(dir.path(), nodes_n, |i, cfg| {
+        cfg.trace = opts.trace.as_ref().map(|d| d.join(format!("node-{i}.jsonl")));
+    })
+    .await?;
     if opts.progress {
         eprintln!("started {nodes_n} nodes on loopback (TCP + QUIC); waiting for the mesh to form...");
     }

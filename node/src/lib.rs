@@ -26,6 +26,7 @@ mod node;
 mod requester;
 pub mod state;
 mod store;
+pub mod trace;
 mod worker;
 
 pub use codec::Frame;

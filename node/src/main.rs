@@ -75,6 +75,36 @@ enum Command {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Write every node's gossip trace and task timeline into this folder.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
+    /// Read gossip traces and task timelines (see docs/TRACES.md).
+    Trace {
+        #[command(subcommand)]
+        command: TraceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TraceCommand {
+    /// Merge the traces of many nodes and print what the mesh did.
+    Analyze {
+        /// Trace files, or folders to search for them (e.g. a testnet run's traces/).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print one JSON document instead of the text report.
+        #[arg(long)]
+        json: bool,
+        /// Also write SVG charts into this folder.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Check the hash chains and signatures of task timelines; exit 1 on tampering or gaps.
+    Verify {
+        /// Timeline files, or folders to search for them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
 }
 
@@ -113,6 +143,10 @@ struct RunArgs {
     /// The lowest price this node bids.
     #[arg(long, env = "FLEETMESH_PRICE_FLOOR")]
     price_floor: Option<u64>,
+    /// Write a gossip trace here (go-libp2p-pubsub JSON tracer format) and the signed task
+    /// timeline beside it (`x.jsonl` -> `x.timeline.jsonl`).
+    #[arg(long, env = "FLEETMESH_TRACE")]
+    trace: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -168,13 +202,16 @@ macro_rules! say_raw {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fleetmesh_node=info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    // The log filter is the fmt layer's own, so the trace layer still sees gossipsub's
+    // duplicate events when the log shows only warnings.
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fleetmesh_node=info")),
+    );
+    tracing_subscriber::registry().with(logs).with(fleetmesh_node::trace::layer()).init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(cli))
@@ -244,13 +281,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Demo { nodes, tasks, redundancy, timeout_secs, json } => {
+        Command::Trace { command } => trace(command),
+        Command::Demo { nodes, tasks, redundancy, timeout_secs, json, trace } => {
             let report = demo::run(DemoOptions {
                 nodes,
                 tasks,
                 redundancy,
                 timeout: Duration::from_secs(timeout_secs),
                 progress: !json,
+                trace: trace.clone(),
             })
             .await
             .map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
@@ -258,6 +297,13 @@ async fn run(cli: Cli) -> Result<()> {
                 say!("{}", serde_json::to_string(&report)?);
             } else {
                 say_raw!("{}", report.table());
+            }
+            if let Some(dir) = trace {
+                eprintln!(
+                    "traces in {}; read them with: fleetmesh trace analyze {}",
+                    dir.display(),
+                    dir.display()
+                );
             }
             if report.tasks_verified + report.tasks_failed < report.tasks_submitted {
                 bail!("{} tasks did not finish within {timeout_secs} s", report.tasks_unfinished);
@@ -300,6 +346,10 @@ async fn run_node(args: RunArgs) -> Result<()> {
     if let Some(p) = args.price_floor {
         cfg.price_floor = p;
     }
+    if let Some(t) = args.trace {
+        cfg.trace = Some(t);
+    }
+    let trace_path = cfg.trace.clone();
     let node = Node::spawn(cfg).await?;
     let addrs = node.client.listen_addrs().await?;
     eprintln!("fleetmesh node {}", node.client.peer_id());
@@ -309,10 +359,101 @@ async fn run_node(args: RunArgs) -> Result<()> {
     if let Some(api) = node.api_addr {
         eprintln!("  API on http://{api}");
     }
+    if let Some(t) = &trace_path {
+        eprintln!(
+            "  gossip trace {}, task timeline {}",
+            t.display(),
+            fleetmesh_node::trace::timeline_path(t).display()
+        );
+    }
     tokio::signal::ctrl_c().await?;
     eprintln!("shutting down");
     node.stop().await;
     Ok(())
+}
+
+fn trace(command: TraceCommand) -> Result<()> {
+    use fleetmesh_node::trace::{analyze, plot, timeline};
+    match command {
+        TraceCommand::Analyze { paths, json, plot: plot_dir } => {
+            let inputs = analyze::load(&paths)?;
+            for (f, why) in &inputs.skipped {
+                eprintln!("skipped {}: {why}", f.display());
+            }
+            let report = analyze::analyze(&inputs);
+            if json {
+                say!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                say_raw!("{}", report.text());
+            }
+            if let Some(dir) = plot_dir {
+                for f in plot::write_all(&report, &dir)? {
+                    eprintln!("wrote {}", f.display());
+                }
+            }
+            Ok(())
+        }
+        TraceCommand::Verify { paths } => {
+            let inputs = analyze::load(&paths)?;
+            if inputs.timelines.is_empty() {
+                bail!("no task timelines among {} file(s)", inputs.gossip_files.len() + inputs.skipped.len());
+            }
+            // Gossip events per node, to hold against the counts the nodes signed.
+            let mut gossip_lines: std::collections::HashMap<Vec<u8>, u64> = Default::default();
+            for e in &inputs.gossip {
+                *gossip_lines.entry(e.peer_id.clone()).or_default() += 1;
+            }
+            let mut bad = 0;
+            for (path, _) in &inputs.timelines {
+                let mut v = timeline::verify_file(path)?;
+                let node = v.node.clone().unwrap_or_else(|| "?".into());
+                if let (Some((written, _)), Some(peer)) =
+                    (v.gossip_counts, node.parse::<libp2p::PeerId>().ok())
+                {
+                    if v.complete && !inputs.gossip.is_empty() {
+                        let found = gossip_lines.get(&peer.to_bytes()).copied().unwrap_or(0);
+                        if found != written {
+                            v.problems.push(format!(
+                                "the node signed {written} gossip events written, the gossip traces given hold {found}"
+                            ));
+                        }
+                    }
+                }
+                let status = if v.ok() {
+                    "OK".to_owned()
+                } else if v.problems.is_empty() {
+                    format!(
+                        "INCOMPLETE: no final signed head ({} records after the last head)",
+                        v.unsigned_tail
+                    )
+                } else {
+                    "TAMPERED OR DAMAGED".to_owned()
+                };
+                say!(
+                    "{}: node {node}: {} records, {} signed heads: {status}",
+                    path.display(),
+                    v.records,
+                    v.signed_heads
+                );
+                if v.dropped_by_node > 0 {
+                    say!(
+                        "  the node recorded a gap of {} events (its trace buffer was full)",
+                        v.dropped_by_node
+                    );
+                }
+                for p in &v.problems {
+                    say!("  {p}");
+                }
+                if !v.ok() || v.dropped_by_node > 0 {
+                    bad += 1;
+                }
+            }
+            if bad > 0 {
+                bail!("{bad} of {} timelines did not verify", inputs.timelines.len());
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T> {

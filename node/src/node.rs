@@ -38,6 +38,8 @@ const COMMAND_QUEUE: usize = 256;
 const MAX_PRESENCE_PEERS: usize = 1024;
 const MAX_WAITERS_PER_TASK: usize = 16;
 const MAX_REMEMBERED_BIDS: usize = 8192;
+/// The gossip topics every node joins.
+const TOPICS: [&str; 2] = [ids::TOPIC_TASKS, ids::TOPIC_PRESENCE];
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,9 @@ pub enum NodeError {
     /// The transport or a protocol failed to start.
     #[error("network setup failed: {0}")]
     Network(String),
+    /// The trace files could not be created.
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
     /// The local API could not bind.
     #[error("cannot start the API on {addr}: {message}")]
     Api {
@@ -141,6 +146,9 @@ pub struct NodeStats {
     pub tasks_in_memory: u64,
     /// Served jobs held in memory (unfinished plus the most recent finished).
     pub jobs_in_memory: u64,
+    /// Trace events this node had to drop because its trace writer fell behind.
+    #[serde(default)]
+    pub trace_events_dropped: u64,
 }
 
 pub(crate) enum Command {
@@ -345,12 +353,20 @@ impl Node {
             };
             bootstrap.push((peer, ma));
         }
-        for topic in [ids::TOPIC_TASKS, ids::TOPIC_PRESENCE] {
+        let identity = Arc::new(identity);
+        let tracer = match &config.trace {
+            Some(path) => Some(crate::trace::Tracer::open(path, identity.clone(), *swarm.local_peer_id())?),
+            None => None,
+        };
+        for topic in TOPICS {
             swarm
                 .behaviour_mut()
                 .gossipsub
                 .subscribe(&gossipsub::IdentTopic::new(topic))
                 .map_err(|e| NodeError::Network(format!("subscribe: {e}")))?;
+            if let Some(t) = &tracer {
+                t.membership(topic, true);
+            }
         }
         // Wait for the listeners to come up so callers can read the addresses at once.
         let mut listening = 0;
@@ -386,9 +402,11 @@ impl Node {
             Some(addr) => Some(crate::api::serve(addr, client.clone()).await?),
             None => None,
         };
+        let span = tracer.as_ref().map_or_else(tracing::Span::none, crate::trace::Tracer::span);
         let mut event_loop = EventLoop {
             swarm,
-            identity: Arc::new(identity),
+            identity,
+            tracer,
             config,
             store: Arc::new(store),
             models,
@@ -419,7 +437,7 @@ impl Node {
             first_result: None,
         };
         event_loop.resume()?;
-        let task = tokio::spawn(event_loop.run());
+        let task = tokio::spawn(tracing::Instrument::instrument(event_loop.run(), span));
         Ok(Self { client, task, api_addr })
     }
 
@@ -489,6 +507,8 @@ pub(crate) struct ExecDone {
 pub(crate) struct EventLoop {
     pub(crate) swarm: Swarm<Behaviour>,
     pub(crate) identity: Arc<Identity>,
+    /// Gossip and task traces, when the node was started with a trace path.
+    pub(crate) tracer: Option<crate::trace::Tracer>,
     pub(crate) config: NodeConfig,
     pub(crate) store: Arc<Store>,
     pub(crate) models: Arc<ModelStore>,
@@ -551,7 +571,31 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
             }
         }
+        if let Some(mut tracer) = self.tracer.take() {
+            // Leave the topics (peers drop this node from their meshes at once) and say so.
+            for topic in TOPICS {
+                if self.swarm.behaviour_mut().gossipsub.unsubscribe(&gossipsub::IdentTopic::new(topic)) {
+                    tracer.membership(topic, false);
+                }
+            }
+            tracer.mesh_changes(&self.swarm.behaviour().gossipsub, &TOPICS);
+            let dropped = tracer.dropped();
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    "the trace writer fell behind; events were dropped (counted in the trace)"
+                );
+            }
+            tracer.close().await;
+        }
         tracing::debug!(peer = %self.swarm.local_peer_id(), "event loop stopped");
+    }
+
+    /// Appends a task event to the timeline, if the node traces; `make` runs only then.
+    pub(crate) fn trace_task(&mut self, make: impl FnOnce() -> crate::trace::TaskRecord) {
+        if let Some(t) = self.tracer.as_mut() {
+            t.task(make());
+        }
     }
 
     /// Loads persisted tasks and jobs and picks each up where it stopped.
@@ -647,6 +691,7 @@ impl EventLoop {
             }
             Command::Stats(tx) => {
                 let stats = NodeStats {
+                    trace_events_dropped: self.tracer.as_ref().map_or(0, crate::trace::Tracer::dropped),
                     tasks_in_memory: self.requests.len() as u64,
                     jobs_in_memory: self.jobs.len() as u64,
                     ..self.stats.clone()
@@ -697,6 +742,9 @@ impl EventLoop {
         if now >= self.next_open_flush && !self.open_tasks_dirty.is_empty() {
             self.next_open_flush = now + Duration::from_millis(500);
             self.flush_open_tasks();
+        }
+        if let Some(t) = self.tracer.as_mut() {
+            t.mesh_changes(&self.swarm.behaviour().gossipsub, &TOPICS);
         }
         if now >= self.next_compaction {
             self.next_compaction = now + Duration::from_secs(1);
@@ -768,7 +816,12 @@ impl EventLoop {
     pub(crate) fn publish(&mut self, topic: &str, env: &fleetmesh_crypto::SignedEnvelope) -> bool {
         let bytes = fleetmesh_protocol::encode(env);
         match self.swarm.behaviour_mut().gossipsub.publish(gossipsub::IdentTopic::new(topic), bytes) {
-            Ok(_) => true,
+            Ok(id) => {
+                if let Some(t) = &self.tracer {
+                    t.publish(&id, topic);
+                }
+                true
+            }
             Err(gossipsub::PublishError::Duplicate) => true,
             Err(e) => {
                 tracing::debug!(topic, "publish failed: {e}");
@@ -889,6 +942,7 @@ impl EventLoop {
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         use fleetmesh_protocol::{Announcement, Signed};
         let limit = fleetmesh_protocol::limits::MAX_GOSSIP_BYTES;
+        let topic = message.topic.clone();
         let acceptance = if message.topic == gossipsub::IdentTopic::new(ids::TOPIC_TASKS).hash() {
             match Announcement::open_bytes(&message.data, limit) {
                 Ok((env, a)) => {
@@ -915,6 +969,9 @@ impl EventLoop {
         };
         if acceptance == gossipsub::MessageAcceptance::Reject {
             self.metrics.gossip_rejected.inc();
+        }
+        if let Some(t) = &self.tracer {
+            t.validated(&id, topic.as_str(), source, &acceptance);
         }
         self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
     }

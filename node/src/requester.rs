@@ -11,6 +11,7 @@
 //! On restart a task in `Bidding` starts a fresh round; one in `Running` keeps its awards and
 //! deadlines, and workers re-send their results until they get an answer.
 
+use crate::trace::{timeline::event, TaskRecord};
 use fleetmesh_crypto::{OutputDigest, PublicKey, SignedEnvelope, TaskId};
 use fleetmesh_protocol::ids;
 use fleetmesh_protocol::verify::{agreement, check_result, Agreement};
@@ -314,8 +315,12 @@ impl EventLoop {
             max_price: t.spec.max_price,
             spec: Some(t.spec_env.clone()),
         };
+        let round = a.round;
         let env = a.sign(&self.identity);
         let ok = self.publish(ids::TOPIC_TASKS, &env);
+        if ok {
+            self.trace_task(|| TaskRecord { round: Some(round), ..TaskRecord::about(event::ANNOUNCED, id) });
+        }
         if let Some(t) = self.requests.get_mut(id) {
             t.announce_pending = !ok;
             if ok && t.times.announced_ms == 0 {
@@ -351,6 +356,12 @@ impl EventLoop {
         t.bids.push(bid);
         t.bids_total += 1;
         let id = b.task_id;
+        self.trace_task(|| TaskRecord {
+            round: Some(b.round),
+            peer: Some(peer.to_string()),
+            price: Some(b.price),
+            ..TaskRecord::about(event::BID_RECEIVED, &id)
+        });
         if self.round_can_close_early(&id) {
             self.close_round(&id);
         }
@@ -426,6 +437,12 @@ impl EventLoop {
         let declines: Vec<(PublicKey, fleetmesh_protocol::DeclineReason)> =
             decision.declined.into_iter().filter(|(pk, _)| !winners.iter().any(|(w, _)| w == pk)).collect();
         for (pk, reason) in declines {
+            self.trace_task(|| TaskRecord {
+                round: Some(round),
+                peer: Some(peer_id_of(&pk).to_string()),
+                reason: Some(format!("{reason:?}")),
+                ..TaskRecord::about(event::DECLINE_SENT, id)
+            });
             let d = Decline { v: WIRE_VERSION, task_id: *id, round, reason }.sign(&self.identity);
             self.send(peer_id_of(&pk), TaskRequest::Decline { decline: d }, Outbound::Decline);
         }
@@ -462,7 +479,14 @@ impl EventLoop {
             });
         }
         let spec = t.spec_env.clone();
+        let (round, bids) = (t.round, t.bid_set.len() as u32);
         self.persist_request(id);
+        self.trace_task(|| TaskRecord {
+            round: Some(round),
+            bids: Some(bids),
+            winners: Some(winners.iter().map(|(w, _)| peer_id_of(w).to_string()).collect()),
+            ..TaskRecord::about(event::AWARDED, id)
+        });
         for (worker, _) in winners {
             let req = TaskRequest::Award { spec: spec.clone(), award: award.clone(), input: input.clone() };
             self.send(peer_id_of(&worker), req, Outbound::Award { task: *id, worker });
@@ -602,6 +626,13 @@ impl EventLoop {
             Err(reason) => {
                 self.metrics.results_rejected.inc();
                 tracing::info!(task = %id, worker = %worker.fmt_short(), %reason, "result rejected");
+                if let Some(tr) = self.tracer.as_mut() {
+                    tr.task(TaskRecord {
+                        peer: Some(peer_id_of(&worker).to_string()),
+                        reason: Some(reason.to_string()),
+                        ..TaskRecord::about(event::RESULT_REJECTED, &id)
+                    });
+                }
                 t.rejections.push((worker, reason.clone()));
                 let was_awarded = t.awarded_keys().contains(&worker);
                 if let Some(a) = t.assignments.iter_mut().rev().find(|a| a.worker == worker) {
@@ -616,6 +647,13 @@ impl EventLoop {
         };
         if let Some(a) = t.assignments.iter_mut().rev().find(|a| a.worker == worker) {
             a.status = AssignStatus::Returned(h.output_digest);
+        }
+        if let Some(tr) = self.tracer.as_mut() {
+            tr.task(TaskRecord {
+                peer: Some(peer_id_of(&worker).to_string()),
+                digest: Some(h.output_digest.to_string()),
+                ..TaskRecord::about(event::RESULT_RECEIVED, &id)
+            });
         }
         if !t.outputs.iter().any(|(d, _)| *d == h.output_digest) {
             t.outputs.push((h.output_digest, serde_bytes::ByteBuf::from(output)));
@@ -684,6 +722,17 @@ impl EventLoop {
         let model = t.spec.model;
         self.persist_request(id);
         self.metrics.tasks_verified.inc();
+        self.trace_task(|| TaskRecord {
+            digest: Some(digest.to_string()),
+            winners: Some(workers.iter().map(|w| peer_id_of(w).to_string()).collect()),
+            ..TaskRecord::about(event::VERIFIED, id)
+        });
+        for (worker, _) in &to_notify {
+            self.trace_task(|| TaskRecord {
+                peer: Some(peer_id_of(worker).to_string()),
+                ..TaskRecord::about(event::RECEIPT_SENT, id)
+            });
+        }
         // Workers that were told `Pending` get their receipt now.
         for (worker, receipt) in to_notify {
             self.send(peer_id_of(&worker), TaskRequest::Receipt { receipt }, Outbound::Receipt);
@@ -695,6 +744,9 @@ impl EventLoop {
     pub(crate) fn fail(&mut self, id: &TaskId, reason: String) {
         let Some(t) = self.requests.get_mut(id) else { return };
         tracing::warn!(task = %id, %reason, "task failed");
+        if let Some(tr) = self.tracer.as_mut() {
+            tr.task(TaskRecord { reason: Some(reason.clone()), ..TaskRecord::about(event::FAILED, id) });
+        }
         t.phase = Phase::Failed;
         t.failure = Some(reason);
         t.times.finished_ms = now_ms();

@@ -10,6 +10,7 @@
 //! is sent. On restart a `Queued` job runs (it never finished), a `Done` or `Pending` job is
 //! re-sent and never run again.
 
+use crate::trace::{timeline::event, TaskRecord};
 use fleetmesh_crypto::{InputDigest, ModelId, PublicKey, SignedEnvelope, TaskId};
 use fleetmesh_protocol::ids;
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
@@ -173,6 +174,13 @@ impl EventLoop {
         .sign(&self.identity);
         self.metrics.bids_sent.inc();
         self.stats.bids_sent += 1;
+        let price = self.config.price_floor;
+        self.trace_task(|| TaskRecord {
+            round: Some(round),
+            peer: Some(peer_id_of(&env.signer).to_string()),
+            price: Some(price),
+            ..TaskRecord::about(event::BID_SENT, &task)
+        });
         self.send(peer_id_of(&env.signer), TaskRequest::Bid { bid }, Outbound::Bid);
     }
 
@@ -281,6 +289,11 @@ impl EventLoop {
             return TaskResponse::Refused(Refusal::Unavailable);
         }
         self.jobs.insert(task, job);
+        self.trace_task(|| TaskRecord {
+            round: Some(award.round),
+            peer: Some(peer.to_string()),
+            ..TaskRecord::about(event::AWARD_ACCEPTED, &task)
+        });
         self.start_exec(task, input);
         TaskResponse::Ack
     }
@@ -292,6 +305,7 @@ impl EventLoop {
         }
         job.running = true;
         let model = job.spec.model;
+        self.trace_task(|| TaskRecord::about(event::STARTED, &task));
         let models = self.models.clone();
         let slots = self.exec_slots.clone();
         let tx = self.exec_tx.clone();
@@ -370,6 +384,11 @@ impl EventLoop {
         }
         self.metrics.jobs_executed.inc();
         self.stats.jobs_executed += 1;
+        self.trace_task(|| TaskRecord {
+            digest: Some(header.output_digest.to_string()),
+            run_time_us: Some(inf.run_time_us),
+            ..TaskRecord::about(event::RESULT_SENT, &done.task)
+        });
         self.send_result(done.task);
     }
 
@@ -397,6 +416,9 @@ impl EventLoop {
                 if r.signer == requester && Receipt::open(&r).is_ok_and(|x| x.task_id == task) {
                     job.state = JobState::Receipted(r);
                     self.stats.jobs_receipted += 1;
+                    if let Some(tr) = self.tracer.as_mut() {
+                        tr.task(TaskRecord::about(event::RECEIPT_RECEIVED, &task));
+                    }
                 } else {
                     tracing::warn!(%task, "requester sent an invalid receipt");
                     job.state = JobState::Abandoned("invalid receipt".into());
@@ -411,6 +433,12 @@ impl EventLoop {
             }
             Ok(TaskResponse::Rejected(reason)) => {
                 tracing::info!(%task, %reason, "result rejected by the requester");
+                if let Some(tr) = self.tracer.as_mut() {
+                    tr.task(TaskRecord {
+                        reason: Some(reason.to_string()),
+                        ..TaskRecord::about(event::REJECTED_BY_REQUESTER, &task)
+                    });
+                }
                 job.state = JobState::Rejected(reason);
             }
             other => {
@@ -440,6 +468,9 @@ impl EventLoop {
         if !matches!(job.state, JobState::Receipted(_)) {
             job.state = JobState::Receipted(env);
             self.stats.jobs_receipted += 1;
+            if let Some(tr) = self.tracer.as_mut() {
+                tr.task(TaskRecord::about(event::RECEIPT_RECEIVED, &r.task_id));
+            }
             if let Err(e) = self.store.put(store::JOBS, &r.task_id, &*job) {
                 tracing::error!(task = %r.task_id, "could not persist the receipt: {e}");
                 return TaskResponse::Refused(Refusal::Unavailable);
@@ -453,6 +484,12 @@ impl EventLoop {
             Ok(d) => {
                 tracing::debug!(task = %d.task_id, reason = ?d.reason, "bid declined");
                 self.metrics.bids_declined.inc();
+                self.trace_task(|| TaskRecord {
+                    round: Some(d.round),
+                    peer: Some(peer_id_of(&env.signer).to_string()),
+                    reason: Some(format!("{:?}", d.reason)),
+                    ..TaskRecord::about(event::DECLINE_RECEIVED, &d.task_id)
+                });
                 TaskResponse::Ack
             }
             Err(_) => TaskResponse::Refused(Refusal::Invalid("decline does not verify".into())),
