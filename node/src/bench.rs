@@ -9,8 +9,11 @@
 //! * `memory`: RSS of one idle node in its own process after it joined a small mesh, and of
 //!   one process running a 200-node mesh (QUIC only, to stay within file-descriptor limits).
 //!
-//! Gossip spread to 200 nodes needs per-delivery timestamps; it comes with the trace format
-//! (issue 4) rather than a one-off hook.
+//! * `gossip`: 200 nodes (QUIC only), every one traced (`docs/TRACES.md`); requesters announce
+//!   tasks for a model no node holds, so the announcements spread and nothing else follows.
+//!   The traces are then analyzed for the task topic: delivery ratio, delay from publish to
+//!   each delivery, duplicates per message per node. Duplicates are counted only when the
+//!   process has the trace layer installed (the `fleetmesh` binary does).
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +32,8 @@ pub enum Part {
     Throughput,
     /// Resident memory.
     Memory,
+    /// Announcement spread through a 200-node mesh.
+    Gossip,
 }
 
 /// What `fleetmesh bench` measured; absent parts are omitted.
@@ -75,13 +80,44 @@ pub struct BenchReport {
     /// Nodes in that mesh (fewer with --quick).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh_nodes: Option<usize>,
+    /// Nodes in the gossip mesh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_nodes: Option<usize>,
+    /// Announcements published in the gossip part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_messages: Option<u64>,
+    /// Deliveries over expected deliveries (every other subscribed node, each message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_delivery_ratio: Option<f64>,
+    /// Publish-to-delivery delay p50, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_p50_ms: Option<f64>,
+    /// Publish-to-delivery delay p99, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_p99_ms: Option<f64>,
+    /// Duplicates received per message per node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_dups_per_node: Option<f64>,
 }
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Runs the chosen parts. `quick` shrinks every part (for tests and smoke runs); `node_exe`
-/// is the `fleetmesh` binary the memory part starts as a separate idle node.
-pub async fn run(parts: &[Part], quick: bool, node_exe: &std::path::Path) -> BenchResult<BenchReport> {
+/// is the `fleetmesh` binary the memory part starts as a separate idle node. With
+/// `trace_dir`, the overhead and throughput nodes write traces there (to measure what
+/// tracing costs); the gossip part always traces, into a temporary folder.
+pub async fn run(
+    parts: &[Part],
+    quick: bool,
+    node_exe: &std::path::Path,
+    trace_dir: Option<&std::path::Path>,
+) -> BenchResult<BenchReport> {
+    let traced = |part: &'static str| {
+        let dir = trace_dir.map(|d| d.join(part));
+        move |i: usize, c: &mut crate::NodeConfig| {
+            c.trace = dir.as_ref().map(|d| d.join(format!("node-{i}.jsonl")))
+        }
+    };
     let mut report = BenchReport {
         window_policy: "early close once every connected peer advertising the model has bid, else 1 s window"
             .into(),
@@ -89,17 +125,22 @@ pub async fn run(parts: &[Part], quick: bool, node_exe: &std::path::Path) -> Ben
     };
     for part in parts {
         match part {
-            Part::Overhead => overhead(&mut report, if quick { 10 } else { 200 }).await?,
-            Part::Throughput => throughput(&mut report, quick).await?,
+            Part::Overhead => overhead(&mut report, if quick { 10 } else { 200 }, traced("overhead")).await?,
+            Part::Throughput => throughput(&mut report, quick, traced("throughput")).await?,
             Part::Memory => memory(&mut report, if quick { 20 } else { 200 }, node_exe).await?,
+            Part::Gossip => gossip(&mut report, if quick { 20 } else { 200 }).await?,
         }
     }
     Ok(report)
 }
 
-async fn overhead(report: &mut BenchReport, tasks: usize) -> BenchResult<()> {
+async fn overhead(
+    report: &mut BenchReport,
+    tasks: usize,
+    configure: impl FnMut(usize, &mut crate::NodeConfig),
+) -> BenchResult<()> {
     let dir = tempfile::tempdir()?;
-    let nodes = spawn_local_mesh(dir.path(), 5, |_, _| {}).await?;
+    let nodes = spawn_local_mesh(dir.path(), 5, configure).await?;
     wait_for_mesh(&nodes, 4, Duration::from_secs(30)).await?;
     let direct_store = crate::executor::ModelStore::open(&dir.path().join("direct"))?;
     let model = crate::digits::model_id();
@@ -136,9 +177,17 @@ async fn overhead(report: &mut BenchReport, tasks: usize) -> BenchResult<()> {
     Ok(())
 }
 
-async fn throughput(report: &mut BenchReport, quick: bool) -> BenchResult<()> {
+async fn throughput(
+    report: &mut BenchReport,
+    quick: bool,
+    mut configure: impl FnMut(usize, &mut crate::NodeConfig),
+) -> BenchResult<()> {
     let dir = tempfile::tempdir()?;
-    let nodes = spawn_local_mesh(dir.path(), 10, |_, c| c.max_queue = 1024).await?;
+    let nodes = spawn_local_mesh(dir.path(), 10, |i, c| {
+        c.max_queue = 1024;
+        configure(i, c);
+    })
+    .await?;
     wait_for_mesh(&nodes, 9, Duration::from_secs(30)).await?;
     let samples = std::sync::Arc::new(crate::digits::test_set());
     let window = Duration::from_secs(if quick { 2 } else { 6 });
@@ -252,6 +301,49 @@ async fn memory(report: &mut BenchReport, mesh_nodes: usize, exe: &std::path::Pa
     Ok(())
 }
 
+async fn gossip(report: &mut BenchReport, n: usize) -> BenchResult<()> {
+    use crate::trace::analyze;
+    let dir = tempfile::tempdir()?;
+    let traces = dir.path().join("traces");
+    let nodes = spawn_local_mesh(dir.path(), n, |i, c| {
+        c.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()];
+        c.trace = Some(traces.join(format!("node-{i}.jsonl")));
+        // Fewer presence adverts: the part measures announcements, not background chatter.
+        c.presence_interval_ms = 5_000;
+        c.tasks.max_rounds = 1;
+    })
+    .await?;
+    wait_for_mesh(&nodes, 3.min(n - 1), Duration::from_secs(60)).await?;
+    // Let gossipsub's heartbeats (500 ms) fill the meshes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let nobody_has = "ab".repeat(32);
+    let messages = 20;
+    for i in 0..messages {
+        let requester = &nodes[(i * 7919) % n].client;
+        let req = SubmitRequest {
+            model: Some(nobody_has.clone()),
+            input: vec![i as u8; 64],
+            bid_window_ms: Some(500),
+            ..SubmitRequest::default()
+        };
+        requester.submit(req).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for node in nodes {
+        node.stop().await;
+    }
+    let inputs = analyze::load(std::slice::from_ref(&traces))?;
+    let a = analyze::analyze(&inputs, Some(crate::trace::TASKS_TOPIC));
+    report.gossip_nodes = Some(n);
+    report.gossip_messages = Some(a.publishes);
+    report.gossip_delivery_ratio = a.delivery_ratio;
+    report.gossip_p50_ms = Some(a.delivery_delay_ms.p50);
+    report.gossip_p99_ms = Some(a.delivery_delay_ms.p99);
+    report.gossip_dups_per_node = Some(a.duplicates_per_message_per_node);
+    Ok(())
+}
+
 impl BenchReport {
     /// The human-readable table.
     pub fn table(&self) -> String {
@@ -287,6 +379,14 @@ impl BenchReport {
                 self.mesh_nodes.unwrap_or(0),
                 f(self.mesh200_rss_mb)
             );
+        }
+        if let Some(n) = self.gossip_nodes {
+            let _ = writeln!(s, "  gossip  ({n} nodes, {} announcements)", self.gossip_messages.unwrap_or(0));
+            let _ =
+                writeln!(s, "    gossip_delivery_ratio {:>6}   (target 1.00)", f(self.gossip_delivery_ratio));
+            let _ = writeln!(s, "    gossip_p50_ms     {:>10}", f(self.gossip_p50_ms));
+            let _ = writeln!(s, "    gossip_p99_ms     {:>10}   (target <= 100)", f(self.gossip_p99_ms));
+            let _ = writeln!(s, "    gossip_dups_per_node {:>7}", f(self.gossip_dups_per_node));
         }
         s
     }

@@ -49,7 +49,7 @@ enum Command {
     },
     /// Measure protocol overhead, throughput and memory on loopback (see docs/BENCHMARKS.md).
     Bench {
-        /// Parts to run: overhead, throughput, memory (default: all).
+        /// Parts to run: overhead, throughput, memory, gossip (default: all).
         parts: Vec<String>,
         /// Smaller runs (seconds instead of minutes).
         #[arg(long)]
@@ -57,6 +57,9 @@ enum Command {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Trace the overhead and throughput nodes into this folder (what tracing costs).
+        #[arg(long)]
+        trace: Option<PathBuf>,
     },
     /// Start a mesh of N nodes in this process and run M real digits tasks end to end.
     Demo {
@@ -99,6 +102,9 @@ enum TraceCommand {
         /// Also write SVG charts into this folder.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Gossip figures for this topic only (e.g. fleetmesh/tasks/1).
+        #[arg(long)]
+        topic: Option<String>,
     },
     /// Check the hash chains and signatures of task timelines; exit 1 on tampering or gaps.
     Verify {
@@ -254,10 +260,10 @@ async fn run(cli: Cli) -> Result<()> {
             say!("public key {}", id.public());
             Ok(())
         }
-        Command::Bench { parts, quick, json } => {
+        Command::Bench { parts, quick, json, trace } => {
             use fleetmesh_node::bench::{self, Part};
             let parts = if parts.is_empty() || parts.iter().any(|p| p == "all") {
-                vec![Part::Overhead, Part::Throughput, Part::Memory]
+                vec![Part::Overhead, Part::Throughput, Part::Memory, Part::Gossip]
             } else {
                 parts
                     .iter()
@@ -265,13 +271,14 @@ async fn run(cli: Cli) -> Result<()> {
                         "overhead" => Ok(Part::Overhead),
                         "throughput" => Ok(Part::Throughput),
                         "memory" => Ok(Part::Memory),
+                        "gossip" => Ok(Part::Gossip),
                         other => Err(anyhow::anyhow!(
-                            "unknown part {other:?}: overhead, throughput, memory or all"
+                            "unknown part {other:?}: overhead, throughput, memory, gossip or all"
                         )),
                     })
                     .collect::<Result<Vec<_>>>()?
             };
-            let report = bench::run(&parts, quick, &std::env::current_exe()?)
+            let report = bench::run(&parts, quick, &std::env::current_exe()?, trace.as_deref())
                 .await
                 .map_err(|e| anyhow::anyhow!("bench failed: {e}"))?;
             if json {
@@ -349,7 +356,6 @@ async fn run_node(args: RunArgs) -> Result<()> {
     if let Some(t) = args.trace {
         cfg.trace = Some(t);
     }
-    let trace_path = cfg.trace.clone();
     let node = Node::spawn(cfg).await?;
     let addrs = node.client.listen_addrs().await?;
     eprintln!("fleetmesh node {}", node.client.peer_id());
@@ -359,14 +365,12 @@ async fn run_node(args: RunArgs) -> Result<()> {
     if let Some(api) = node.api_addr {
         eprintln!("  API on http://{api}");
     }
-    if let Some(t) = &trace_path {
-        eprintln!(
-            "  gossip trace {}, task timeline {}",
-            t.display(),
-            fleetmesh_node::trace::timeline_path(t).display()
-        );
+    // Ctrl-C, or SIGTERM from `docker stop`: shut down cleanly (final trace head included).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
     }
-    tokio::signal::ctrl_c().await?;
     eprintln!("shutting down");
     node.stop().await;
     Ok(())
@@ -375,12 +379,12 @@ async fn run_node(args: RunArgs) -> Result<()> {
 fn trace(command: TraceCommand) -> Result<()> {
     use fleetmesh_node::trace::{analyze, plot, timeline};
     match command {
-        TraceCommand::Analyze { paths, json, plot: plot_dir } => {
+        TraceCommand::Analyze { paths, json, plot: plot_dir, topic } => {
             let inputs = analyze::load(&paths)?;
             for (f, why) in &inputs.skipped {
                 eprintln!("skipped {}: {why}", f.display());
             }
-            let report = analyze::analyze(&inputs);
+            let report = analyze::analyze(&inputs, topic.as_deref());
             if json {
                 say!("{}", serde_json::to_string_pretty(&report)?);
             } else {

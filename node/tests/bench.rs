@@ -7,10 +7,15 @@ use fleetmesh_node::bench::{run, Part};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_bench_reports_every_part() {
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let _ = tracing_subscriber::registry().with(fleetmesh_node::trace::layer()).try_init();
+    }
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_fleetmesh"));
     let r = tokio::time::timeout(
-        std::time::Duration::from_secs(180),
-        run(&[Part::Overhead, Part::Throughput, Part::Memory], true, exe),
+        std::time::Duration::from_secs(300),
+        run(&[Part::Overhead, Part::Throughput, Part::Memory, Part::Gossip], true, exe, None),
     )
     .await
     .expect("bench timed out")
@@ -23,4 +28,9 @@ async fn quick_bench_reports_every_part() {
     assert!(r.tasks_per_s.unwrap() > 0.0, "no task verified under load: {r:?}");
     assert!(r.idle_node_rss_mb.unwrap() > 1.0 && r.mesh200_rss_mb.unwrap() > r.idle_node_rss_mb.unwrap());
     assert_eq!(r.mesh_nodes, Some(20));
+    // Gossip: every announcement reaches every other node (a property, not a timing).
+    assert_eq!((r.gossip_nodes, r.gossip_messages), (Some(20), Some(20)));
+    assert_eq!(r.gossip_delivery_ratio, Some(1.0), "{r:?}");
+    assert!(r.gossip_p99_ms.unwrap() >= r.gossip_p50_ms.unwrap());
+    assert!(r.gossip_dups_per_node.unwrap() > 0.0, "a 20-node gossipsub mesh always sends copies: {r:?}");
 }

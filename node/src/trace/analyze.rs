@@ -318,15 +318,25 @@ fn peer_name(bytes: &[u8]) -> String {
     libp2p::PeerId::from_bytes(bytes).map_or_else(|_| format!("0x{}", hex::encode(bytes)), |p| p.to_string())
 }
 
-/// Analyzes what [`load`] read.
-pub fn analyze(inputs: &Inputs) -> Analysis {
+/// Analyzes what [`load`] read. With `topic`, the gossip figures cover that topic only (as
+/// tracestat's `-topic`): its messages, found by any event that names the topic, and its
+/// membership and mesh events.
+pub fn analyze(inputs: &Inputs, topic: Option<&str>) -> Analysis {
     let mut a = Analysis {
         gossip_files: inputs.gossip_files.len() as u64,
         timeline_files: inputs.timelines.len() as u64,
         bad_lines: inputs.bad_lines,
         ..Analysis::default()
     };
-    let mut events: Vec<&TraceEvent> = inputs.gossip.iter().collect();
+    let in_topic: Option<BTreeSet<&[u8]>> = topic.map(|t| {
+        inputs.gossip.iter().filter(|e| e.topic() == Some(t)).filter_map(TraceEvent::message_id).collect()
+    });
+    let keep = |e: &TraceEvent| match (&in_topic, e.message_id()) {
+        (None, _) => true,
+        (Some(ids), Some(id)) => ids.contains(id),
+        (Some(_), None) => e.topic() == topic,
+    };
+    let mut events: Vec<&TraceEvent> = inputs.gossip.iter().filter(|e| keep(e)).collect();
     events.sort_by_key(|e| e.timestamp);
     let t0 = events.first().map(|e| e.timestamp).unwrap_or(0);
 
@@ -837,7 +847,7 @@ mod tests {
 
     #[test]
     fn gossip_figures_match_a_trace_with_known_answers() {
-        let a = analyze(&synthetic());
+        let a = analyze(&synthetic(), None);
         assert_eq!(a.peers, 3);
         assert_eq!(a.messages, 3, "two delivered messages and one rejected one");
         assert_eq!((a.publishes, a.deliveries, a.duplicates, a.rejects), (2, 3, 2, 1));
@@ -858,6 +868,12 @@ mod tests {
         let last = a.mesh_degree.last().unwrap();
         assert_eq!((last.min, last.max, last.peers), (1, 2, 3));
         assert!((last.mean - 4.0 / 3.0).abs() < 1e-9);
+        // Another topic: none of these messages, no mesh.
+        let other = analyze(&synthetic(), Some("u"));
+        assert_eq!((other.messages, other.deliveries, other.duplicates), (0, 0, 0));
+        assert!(other.mesh_degree.is_empty());
+        let same = analyze(&synthetic(), Some("t"));
+        assert_eq!((same.messages, same.deliveries, same.duplicates), (2, 3, 2), "the reject named no topic");
     }
 
     fn rec(event: &str, task: &str, t_ms: u64) -> Record {
@@ -886,7 +902,7 @@ mod tests {
         ];
         let inputs =
             Inputs { timelines: vec![("r".into(), requester), ("w".into(), worker)], ..Inputs::default() };
-        let t = analyze(&inputs).tasks;
+        let t = analyze(&inputs, None).tasks;
         assert_eq!((t.tasks, t.verified, t.failed), (2, 1, 1));
         assert_eq!(t.phases_ms["announce_to_first_bid"].p50, 4.0);
         assert_eq!(t.phases_ms["announce_to_award"].p50, 10.0);
@@ -927,7 +943,7 @@ mod tests {
     #[test]
     fn plots_are_written_for_a_real_analysis() {
         let dir = tempfile::tempdir().unwrap();
-        let a = analyze(&synthetic());
+        let a = analyze(&synthetic(), None);
         let files = super::super::plot::write_all(&a, dir.path()).unwrap();
         let names: Vec<String> =
             files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();

@@ -39,6 +39,9 @@ pub use timeline::Record as TaskRecord;
 
 use gossip::kind;
 
+/// The topic task announcements travel on.
+pub const TASKS_TOPIC: &str = fleetmesh_protocol::ids::TOPIC_TASKS;
+
 /// Records the writer thread can hold before the event loop starts dropping them.
 const BUFFER: usize = 64 * 1024;
 /// Message ids remembered with their topic, so duplicates can name the topic.
@@ -53,6 +56,24 @@ pub fn timeline_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
     path.with_file_name(format!("{stem}.timeline.jsonl"))
+}
+
+/// `path`, or, when it or its timeline exists already (a restarted node), the first of
+/// `x-1.jsonl`, `x-2.jsonl`, ... that does not: a trace is never overwritten.
+pub fn unused_path(path: &Path) -> PathBuf {
+    let free = |p: &Path| !p.exists() && !timeline_path(p).exists();
+    if free(path) {
+        return path.to_owned();
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (stem, ext) = match name.strip_suffix(".jsonl") {
+        Some(stem) => (stem.to_owned(), ".jsonl"),
+        None => (name.clone(), ""),
+    };
+    (1u32..)
+        .map(|n| path.with_file_name(format!("{stem}-{n}{ext}")))
+        .find(|p| free(p))
+        .unwrap_or_else(|| path.to_owned())
 }
 
 /// Why tracing could not start.
@@ -179,11 +200,17 @@ impl Tracer {
                 std::fs::create_dir_all(dir)
                     .map_err(|source| TraceError::Create { path: p.to_owned(), source })?;
             }
-            std::fs::File::create(p).map_err(|source| TraceError::Create { path: p.to_owned(), source })
+            std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(p)
+                .map_err(|source| TraceError::Create { path: p.to_owned(), source })
         };
+        let path = &unused_path(path);
         let gossip_file = create(path)?;
         let tl_path = timeline_path(path);
         let tl_file = create(&tl_path)?;
+        tracing::info!(gossip = %path.display(), timeline = %tl_path.display(), "tracing");
         let chain = timeline::ChainWriter::start(BufWriter::new(tl_file), local.to_string(), now_ns())
             .map_err(|source| TraceError::Create { path: tl_path, source })?;
         let (tx, rx) = std::sync::mpsc::sync_channel(buffer);
@@ -451,6 +478,17 @@ mod tests {
     fn timeline_sits_beside_the_gossip_trace() {
         assert_eq!(timeline_path(Path::new("/r/node-1.jsonl")), Path::new("/r/node-1.timeline.jsonl"));
         assert_eq!(timeline_path(Path::new("trace")), Path::new("trace.timeline.jsonl"));
+    }
+
+    #[test]
+    fn a_restarted_node_never_overwrites_its_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v1.jsonl");
+        assert_eq!(unused_path(&p), p);
+        std::fs::write(&p, "x").unwrap();
+        assert_eq!(unused_path(&p), dir.path().join("v1-1.jsonl"));
+        std::fs::write(dir.path().join("v1-1.timeline.jsonl"), "x").unwrap();
+        assert_eq!(unused_path(&p), dir.path().join("v1-2.jsonl"));
     }
 
     /// With a tiny buffer the writer falls behind: whatever it drops is counted, in the
