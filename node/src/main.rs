@@ -60,6 +60,9 @@ enum Command {
         /// Trace the overhead and throughput nodes into this folder (what tracing costs).
         #[arg(long)]
         trace: Option<PathBuf>,
+        /// Nodes in the gossip part (default 200).
+        #[arg(long)]
+        gossip_nodes: Option<usize>,
     },
     /// Start a mesh of N nodes in this process and run M real digits tasks end to end.
     Demo {
@@ -207,18 +210,43 @@ macro_rules! say_raw {
     }};
 }
 
+/// Whether this command writes gossip traces (and so needs the duplicate-catching layer).
+fn traces(cli: &Cli) -> bool {
+    match &cli.command {
+        Command::Node { command: NodeCommand::Run(args) } => {
+            args.trace.is_some()
+                || args
+                    .config
+                    .as_ref()
+                    .and_then(|p| NodeConfig::from_toml_file(p).ok())
+                    .is_some_and(|c| c.trace.is_some())
+        }
+        Command::Demo { trace, .. } => trace.is_some(),
+        Command::Bench { parts, trace, .. } => {
+            trace.is_some() || parts.is_empty() || parts.iter().any(|p| p == "gossip" || p == "all")
+        }
+        _ => false,
+    }
+}
+
 fn main() -> Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
-    // The log filter is the fmt layer's own, so the trace layer still sees gossipsub's
-    // duplicate events when the log shows only warnings.
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fleetmesh_node=info")),
-    );
-    tracing_subscriber::registry().with(logs).with(fleetmesh_node::trace::layer()).init();
     let cli = Cli::parse();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fleetmesh_node=info"))
+    };
+    if traces(&cli) {
+        // The log filter is the fmt layer's own, so the trace layer still sees gossipsub's
+        // duplicate events when the log shows only warnings.
+        let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter());
+        tracing_subscriber::registry().with(logs).with(fleetmesh_node::trace::layer()).init();
+    } else {
+        // Not tracing: one global filter, so disabled log levels cost one comparison.
+        tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(cli))
 }
@@ -260,7 +288,7 @@ async fn run(cli: Cli) -> Result<()> {
             say!("public key {}", id.public());
             Ok(())
         }
-        Command::Bench { parts, quick, json, trace } => {
+        Command::Bench { parts, quick, json, trace, gossip_nodes } => {
             use fleetmesh_node::bench::{self, Part};
             let parts = if parts.is_empty() || parts.iter().any(|p| p == "all") {
                 vec![Part::Overhead, Part::Throughput, Part::Memory, Part::Gossip]
@@ -278,7 +306,8 @@ async fn run(cli: Cli) -> Result<()> {
                     })
                     .collect::<Result<Vec<_>>>()?
             };
-            let report = bench::run(&parts, quick, &std::env::current_exe()?, trace.as_deref())
+            let opts = bench::BenchOptions { quick, trace_dir: trace, gossip_nodes };
+            let report = bench::run(&parts, &opts, &std::env::current_exe()?)
                 .await
                 .map_err(|e| anyhow::anyhow!("bench failed: {e}"))?;
             if json {

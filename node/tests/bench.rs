@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use fleetmesh_node::bench::{run, Part};
+use fleetmesh_node::bench::{run, BenchOptions, Part};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_bench_reports_every_part() {
@@ -15,7 +15,11 @@ async fn quick_bench_reports_every_part() {
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_fleetmesh"));
     let r = tokio::time::timeout(
         std::time::Duration::from_secs(300),
-        run(&[Part::Overhead, Part::Throughput, Part::Memory, Part::Gossip], true, exe, None),
+        run(
+            &[Part::Overhead, Part::Throughput, Part::Memory, Part::Gossip],
+            &BenchOptions { quick: true, ..BenchOptions::default() },
+            exe,
+        ),
     )
     .await
     .expect("bench timed out")

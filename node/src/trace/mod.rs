@@ -42,8 +42,10 @@ use gossip::kind;
 /// The topic task announcements travel on.
 pub const TASKS_TOPIC: &str = fleetmesh_protocol::ids::TOPIC_TASKS;
 
-/// Records the writer thread can hold before the event loop starts dropping them.
-const BUFFER: usize = 64 * 1024;
+/// Records the writer thread can hold before the event loop starts dropping them. The
+/// channel allocates every slot up front, so slots are kept to a pointer and a few words
+/// (16,384 x 48 bytes = 768 KiB a node).
+const BUFFER: usize = 16 * 1024;
 /// Message ids remembered with their topic, so duplicates can name the topic.
 const REMEMBERED_TOPICS: usize = 4096;
 /// How often the writer flushes and, if records came in, signs a head.
@@ -101,9 +103,9 @@ struct GossipRec {
 }
 
 enum Rec {
-    Gossip(GossipRec),
+    Gossip(Box<GossipRec>),
     Task {
-        record: TaskRecord,
+        record: Box<TaskRecord>,
         ts: u64,
         dropped_before: u64,
     },
@@ -126,7 +128,8 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn send_gossip(&self, rec: GossipRec) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(Rec::Gossip(rec))
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Rec::Gossip(Box::new(rec)))
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -206,6 +209,12 @@ impl Tracer {
                 .open(p)
                 .map_err(|source| TraceError::Create { path: p.to_owned(), source })
         };
+        if path.is_dir() {
+            return Err(TraceError::Create {
+                path: path.to_owned(),
+                source: std::io::Error::other("is a folder; give a file name such as traces/node.jsonl"),
+            });
+        }
         let path = &unused_path(path);
         let gossip_file = create(path)?;
         let tl_path = timeline_path(path);
@@ -310,7 +319,7 @@ impl Tracer {
 
     /// Appends a task event to the timeline.
     pub(crate) fn task(&mut self, record: TaskRecord) {
-        let rec = Rec::Task { record, ts: now_ns(), dropped_before: self.task_gap };
+        let rec = Rec::Task { record: Box::new(record), ts: now_ns(), dropped_before: self.task_gap };
         match self.shared.tx.try_send(rec) {
             Ok(()) => self.task_gap = 0,
             Err(_) => self.task_gap += 1,
@@ -362,13 +371,13 @@ impl Writer {
         loop {
             match rx.recv_timeout(FLUSH_EVERY) {
                 Ok(Rec::Gossip(g)) => {
-                    let line = self.gossip_line(g);
+                    let line = self.gossip_line(*g);
                     let r = self.gossip_write(&line);
                     self.check(r);
                 }
                 Ok(Rec::Task { record, ts, dropped_before }) => {
                     self.gap(dropped_before, ts);
-                    let r = self.chain.append(record, ts);
+                    let r = self.chain.append(*record, ts);
                     self.check(r);
                 }
                 Ok(Rec::Close { dropped_before }) => {
@@ -475,6 +484,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn channel_slots_stay_small() {
+        // Every slot of the bounded channel is allocated up front, per node.
+        assert!(std::mem::size_of::<Rec>() <= 32, "{}", std::mem::size_of::<Rec>());
+    }
+
+    #[test]
     fn timeline_sits_beside_the_gossip_trace() {
         assert_eq!(timeline_path(Path::new("/r/node-1.jsonl")), Path::new("/r/node-1.timeline.jsonl"));
         assert_eq!(timeline_path(Path::new("trace")), Path::new("trace.timeline.jsonl"));
@@ -489,6 +504,10 @@ mod tests {
         assert_eq!(unused_path(&p), dir.path().join("v1-1.jsonl"));
         std::fs::write(dir.path().join("v1-1.timeline.jsonl"), "x").unwrap();
         assert_eq!(unused_path(&p), dir.path().join("v1-2.jsonl"));
+        let id = Arc::new(Identity::from_secret_bytes(&[4; 32]));
+        let local = crate::node::peer_id_of(&id.public());
+        let err = Tracer::open(dir.path(), id, local).err().unwrap();
+        assert!(err.to_string().contains("is a folder"), "{err}");
     }
 
     /// With a tiny buffer the writer falls behind: whatever it drops is counted, in the
