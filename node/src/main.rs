@@ -431,25 +431,20 @@ fn trace(command: TraceCommand) -> Result<()> {
             if inputs.timelines.is_empty() {
                 bail!("no task timelines among {} file(s)", inputs.gossip_files.len() + inputs.skipped.len());
             }
-            // Gossip events per node, to hold against the counts the nodes signed.
-            let mut gossip_lines: std::collections::HashMap<Vec<u8>, u64> = Default::default();
-            for e in &inputs.gossip {
-                *gossip_lines.entry(e.peer_id.clone()).or_default() += 1;
-            }
             let mut bad = 0;
             for (path, _) in &inputs.timelines {
                 let mut v = timeline::verify_file(path)?;
                 let node = v.node.clone().unwrap_or_else(|| "?".into());
-                if let (Some((written, _)), Some(peer)) =
-                    (v.gossip_counts, node.parse::<libp2p::PeerId>().ok())
-                {
-                    if v.complete && !inputs.gossip.is_empty() {
-                        let found = gossip_lines.get(&peer.to_bytes()).copied().unwrap_or(0);
-                        if found != written {
-                            v.problems.push(format!(
-                                "the node signed {written} gossip events written, the gossip traces given hold {found}"
-                            ));
-                        }
+                // Hold the gossip trace beside this timeline against the count the node signed.
+                let gossip = fleetmesh_node::trace::gossip_path_of(path).filter(|g| g.exists());
+                if let (Some((written, _)), Some(g), true) = (v.gossip_counts, gossip, v.complete) {
+                    let text = std::fs::read_to_string(&g)?;
+                    let found = text.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+                    if found != written {
+                        v.problems.push(format!(
+                            "the node signed {written} gossip events written, {} holds {found}",
+                            g.display()
+                        ));
                     }
                 }
                 let status = if v.ok() {

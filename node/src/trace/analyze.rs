@@ -413,6 +413,22 @@ pub fn analyze(inputs: &Inputs, topic: Option<&str>) -> Analysis {
             _ => {}
         }
     }
+    // A node killed without a LEAVE and started again JOINs anew: its earlier membership
+    // ended with its last traced event before the restart.
+    let mut seen: HashMap<&[u8], Vec<i64>> = HashMap::new();
+    for e in &events {
+        seen.entry(&e.peer_id[..]).or_default().push(e.timestamp);
+    }
+    for ((peer, _), spans) in joined.iter_mut() {
+        spans.sort_unstable();
+        let Some(ts) = seen.get(&peer[..]) else { continue };
+        for i in 0..spans.len().saturating_sub(1) {
+            if spans[i].1 == i64::MAX {
+                let before_restart = ts.partition_point(|t| *t < spans[i + 1].0);
+                spans[i].1 = before_restart.checked_sub(1).map_or(spans[i].0, |k| ts[k]) + 1;
+            }
+        }
+    }
     let total = per_peer.values().fold(Counts::default(), |mut t, c| {
         t.publish += c.publish;
         t.deliver += c.deliver;
@@ -878,6 +894,29 @@ mod tests {
 
     fn rec(event: &str, task: &str, t_ms: u64) -> Record {
         Record { ts: 5_000_000_000 + t_ms * 1_000_000, ..Record::about(event, &task) }
+    }
+
+    #[test]
+    fn a_killed_and_restarted_node_is_not_expected_while_down() {
+        // Peer 2 joins, is killed after 100 ms (no LEAVE) and joins again at 3000 ms. The
+        // message published at 2000 ms cannot reach it; the one at 4000 ms does.
+        let gossip = vec![
+            join(1, 0),
+            join(2, 0),
+            graft(2, 1, 100),
+            join(2, 3000),
+            publish(1, 1, 2000),
+            publish(1, 2, 4000),
+            deliver(2, 2, 1, 4010),
+        ];
+        let a = analyze(&Inputs { gossip, ..Inputs::default() }, None);
+        assert_eq!(a.delivery_ratio, Some(1.0));
+        assert_eq!(a.missed_deliveries, 0);
+        // Without the restart the node counts as subscribed throughout and missed one.
+        let gossip =
+            vec![join(1, 0), join(2, 0), publish(1, 1, 2000), publish(1, 2, 4000), deliver(2, 2, 1, 4010)];
+        let a = analyze(&Inputs { gossip, ..Inputs::default() }, None);
+        assert_eq!((a.delivery_ratio, a.missed_deliveries), (Some(0.5), 1));
     }
 
     #[test]

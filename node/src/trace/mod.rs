@@ -60,6 +60,14 @@ pub fn timeline_path(path: &Path) -> PathBuf {
     path.with_file_name(format!("{stem}.timeline.jsonl"))
 }
 
+/// The gossip trace a timeline at `timeline` goes with (the inverse of [`timeline_path`]).
+pub fn gossip_path_of(timeline: &Path) -> Option<PathBuf> {
+    let name = timeline.file_name()?.to_string_lossy().into_owned();
+    let stem = name.strip_suffix(".timeline.jsonl")?;
+    let with_ext = timeline.with_file_name(format!("{stem}.jsonl"));
+    Some(if with_ext.exists() { with_ext } else { timeline.with_file_name(stem) })
+}
+
 /// `path`, or, when it or its timeline exists already (a restarted node), the first of
 /// `x-1.jsonl`, `x-2.jsonl`, ... that does not: a trace is never overwritten.
 pub fn unused_path(path: &Path) -> PathBuf {
@@ -493,6 +501,12 @@ mod tests {
     fn timeline_sits_beside_the_gossip_trace() {
         assert_eq!(timeline_path(Path::new("/r/node-1.jsonl")), Path::new("/r/node-1.timeline.jsonl"));
         assert_eq!(timeline_path(Path::new("trace")), Path::new("trace.timeline.jsonl"));
+        let dir = tempfile::tempdir().unwrap();
+        let g = dir.path().join("v1-1.jsonl");
+        std::fs::write(&g, "").unwrap();
+        assert_eq!(gossip_path_of(&timeline_path(&g)), Some(g));
+        assert_eq!(gossip_path_of(Path::new("/r/trace.timeline.jsonl")), Some(PathBuf::from("/r/trace")));
+        assert_eq!(gossip_path_of(Path::new("/r/other.jsonl")), None);
     }
 
     #[test]
