@@ -427,12 +427,14 @@ fn trace(command: TraceCommand) -> Result<()> {
             Ok(())
         }
         TraceCommand::Verify { paths } => {
-            let inputs = analyze::load(&paths)?;
-            if inputs.timelines.is_empty() {
-                bail!("no task timelines among {} file(s)", inputs.gossip_files.len() + inputs.skipped.len());
+            // Only the timelines are read here; each one's gossip file is counted below.
+            let timelines = analyze::timeline_files(&paths)?;
+            if timelines.is_empty() {
+                let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                bail!("no task timelines in {}", names.join(", "));
             }
             let mut bad = 0;
-            for (path, _) in &inputs.timelines {
+            for path in &timelines {
                 let mut v = timeline::verify_file(path)?;
                 let node = v.node.clone().unwrap_or_else(|| "?".into());
                 // Hold the gossip trace beside this timeline against the count the node signed.
@@ -477,7 +479,7 @@ fn trace(command: TraceCommand) -> Result<()> {
                 }
             }
             if bad > 0 {
-                bail!("{bad} of {} timelines did not verify", inputs.timelines.len());
+                bail!("{bad} of {} timelines did not verify", timelines.len());
             }
             Ok(())
         }

@@ -86,53 +86,69 @@ fn collect(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<(), An
     Ok(())
 }
 
-/// Reads every trace in `paths` (files, or folders searched recursively for `.jsonl`/`.json`).
-pub fn load(paths: &[PathBuf]) -> Result<Inputs, AnalyzeError> {
+type Lines = std::io::Lines<std::io::BufReader<std::fs::File>>;
+
+/// Opens `f` and reads up to its first non-empty line; `Err` says why the file is skipped.
+fn first_line(f: &Path) -> Result<(String, Lines), String> {
+    let file = std::fs::File::open(f).map_err(|e| format!("unreadable: {e}"))?;
+    let mut lines = std::io::BufReader::new(file).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.trim().is_empty() => continue,
+            Some(Ok(l)) => return Ok((l, lines)),
+            Some(Err(e)) => return Err(format!("unreadable: {e}")),
+            None => return Err("empty".into()),
+        }
+    }
+}
+
+/// Every line from `first` on, parsed; lines that do not parse are counted in `bad`.
+fn parse_lines<T: serde::de::DeserializeOwned>(first: String, rest: Lines, bad: &mut u64) -> Vec<T> {
+    let mut out = Vec::new();
+    for l in std::iter::once(Ok(first)).chain(rest).map_while(Result::ok).filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str(&l) {
+            Ok(v) => out.push(v),
+            Err(_) => *bad += 1,
+        }
+    }
+    out
+}
+
+fn files_in(paths: &[PathBuf]) -> Result<Vec<PathBuf>, AnalyzeError> {
     let mut files = Vec::new();
     for p in paths {
         collect(p, true, &mut files)?;
     }
+    Ok(files)
+}
+
+/// The task timelines among `paths` (files, or folders searched as [`load`] does), told
+/// apart by their first line without reading the rest.
+pub fn timeline_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, AnalyzeError> {
+    Ok(files_in(paths)?
+        .into_iter()
+        .filter(|f| first_line(f).is_ok_and(|(first, _)| matches!(classify(&first), Some(Kind::Timeline))))
+        .collect())
+}
+
+/// Reads every trace in `paths` (files, or folders searched recursively for `.jsonl`/`.json`).
+pub fn load(paths: &[PathBuf]) -> Result<Inputs, AnalyzeError> {
     let mut inputs = Inputs::default();
-    for f in files {
-        let file =
-            std::fs::File::open(&f).map_err(|source| AnalyzeError::Read { path: f.clone(), source })?;
-        let mut lines = std::io::BufReader::new(file).lines();
-        let first = loop {
-            match lines.next() {
-                Some(Ok(l)) if l.trim().is_empty() => continue,
-                Some(Ok(l)) => break Some(l),
-                Some(Err(e)) => {
-                    inputs.skipped.push((f.clone(), format!("unreadable: {e}")));
-                    break None;
-                }
-                None => break None,
+    for f in files_in(paths)? {
+        let (first, rest) = match first_line(&f) {
+            Ok(x) => x,
+            Err(why) => {
+                inputs.skipped.push((f, why));
+                continue;
             }
         };
-        let Some(first) = first else {
-            if !inputs.skipped.iter().any(|(p, _)| *p == f) {
-                inputs.skipped.push((f.clone(), "empty".into()));
-            }
-            continue;
-        };
-        let all = std::iter::once(Ok(first.clone())).chain(lines);
         match classify(&first) {
             Some(Kind::Gossip) => {
-                for l in all.map_while(Result::ok).filter(|l| !l.trim().is_empty()) {
-                    match serde_json::from_str::<TraceEvent>(&l) {
-                        Ok(e) => inputs.gossip.push(e),
-                        Err(_) => inputs.bad_lines += 1,
-                    }
-                }
+                inputs.gossip.extend(parse_lines::<TraceEvent>(first, rest, &mut inputs.bad_lines));
                 inputs.gossip_files.push(f);
             }
             Some(Kind::Timeline) => {
-                let mut records = Vec::new();
-                for l in all.map_while(Result::ok).filter(|l| !l.trim().is_empty()) {
-                    match serde_json::from_str::<Record>(&l) {
-                        Ok(r) => records.push(r),
-                        Err(_) => inputs.bad_lines += 1,
-                    }
-                }
+                let records = parse_lines::<Record>(first, rest, &mut inputs.bad_lines);
                 inputs.timelines.push((f, records));
             }
             None => inputs.skipped.push((f, "not a gossip trace or task timeline".into())),
