@@ -90,6 +90,17 @@ impl PublicKey {
         hex::encode(&self.0.as_bytes()[..4])
     }
 
+    /// The libp2p peer id of this key, as libp2p prints it (base58btc of the identity
+    /// multihash of the protobuf-encoded key). Computed here so code without libp2p (the
+    /// engine, trace tools) names peers exactly as the network does.
+    pub fn peer_id(&self) -> String {
+        // identity multihash (0x00), length 36, then protobuf { type: Ed25519 (1), data: 32 bytes }.
+        let mut bytes = Vec::with_capacity(38);
+        bytes.extend_from_slice(&[0x00, 36, 0x08, 0x01, 0x12, 32]);
+        bytes.extend_from_slice(self.0.as_bytes());
+        bs58::encode(bytes).into_string()
+    }
+
     pub(crate) fn verify_raw(&self, msg: &[u8], sig: &Signature) -> bool {
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         self.0.verify_strict(msg, &sig).is_ok()

@@ -26,6 +26,9 @@ pub struct NodeConfig {
     pub slots: u32,
     /// Tasks this node queues beyond its running ones before it stops bidding.
     pub max_queue: u32,
+    /// Unfinished jobs this node accepts from any one requester, so one requester cannot
+    /// take every slot and queue place.
+    pub max_jobs_per_requester: u32,
     /// The lowest price this node bids.
     pub price_floor: u64,
     /// Whether this node bids on other nodes' tasks at all.
@@ -104,6 +107,7 @@ impl Default for NodeConfig {
             api_addr: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
             slots: 2,
             max_queue: 64,
+            max_jobs_per_requester: 32,
             price_floor: 1,
             serve: true,
             tasks: TaskDefaults::default(),

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fleetmesh_crypto::ModelId;
-use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::*;
 
 type Plan = Arc<TypedRunnableModel>;
@@ -56,36 +55,7 @@ pub enum ExecError {
     },
 }
 
-/// A model's output, canonically encoded for hashing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelOutput {
-    /// Element type (`i8`, `u8`, `i32`, `f32`, ...).
-    pub dtype: String,
-    /// Tensor shape.
-    pub shape: Vec<u64>,
-    /// Elements, little-endian.
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
-    /// Index of the largest element (lowest index wins ties), for classifiers.
-    pub argmax: Option<u32>,
-}
-
-impl ModelOutput {
-    /// The canonical bytes (what the output digest covers).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        fleetmesh_protocol::encode(self)
-    }
-
-    /// Parses output bytes received from a worker.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, fleetmesh_protocol::DecodeError> {
-        fleetmesh_protocol::decode(bytes, fleetmesh_protocol::limits::MAX_OUTPUT_BYTES)
-    }
-
-    /// The elements as i8, if that is the dtype.
-    pub fn as_i8(&self) -> Option<Vec<i8>> {
-        (self.dtype == "i8").then(|| self.data.iter().map(|&b| b as i8).collect())
-    }
-}
+pub use fleetmesh_protocol::output::ModelOutput;
 
 /// One finished inference.
 #[derive(Debug, Clone)]

@@ -2,9 +2,10 @@
 //!
 //! * [`Node::spawn`] starts a node: a libp2p swarm owned by one event-loop task, and a
 //!   cloneable [`Client`] that talks to it over a bounded command channel.
-//! * The event loop plays both roles of the task lifecycle: requester (announce, collect
-//!   bids, award, verify; see `requester.rs`) and worker (bid, execute, return results; see
-//!   `worker.rs`). Both persist to the store before acknowledging anything.
+//! * [`engine`] is the task lifecycle as a pure state machine: requester (announce, collect
+//!   bids, award, verify) and worker (bid, execute, return results). It takes inputs and the
+//!   time and returns actions; the event loop performs them (persisting before acknowledging
+//!   anything), so the lifecycle is tested without sockets.
 //! * [`executor`] runs models with tract-onnx; [`digits`] is the embedded default model.
 //! * [`api`] is the local HTTP JSON API; [`demo`] runs a whole mesh in one process.
 //!
@@ -18,16 +19,16 @@ mod codec;
 pub mod config;
 pub mod demo;
 pub mod digits;
+#[deny(clippy::arithmetic_side_effects)]
+pub mod engine;
 pub mod executor;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
 mod metrics;
 mod node;
-mod requester;
 pub mod state;
 mod store;
 pub mod trace;
-mod worker;
 
 pub use codec::Frame;
 pub use config::{ConfigError, NodeConfig, TaskDefaults};

@@ -1,12 +1,15 @@
 //! The node: a cloneable [`Client`] over a bounded command channel, and an `EventLoop` task
-//! that owns the swarm, the store and all task state.
+//! that owns the swarm, the store, the executor and the [`Engine`].
 //!
-//! Everything that changes task state happens on the event loop, one event at a time, so
-//! there are no locks around task state and the order of persistence and acknowledgement is
-//! plain to read: the store is written first, then the peer is answered.
+//! The event loop is the engine's driver and holds no protocol logic of its own: it turns
+//! swarm events, commands, finished executions and a periodic tick into engine
+//! [`Input`]s, and performs the [`Action`]s the engine returns, in order (a durable write
+//! before the answer it guards). Everything that changes task state happens inside
+//! [`Engine::handle`], one input at a time, so the same lifecycle runs unchanged in unit tests
+//! and in the simulator.
 //!
-//! Timers are one periodic tick (`TICK`) that checks every deadline; with bounded task
-//! counts this is simpler and cheaper than a timer per phase per task.
+//! Timers are one periodic tick (`TICK`) that the engine checks every deadline on; with
+//! bounded task counts this is simpler and cheaper than a timer per phase per task.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,30 +17,31 @@ use std::time::Duration;
 
 use fleetmesh_crypto::{Identity, ModelId, PublicKey, TaskId};
 use fleetmesh_protocol::ids;
-use fleetmesh_protocol::wire::TaskResponse;
-use fleetmesh_protocol::Presence;
+use fleetmesh_protocol::wire::{Refusal, TaskResponse};
 use futures::StreamExt;
-use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, mdns, Multiaddr, PeerId, Swarm};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, BehaviourParams};
 use crate::codec::Frame;
 use crate::config::NodeConfig;
-use crate::executor::{ExecError, Inference, ModelStore};
+use crate::engine::{
+    Action, CallId, Engine, EngineConfig, ExecOutput, GossipId, Input, Job, Lookup, Metric, Outgoing,
+    ReplyId, ReqTask, SendFailure, SendTag, Topic, Verdict,
+};
+use crate::executor::{ExecError, ModelStore};
 use crate::metrics::Metrics;
-use crate::requester::ReqTask;
 use crate::state::TaskView;
 use crate::store::Store;
-use crate::worker::Job;
 
 const TICK: Duration = Duration::from_millis(50);
 const COMMAND_QUEUE: usize = 256;
-const MAX_PRESENCE_PEERS: usize = 1024;
+/// Finished executions waiting for the event loop (at most `slots` run at once).
+const EXEC_QUEUE: usize = 64;
 const MAX_WAITERS_PER_TASK: usize = 16;
-const MAX_REMEMBERED_BIDS: usize = 8192;
 /// The gossip topics every node joins.
 const TOPICS: [&str; 2] = [ids::TOPIC_TASKS, ids::TOPIC_PRESENCE];
 
@@ -99,26 +103,7 @@ pub enum ClientError {
     Timeout,
 }
 
-/// A task to submit.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SubmitRequest {
-    /// Model id (hex); the embedded digits model when absent.
-    pub model: Option<String>,
-    /// Input bytes.
-    #[serde(skip)]
-    pub input: Vec<u8>,
-    /// Workers (k); the node's default when absent.
-    pub redundancy: Option<u8>,
-    /// Max price per worker; the node's default when absent.
-    pub max_price: Option<u64>,
-    /// Bid window, ms.
-    pub bid_window_ms: Option<u32>,
-    /// Execution timeout, ms.
-    pub exec_timeout_ms: Option<u32>,
-    /// Overall deadline from now, ms.
-    pub deadline_ms: Option<u64>,
-}
+pub use crate::engine::SubmitRequest;
 
 /// A connected or known peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -394,8 +379,7 @@ impl Node {
         let public = identity.public();
         let peer_id = *swarm.local_peer_id();
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let slots = config.slots.max(1) as usize;
-        let (exec_tx, exec_rx) = mpsc::channel(config.max_queue as usize + slots);
+        let (exec_tx, exec_rx) = mpsc::channel(EXEC_QUEUE);
         let registry = Arc::new(Mutex::new(registry));
         let client = Client { tx, peer_id, public, metrics: registry };
         let api_addr = match config.api_addr {
@@ -403,38 +387,28 @@ impl Node {
             None => None,
         };
         let span = tracer.as_ref().map_or_else(tracing::Span::none, crate::trace::Tracer::span);
+        let now = now_ms();
+        let engine = Engine::new(
+            identity.clone(),
+            EngineConfig::from(&config),
+            models.list().into_iter().collect(),
+            now,
+        );
         let mut event_loop = EventLoop {
             swarm,
-            identity,
-            tracer,
-            config,
-            store: Arc::new(store),
+            engine,
+            store,
             models,
+            tracer,
             metrics,
             p2p_metrics,
             commands: rx,
             exec_tx,
             exec_rx,
-            exec_slots: Arc::new(Semaphore::new(slots)),
-            requests: HashMap::new(),
-            jobs: HashMap::new(),
-            bids_sent: HashSet::new(),
-            bids_sent_order: VecDeque::new(),
-            spec_lookups: HashMap::new(),
-            provider_lookups: HashMap::new(),
-            open_lookups: HashSet::new(),
-            outbound: HashMap::new(),
-            presence: HashMap::new(),
-            providing: HashSet::new(),
-            open_tasks_dirty: HashSet::new(),
-            next_open_flush: tokio::time::Instant::now(),
-            waiters: HashMap::new(),
-            stats: NodeStats::default(),
-            next_presence: tokio::time::Instant::now(),
-            next_dht_scan: tokio::time::Instant::now() + Duration::from_secs(1),
-            next_compaction: tokio::time::Instant::now(),
+            pending: Pending::default(),
+            #[cfg(feature = "test-hooks")]
+            exec_delay_ms: config.exec_delay_ms,
             bootstrap,
-            first_result: None,
         };
         event_loop.resume()?;
         let task = tokio::spawn(tracing::Instrument::instrument(event_loop.run(), span));
@@ -489,65 +463,63 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// What an outbound request was for, to route its answer.
-pub(crate) enum Outbound {
-    Bid,
-    Award { task: TaskId, worker: PublicKey },
-    Decline,
-    Result { task: TaskId },
-    Receipt,
+#[allow(clippy::large_enum_variant)] // one per request in flight, bounded by libp2p
+enum Outbound {
+    /// Sent for the engine: the answer goes back to it.
+    Engine { tag: SendTag, peer: PublicKey },
+    /// Sent by a test through [`Client::send_raw`].
     Raw(oneshot::Sender<Result<TaskResponse, String>>),
 }
 
-/// A finished (or failed) execution, back from the blocking pool.
-pub(crate) struct ExecDone {
-    pub(crate) task: TaskId,
-    pub(crate) result: Result<Inference, ExecError>,
+/// A DHT query the engine asked for.
+enum Query {
+    Record(Lookup),
+    Providers(ModelId),
 }
 
-pub(crate) struct EventLoop {
-    pub(crate) swarm: Swarm<Behaviour>,
-    pub(crate) identity: Arc<Identity>,
+/// A finished (or failed) execution, back from the blocking pool.
+struct ExecDone {
+    task: TaskId,
+    result: Result<ExecOutput, String>,
+}
+
+/// Everything waiting for an answer, by the id the engine or libp2p gave it.
+#[derive(Default)]
+struct Pending {
+    next_id: u64,
+    outbound: HashMap<OutboundRequestId, Outbound>,
+    replies: HashMap<ReplyId, ResponseChannel<TaskResponse>>,
+    gossip: HashMap<GossipId, (gossipsub::MessageId, PeerId, &'static str)>,
+    queries: HashMap<kad::QueryId, Query>,
+    calls: HashMap<CallId, oneshot::Sender<Result<TaskId, ClientError>>>,
+    waiters: HashMap<TaskId, Vec<oneshot::Sender<Result<TaskView, ClientError>>>>,
+}
+
+impl Pending {
+    fn id(&mut self) -> u64 {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id
+    }
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    /// The protocol logic: requester and worker.
+    engine: Engine,
+    store: Store,
+    models: Arc<ModelStore>,
     /// Gossip and task traces, when the node was started with a trace path.
-    pub(crate) tracer: Option<crate::trace::Tracer>,
-    pub(crate) config: NodeConfig,
-    pub(crate) store: Arc<Store>,
-    pub(crate) models: Arc<ModelStore>,
-    pub(crate) metrics: Metrics,
+    tracer: Option<crate::trace::Tracer>,
+    metrics: Metrics,
     p2p_metrics: libp2p::metrics::Metrics,
     commands: mpsc::Receiver<Command>,
-    pub(crate) exec_tx: mpsc::Sender<ExecDone>,
+    exec_tx: mpsc::Sender<ExecDone>,
     exec_rx: mpsc::Receiver<ExecDone>,
-    pub(crate) exec_slots: Arc<Semaphore>,
-    /// Tasks this node requested.
-    pub(crate) requests: HashMap<TaskId, ReqTask>,
-    /// Tasks this node was awarded.
-    pub(crate) jobs: HashMap<TaskId, Job>,
-    /// (task, round) pairs this node already bid on, oldest evicted first.
-    pub(crate) bids_sent: HashSet<(TaskId, u32)>,
-    bids_sent_order: VecDeque<(TaskId, u32)>,
-    /// DHT lookups of task specs this node may bid on: (task, round).
-    pub(crate) spec_lookups: HashMap<kad::QueryId, (TaskId, u32)>,
-    /// DHT lookups of requesters with open tasks for a model.
-    pub(crate) provider_lookups: HashMap<kad::QueryId, ModelId>,
-    /// DHT lookups of one requester's open-task record.
-    pub(crate) open_lookups: HashSet<kad::QueryId>,
-    pub(crate) outbound: HashMap<OutboundRequestId, Outbound>,
-    /// The last presence advert of each peer.
-    pub(crate) presence: HashMap<PeerId, Presence>,
-    /// Models this node announced itself as a provider of open tasks for.
-    pub(crate) providing: HashSet<ModelId>,
-    /// Models whose open-tasks record must be rewritten on the next flush.
-    pub(crate) open_tasks_dirty: HashSet<ModelId>,
-    next_open_flush: tokio::time::Instant,
-    waiters: HashMap<TaskId, Vec<oneshot::Sender<Result<TaskView, ClientError>>>>,
-    pub(crate) stats: NodeStats,
-    next_presence: tokio::time::Instant,
-    next_dht_scan: tokio::time::Instant,
-    next_compaction: tokio::time::Instant,
+    pending: Pending,
+    /// (tests) Sleep this long before each inference.
+    #[cfg(feature = "test-hooks")]
+    exec_delay_ms: u64,
     bootstrap: Vec<(PeerId, Multiaddr)>,
-    /// (test hooks) the first result this worker produced, for replay.
-    #[allow(dead_code)]
-    pub(crate) first_result: Option<(fleetmesh_crypto::SignedEnvelope, Vec<u8>)>,
 }
 
 impl EventLoop {
@@ -561,13 +533,20 @@ impl EventLoop {
             tokio::select! {
                 // Local work first: finished executions and commands before new remote work.
                 biased;
-                Some(done) = self.exec_rx.recv() => self.on_exec_done(done),
+                Some(done) = self.exec_rx.recv() => {
+                    self.step(Input::Executed { task: done.task, result: done.result });
+                }
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Shutdown(tx)) => { let _ = tx.send(()); break; }
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    self.step(Input::Tick);
+                    if let Some(t) = self.tracer.as_mut() {
+                        t.mesh_changes(&self.swarm.behaviour().gossipsub, &TOPICS);
+                    }
+                }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
             }
         }
@@ -591,57 +570,245 @@ impl EventLoop {
         tracing::debug!(peer = %self.swarm.local_peer_id(), "event loop stopped");
     }
 
-    /// Appends a task event to the timeline, if the node traces; `make` runs only then.
-    pub(crate) fn trace_task(&mut self, make: impl FnOnce() -> crate::trace::TaskRecord) {
-        if let Some(t) = self.tracer.as_mut() {
-            t.task(make());
+    /// Feeds one input to the engine and performs what it returns, then any inputs those
+    /// actions produced at once (a publish that failed, an award whose input is missing).
+    fn step(&mut self, input: Input) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let actions = self.engine.handle(now_ms(), input);
+            self.perform(actions, &mut queue);
         }
     }
 
-    /// Loads persisted tasks and jobs and picks each up where it stopped.
+    fn perform(&mut self, actions: Vec<Action>, follow_up: &mut VecDeque<Input>) {
+        // Set once a durable write of this batch failed: what it guarded must not go out.
+        let mut failed: Option<Vec<(crate::engine::Table, TaskId)>> = None;
+        for action in actions {
+            match action {
+                Action::Persist(ops) => {
+                    if failed.is_some() {
+                        continue;
+                    }
+                    if let Err(e) = self.store.apply(&ops) {
+                        tracing::error!("could not persist: {e}");
+                        failed = Some(ops.iter().map(|o| (o.table, o.key)).collect());
+                    }
+                }
+                Action::Reply { reply, response } => {
+                    let response =
+                        if failed.is_some() { TaskResponse::Refused(Refusal::Unavailable) } else { response };
+                    if let Some(channel) = self.pending.replies.remove(&reply) {
+                        let _ = self.swarm.behaviour_mut().tasks.send_response(channel, response);
+                    }
+                }
+                Action::Submitted { call, result } => {
+                    let result = match (&failed, result) {
+                        (Some(_), Ok(_)) => Err(ClientError::Rejected("could not persist the task".into())),
+                        (_, r) => r.map_err(|e| ClientError::Rejected(e.to_string())),
+                    };
+                    if let Some(tx) = self.pending.calls.remove(&call) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Action::Send { to, request, tag } => {
+                    if failed.is_none() {
+                        self.send(to, request, tag, follow_up);
+                    }
+                }
+                Action::Validate { msg, verdict } => self.validate(msg, verdict),
+                Action::Publish { topic, data, announce } => {
+                    let ok = self.publish(topic.name(), data);
+                    if let Some((task, round)) = announce {
+                        follow_up.push_back(Input::Published { task, round, ok });
+                    }
+                }
+                Action::PutRecord { key, value } => {
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    if let Err(e) = kad.put_record(kad::Record::new(key, value), kad::Quorum::One) {
+                        tracing::warn!("could not store a DHT record locally: {e}");
+                    }
+                }
+                Action::Provide { key } => {
+                    if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&key))
+                    {
+                        tracing::warn!("could not start providing: {e}");
+                    }
+                }
+                Action::GetRecord { key, lookup } => {
+                    let qid = self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&key));
+                    self.pending.queries.insert(qid, Query::Record(lookup));
+                }
+                Action::GetProviders { model } => {
+                    let key = kad::RecordKey::new(&ids::model_provider_key(&model));
+                    let qid = self.swarm.behaviour_mut().kad.get_providers(key);
+                    self.pending.queries.insert(qid, Query::Providers(model));
+                }
+                Action::Execute { task, model } => self.execute(task, model),
+                Action::Trace(record) => {
+                    if let Some(t) = self.tracer.as_mut() {
+                        t.task(*record);
+                    }
+                }
+                Action::Finished(task) => self.notify_finished(&task),
+                Action::Count(m) => self.count(m),
+            }
+        }
+        if let Some(keys) = failed {
+            follow_up.push_back(Input::PersistFailed { keys });
+        }
+    }
+
+    fn count(&self, m: Metric) {
+        let c = &self.metrics;
+        let counter = match m {
+            Metric::TasksSubmitted => &c.tasks_submitted,
+            Metric::TasksVerified => &c.tasks_verified,
+            Metric::TasksFailed => &c.tasks_failed,
+            Metric::BidsReceived => &c.bids_received,
+            Metric::BidsSent => &c.bids_sent,
+            Metric::BidsDeclined => &c.bids_declined,
+            Metric::ResultsReceived => &c.results_received,
+            Metric::ResultsRejected => &c.results_rejected,
+            Metric::Disagreements => &c.disagreements,
+            Metric::Reawards => &c.reawards,
+            Metric::JobsExecuted => &c.jobs_executed,
+            Metric::GossipRejected => &c.gossip_rejected,
+        };
+        counter.inc();
+    }
+
+    fn send(&mut self, to: PublicKey, request: Outgoing, tag: SendTag, follow_up: &mut VecDeque<Input>) {
+        let request = match request {
+            Outgoing::Request(r) => r,
+            Outgoing::Award { spec, award, task } => {
+                match self.store.get_raw(crate::store::REQUEST_INPUTS, &task) {
+                    Ok(Some(input)) => fleetmesh_protocol::wire::TaskRequest::Award { spec, award, input },
+                    other => {
+                        let why = match other {
+                            Ok(_) => "no such record".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        follow_up.push_back(Input::Response {
+                            tag,
+                            peer: to,
+                            result: Err(SendFailure::InputMissing(why)),
+                        });
+                        return;
+                    }
+                }
+            }
+        };
+        let rid = self.swarm.behaviour_mut().tasks.send_request(&peer_id_of(&to), Frame::Request(request));
+        self.pending.outbound.insert(rid, Outbound::Engine { tag, peer: to });
+    }
+
+    /// Runs a job on the blocking pool; the engine decides how many run at once.
+    fn execute(&mut self, task: TaskId, model: ModelId) {
+        let input = self.store.get_raw(crate::store::JOB_INPUTS, &task);
+        let models = self.models.clone();
+        let tx = self.exec_tx.clone();
+        #[cfg(feature = "test-hooks")]
+        let delay = Duration::from_millis(self.exec_delay_ms);
+        tokio::spawn(async move {
+            #[cfg(feature = "test-hooks")]
+            tokio::time::sleep(delay).await;
+            let result = match input {
+                Ok(Some(input)) => tokio::task::spawn_blocking(move || {
+                    models
+                        .run(&model, &input)
+                        .map(|i| ExecOutput { output: i.output, run_time_us: i.run_time_us })
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("executor task failed: {e}"))),
+                Ok(None) => Err("input missing from the store".to_owned()),
+                Err(e) => Err(format!("input unreadable: {e}")),
+            };
+            let _ = tx.send(ExecDone { task, result }).await;
+        });
+    }
+
+    /// Publishes bytes; false when no peer is subscribed yet.
+    fn publish(&mut self, topic: &str, data: Vec<u8>) -> bool {
+        match self.swarm.behaviour_mut().gossipsub.publish(gossipsub::IdentTopic::new(topic), data) {
+            Ok(id) => {
+                if let Some(t) = &self.tracer {
+                    t.publish(&id, topic);
+                }
+                true
+            }
+            Err(gossipsub::PublishError::Duplicate) => true,
+            Err(e) => {
+                tracing::debug!(topic, "publish failed: {e}");
+                false
+            }
+        }
+    }
+
+    fn validate(&mut self, msg: GossipId, verdict: Verdict) {
+        let Some((id, source, topic)) = self.pending.gossip.remove(&msg) else { return };
+        let acceptance = match verdict {
+            Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+            Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+            Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+        };
+        if let Some(t) = &self.tracer {
+            t.validated(&id, topic, source, &acceptance);
+        }
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
+    }
+
+    /// Loads persisted tasks and jobs and hands them to the engine to pick up.
     fn resume(&mut self) -> Result<(), NodeError> {
         let (reqs, bad) = self.store.load_all::<ReqTask>(crate::store::REQUESTS)?;
         for t in bad {
             tracing::error!(task = %t, "requested task record does not decode; skipped");
         }
-        for (id, task) in reqs {
-            self.requests.insert(id, task);
-        }
         let (jobs, bad) = self.store.load_all::<Job>(crate::store::JOBS)?;
         for t in bad {
             tracing::error!(task = %t, "job record does not decode; skipped");
         }
-        for (id, job) in jobs {
-            self.jobs.insert(id, job);
+        let actions = self.engine.restore(now_ms(), reqs, jobs);
+        let mut follow_up = VecDeque::new();
+        self.perform(actions, &mut follow_up);
+        while let Some(input) = follow_up.pop_front() {
+            let actions = self.engine.handle(now_ms(), input);
+            self.perform(actions, &mut follow_up);
         }
-        self.resume_requests();
-        self.resume_jobs();
         Ok(())
+    }
+
+    /// A requested task as persisted (for tasks no longer held in memory).
+    fn load_request(&self, id: &TaskId) -> Option<ReqTask> {
+        let bytes = self.store.get_raw(crate::store::REQUESTS, id).ok()??;
+        fleetmesh_protocol::decode(&bytes, usize::MAX).ok()
+    }
+
+    fn view(&self, id: &TaskId) -> Option<TaskView> {
+        self.engine.view(id).or_else(|| self.load_request(id).map(|t| t.view()))
     }
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Submit(req, tx) => {
-                let _ = tx.send(self.submit(*req));
+                let call = self.pending.id();
+                self.pending.calls.insert(call, tx);
+                self.step(Input::Submit { call, request: *req, nonce: nonce() });
             }
             Command::Status(id, tx) => {
-                let view = self.requests.get(&id).map(ReqTask::view);
-                let _ = tx.send(view.or_else(|| self.load_request(&id).map(|t| t.view())));
+                let _ = tx.send(self.view(&id));
             }
-            Command::Wait(id, tx) => match self.requests.get(&id) {
+            Command::Wait(id, tx) => match self.engine.requester.get(&id) {
                 // Only finished tasks leave memory, so one found in the store is finished.
                 None => {
-                    let r = self
-                        .load_request(&id)
-                        .map(|t| t.view())
-                        .ok_or_else(|| ClientError::UnknownTask(id.to_string()));
+                    let r = self.view(&id).ok_or_else(|| ClientError::UnknownTask(id.to_string()));
                     let _ = tx.send(r);
                 }
                 Some(t) if t.phase.is_terminal() => {
                     let _ = tx.send(Ok(t.view()));
                 }
                 Some(_) => {
-                    let w = self.waiters.entry(id).or_default();
+                    let w = self.pending.waiters.entry(id).or_default();
                     w.retain(|s| !s.is_closed());
                     if w.len() >= MAX_WAITERS_PER_TASK {
                         let _ = tx.send(Err(ClientError::Rejected("too many waiters on this task".into())));
@@ -651,17 +818,19 @@ impl EventLoop {
                 }
             },
             Command::Tasks(tx) => {
-                let mut all: Vec<TaskView> = self.requests.values().map(ReqTask::view).collect();
+                let mut all: Vec<TaskView> = self.engine.requester.tasks().map(|(_, t)| t.view()).collect();
                 all.sort_by_key(|v| v.timings.submitted_ms);
                 let _ = tx.send(all);
             }
             Command::Peers(tx) => {
                 let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+                let adverts: HashMap<PeerId, &fleetmesh_protocol::Presence> =
+                    self.engine.presence().iter().map(|(k, a)| (peer_id_of(k), &a.advert)).collect();
                 let mut peers: Vec<PeerInfo> = connected
                     .iter()
-                    .chain(self.presence.keys().filter(|p| !connected.contains(p)))
+                    .chain(adverts.keys().filter(|p| !connected.contains(p)))
                     .map(|p| {
-                        let adv = self.presence.get(p);
+                        let adv = adverts.get(p);
                         PeerInfo {
                             peer_id: p.to_string(),
                             connected: connected.contains(p),
@@ -687,14 +856,17 @@ impl EventLoop {
             }
             Command::SendRaw(peer, frame, tx) => {
                 let id = self.swarm.behaviour_mut().tasks.send_request(&peer, *frame);
-                self.outbound.insert(id, Outbound::Raw(tx));
+                self.pending.outbound.insert(id, Outbound::Raw(tx));
             }
             Command::Stats(tx) => {
+                let w = &self.engine.worker;
                 let stats = NodeStats {
+                    jobs_receipted: w.jobs_receipted,
+                    jobs_executed: w.jobs_executed,
+                    bids_sent: w.bids_sent,
                     trace_events_dropped: self.tracer.as_ref().map_or(0, crate::trace::Tracer::dropped),
-                    tasks_in_memory: self.requests.len() as u64,
-                    jobs_in_memory: self.jobs.len() as u64,
-                    ..self.stats.clone()
+                    tasks_in_memory: self.engine.requester.len() as u64,
+                    jobs_in_memory: w.len() as u64,
                 };
                 let _ = tx.send(stats);
             }
@@ -715,118 +887,10 @@ impl EventLoop {
     }
 
     /// Tells everyone waiting on `task` that it finished.
-    pub(crate) fn notify_finished(&mut self, task: &TaskId) {
-        let Some(view) = self.requests.get(task).map(ReqTask::view) else { return };
-        for w in self.waiters.remove(task).unwrap_or_default() {
+    fn notify_finished(&mut self, task: &TaskId) {
+        let Some(view) = self.engine.view(task) else { return };
+        for w in self.pending.waiters.remove(task).unwrap_or_default() {
             let _ = w.send(Ok(view.clone()));
-        }
-    }
-
-    pub(crate) fn remember_bid(&mut self, key: (TaskId, u32)) -> bool {
-        if !self.bids_sent.insert(key) {
-            return false;
-        }
-        self.bids_sent_order.push_back(key);
-        while self.bids_sent_order.len() > MAX_REMEMBERED_BIDS {
-            if let Some(old) = self.bids_sent_order.pop_front() {
-                self.bids_sent.remove(&old);
-            }
-        }
-        true
-    }
-
-    fn on_tick(&mut self) {
-        let now = tokio::time::Instant::now();
-        self.requester_tick();
-        self.worker_tick();
-        if now >= self.next_open_flush && !self.open_tasks_dirty.is_empty() {
-            self.next_open_flush = now + Duration::from_millis(500);
-            self.flush_open_tasks();
-        }
-        if let Some(t) = self.tracer.as_mut() {
-            t.mesh_changes(&self.swarm.behaviour().gossipsub, &TOPICS);
-        }
-        if now >= self.next_compaction {
-            self.next_compaction = now + Duration::from_secs(1);
-            self.forget_old_finished();
-        }
-        if now >= self.next_presence {
-            self.next_presence = now + Duration::from_millis(self.config.presence_interval_ms.max(100));
-            self.publish_presence();
-        }
-        if now >= self.next_dht_scan && self.config.serve {
-            self.next_dht_scan = now + Duration::from_millis(self.config.dht_scan_interval_ms.max(100));
-            self.scan_dht_for_open_tasks();
-        }
-    }
-
-    /// Drops the oldest finished tasks and jobs from memory beyond the configured number.
-    /// They stay in the store: status reads them from there, and awards and re-sent results
-    /// for them are answered from there.
-    fn forget_old_finished(&mut self) {
-        let cap = self.config.max_finished_in_memory;
-        let mut done: Vec<(u64, TaskId)> = self
-            .requests
-            .iter()
-            .filter(|(_, t)| t.phase.is_terminal())
-            .map(|(id, t)| (t.times.finished_ms, *id))
-            .collect();
-        if done.len() > cap {
-            done.sort_unstable();
-            for (_, id) in &done[..done.len() - cap] {
-                self.requests.remove(id);
-            }
-        }
-        let mut done: Vec<(u64, TaskId)> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.is_finished())
-            .map(|(id, j)| (j.result_deadline_ms, *id))
-            .collect();
-        if done.len() > cap {
-            done.sort_unstable();
-            for (_, id) in &done[..done.len() - cap] {
-                self.jobs.remove(id);
-            }
-        }
-    }
-
-    fn publish_presence(&mut self) {
-        let free = self.exec_slots.available_permits() as u32;
-        let advert = Presence {
-            v: fleetmesh_protocol::WIRE_VERSION,
-            models: if self.config.serve {
-                self.models
-                    .list()
-                    .into_iter()
-                    .take(fleetmesh_protocol::limits::MAX_MODELS_PER_ADVERT)
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            free_slots: free,
-            price_floor: self.config.price_floor,
-            at_ms: now_ms(),
-        };
-        let env = fleetmesh_protocol::Signed::sign(&advert, &self.identity);
-        self.publish(ids::TOPIC_PRESENCE, &env);
-    }
-
-    /// Publishes a signed envelope; false when no peer is subscribed yet.
-    pub(crate) fn publish(&mut self, topic: &str, env: &fleetmesh_crypto::SignedEnvelope) -> bool {
-        let bytes = fleetmesh_protocol::encode(env);
-        match self.swarm.behaviour_mut().gossipsub.publish(gossipsub::IdentTopic::new(topic), bytes) {
-            Ok(id) => {
-                if let Some(t) = &self.tracer {
-                    t.publish(&id, topic);
-                }
-                true
-            }
-            Err(gossipsub::PublishError::Duplicate) => true,
-            Err(e) => {
-                tracing::debug!(topic, "publish failed: {e}");
-                false
-            }
         }
     }
 
@@ -864,39 +928,83 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.p2p_metrics.record(&e),
             SwarmEvent::Behaviour(BehaviourEvent::Tasks(e)) => self.on_task_event(e),
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.on_peer_gone(peer_id),
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. }
+                if num_established.get() == 1 =>
+            {
+                if let Some(pk) = public_key_of(&peer_id) {
+                    self.step(Input::Connected(pk));
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                if let Some(pk) = public_key_of(&peer_id) {
+                    self.step(Input::Disconnected(pk));
+                }
+            }
             _ => {}
         }
+    }
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let topic = [Topic::Tasks, Topic::Presence]
+            .into_iter()
+            .find(|t| gossipsub::IdentTopic::new(t.name()).hash() == message.topic);
+        let Some(topic) = topic else {
+            if let Some(t) = &self.tracer {
+                t.validated(&id, message.topic.as_str(), source, &gossipsub::MessageAcceptance::Ignore);
+            }
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &id,
+                &source,
+                gossipsub::MessageAcceptance::Ignore,
+            );
+            return;
+        };
+        let msg = self.pending.id();
+        self.pending.gossip.insert(msg, (id, source, topic.name()));
+        let author = message.source.as_ref().and_then(public_key_of);
+        self.step(Input::Gossip { msg, topic, author, data: message.data });
     }
 
     fn on_task_event(&mut self, event: request_response::Event<Frame, TaskResponse>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let response = match request {
-                        Frame::Request(req) => self.on_request(peer, req),
-                        Frame::Malformed(reason) => {
+                    let refuse = |m: String| TaskResponse::Refused(Refusal::Invalid(m));
+                    let (request, from) = match (request, public_key_of(&peer)) {
+                        (Frame::Request(req), Some(from)) => (req, from),
+                        (Frame::Request(_), None) => {
+                            let r = refuse("peer id is not an ed25519 key".into());
+                            let _ = self.swarm.behaviour_mut().tasks.send_response(channel, r);
+                            return;
+                        }
+                        (Frame::Malformed(reason), _) => {
                             self.metrics.malformed_requests.inc();
                             tracing::debug!(%peer, %reason, "malformed request");
-                            TaskResponse::Refused(fleetmesh_protocol::wire::Refusal::Invalid(reason))
+                            let _ = self.swarm.behaviour_mut().tasks.send_response(channel, refuse(reason));
+                            return;
                         }
                         // The codec never yields `Raw` inbound.
-                        Frame::Raw(_) => TaskResponse::Refused(fleetmesh_protocol::wire::Refusal::Invalid(
-                            "unexpected raw frame".into(),
-                        )),
+                        (Frame::Raw(_), _) => {
+                            let r = refuse("unexpected raw frame".into());
+                            let _ = self.swarm.behaviour_mut().tasks.send_response(channel, r);
+                            return;
+                        }
                     };
-                    let _ = self.swarm.behaviour_mut().tasks.send_response(channel, response);
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some(out) = self.outbound.remove(&request_id) {
-                        self.on_response(peer, out, Ok(response));
+                    let reply = self.pending.id();
+                    self.pending.replies.insert(reply, channel);
+                    self.step(Input::Request { reply, from, request });
+                    // The engine answers every request; a channel left means a bug, not a hang.
+                    if let Some(channel) = self.pending.replies.remove(&reply) {
+                        let r = TaskResponse::Refused(Refusal::Unavailable);
+                        let _ = self.swarm.behaviour_mut().tasks.send_response(channel, r);
                     }
                 }
-            },
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                if let Some(out) = self.outbound.remove(&request_id) {
-                    self.on_response(peer, out, Err(error.to_string()));
+                request_response::Message::Response { request_id, response } => {
+                    self.on_response(request_id, Ok(response));
                 }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                self.on_response(request_id, Err(error.to_string()));
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, "inbound request failed: {error}");
@@ -905,128 +1013,80 @@ impl EventLoop {
         }
     }
 
-    fn on_request(&mut self, peer: PeerId, req: fleetmesh_protocol::wire::TaskRequest) -> TaskResponse {
-        use fleetmesh_protocol::wire::TaskRequest as R;
-        match req {
-            R::Bid { bid } => self.on_bid(peer, bid),
-            R::Result { task_id, header, output } => self.on_result(peer, task_id, header, output),
-            R::Award { spec, award, input } => self.on_award(peer, spec, award, input),
-            R::Decline { decline } => self.on_decline(decline),
-            R::Receipt { receipt } => self.on_receipt(receipt),
-            _ => TaskResponse::Refused(fleetmesh_protocol::wire::Refusal::Invalid(
-                "unsupported request".into(),
-            )),
-        }
-    }
-
-    fn on_response(&mut self, peer: PeerId, out: Outbound, response: Result<TaskResponse, String>) {
-        match out {
-            Outbound::Raw(tx) => {
+    fn on_response(&mut self, request_id: OutboundRequestId, response: Result<TaskResponse, String>) {
+        match self.pending.outbound.remove(&request_id) {
+            Some(Outbound::Raw(tx)) => {
                 let _ = tx.send(response);
             }
-            Outbound::Bid | Outbound::Decline | Outbound::Receipt => {
-                if let Err(e) = response {
-                    tracing::debug!(%peer, "request failed: {e}");
+            Some(Outbound::Engine { tag, peer }) => {
+                if let Err(e) = &response {
+                    tracing::debug!(peer = %peer.fmt_short(), "request failed: {e}");
                 }
+                let result = response.map_err(SendFailure::Network);
+                self.step(Input::Response { tag, peer, result });
             }
-            Outbound::Award { task, worker } => self.on_award_response(task, worker, response),
-            Outbound::Result { task } => self.on_result_response(task, response),
+            None => {}
         }
-    }
-
-    fn on_peer_gone(&mut self, peer: PeerId) {
-        self.presence.remove(&peer);
-        self.requester_peer_gone(peer);
-    }
-
-    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        use fleetmesh_protocol::{Announcement, Signed};
-        let limit = fleetmesh_protocol::limits::MAX_GOSSIP_BYTES;
-        let topic = message.topic.clone();
-        let acceptance = if message.topic == gossipsub::IdentTopic::new(ids::TOPIC_TASKS).hash() {
-            match Announcement::open_bytes(&message.data, limit) {
-                Ok((env, a)) => {
-                    self.on_announcement(env.signer, a);
-                    gossipsub::MessageAcceptance::Accept
-                }
-                Err(_) => gossipsub::MessageAcceptance::Reject,
-            }
-        } else if message.topic == gossipsub::IdentTopic::new(ids::TOPIC_PRESENCE).hash() {
-            match Presence::open_bytes(&message.data, limit) {
-                // Adverts are only believed from the peer that signed them.
-                Ok((env, p)) if message.source.is_some_and(|s| Some(env.signer) == public_key_of(&s)) => {
-                    if let Some(src) = message.source {
-                        if self.presence.len() < MAX_PRESENCE_PEERS || self.presence.contains_key(&src) {
-                            self.presence.insert(src, p);
-                        }
-                    }
-                    gossipsub::MessageAcceptance::Accept
-                }
-                _ => gossipsub::MessageAcceptance::Reject,
-            }
-        } else {
-            gossipsub::MessageAcceptance::Ignore
-        };
-        if acceptance == gossipsub::MessageAcceptance::Reject {
-            self.metrics.gossip_rejected.inc();
-        }
-        if let Some(t) = &self.tracer {
-            t.validated(&id, topic.as_str(), source, &acceptance);
-        }
-        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
     }
 
     fn on_kad_event(&mut self, event: kad::Event) {
-        match event {
-            kad::Event::InboundRequest { request } => self.on_kad_inbound(request),
-            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
-                kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(rec))) => {
-                    if let Some(key) = self.spec_lookups.remove(&id) {
-                        self.on_spec_found(key, rec.record.value);
-                        self.finish_query(id);
-                    } else if self.open_lookups.remove(&id) {
-                        self.on_open_tasks_found(rec.record.value);
-                        self.finish_query(id);
+        let kad::Event::OutboundQueryProgressed { id, result, step, .. } = event else {
+            if let kad::Event::InboundRequest { request } = event {
+                self.on_kad_inbound(request);
+            }
+            return;
+        };
+        let input = match result {
+            kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(rec))) => {
+                match self.pending.queries.remove(&id) {
+                    Some(Query::Record(lookup)) => {
+                        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                            q.finish();
+                        }
+                        Some(Input::Record { lookup, value: Some(rec.record.value) })
                     }
-                }
-                kad::QueryResult::GetRecord(_) if step.last => {
-                    if let Some((task, round)) = self.spec_lookups.remove(&id) {
-                        tracing::debug!(%task, round, "task spec not found in the DHT");
+                    Some(other) => {
+                        self.pending.queries.insert(id, other);
+                        None
                     }
-                    self.open_lookups.remove(&id);
+                    None => None,
                 }
-                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
-                    providers, ..
-                })) => {
-                    if let Some(model) = self.provider_lookups.get(&id).copied() {
-                        self.on_providers_found(model, providers);
-                    }
+            }
+            kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
+                let model = match self.pending.queries.get(&id) {
+                    Some(Query::Providers(m)) => Some(*m),
+                    _ => None,
+                };
+                if step.last {
+                    self.pending.queries.remove(&id);
                 }
-                kad::QueryResult::GetProviders(_) if step.last => {
-                    self.provider_lookups.remove(&id);
+                model.map(|model| Input::Providers {
+                    model,
+                    providers: providers.iter().filter_map(public_key_of).collect(),
+                    last: step.last,
+                })
+            }
+            _ if step.last => match self.pending.queries.remove(&id) {
+                Some(Query::Record(lookup)) => Some(Input::Record { lookup, value: None }),
+                Some(Query::Providers(model)) => {
+                    Some(Input::Providers { model, providers: Vec::new(), last: true })
                 }
-                _ if step.last => {
-                    self.provider_lookups.remove(&id);
-                }
-                _ => {}
+                None => None,
             },
-            _ => {}
-        }
-    }
-
-    fn finish_query(&mut self, id: kad::QueryId) {
-        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-            q.finish();
+            _ => None,
+        };
+        if let Some(input) = input {
+            self.step(input);
         }
     }
 
     /// Records are validated before they are stored: a task spec must verify and hash to its
     /// key; an open-tasks record must verify and be signed by the requester its key names.
     fn on_kad_inbound(&mut self, request: kad::InboundRequest) {
+        use libp2p::kad::store::RecordStore;
         match request {
             kad::InboundRequest::PutRecord { record: Some(record), source, .. } => {
-                use libp2p::kad::store::RecordStore;
-                if crate::requester::record_is_valid(&record.key.to_vec(), &record.value) {
+                if crate::engine::requester::record_is_valid(&record.key.to_vec(), &record.value) {
                     if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
                         tracing::debug!("record not stored: {e}");
                     }
@@ -1040,7 +1100,6 @@ impl EventLoop {
                     ids::RecordKey::parse(&record.key.to_vec()),
                     Some(ids::RecordKey::ModelProviders(_))
                 ) {
-                    use libp2p::kad::store::RecordStore;
                     let _ = self.swarm.behaviour_mut().kad.store_mut().add_provider(record);
                 } else {
                     self.metrics.records_refused.inc();
@@ -1049,6 +1108,13 @@ impl EventLoop {
             _ => {}
         }
     }
+}
+
+/// A fresh number for a task spec, so identical submissions are distinct tasks.
+fn nonce() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    n ^ now_ms().rotate_left(20) ^ u64::from(std::process::id()).rotate_left(44)
 }
 
 #[cfg(test)]
@@ -1063,5 +1129,7 @@ mod tests {
         let mut secret = id.secret_bytes();
         let kp = libp2p::identity::Keypair::ed25519_from_bytes(secret.as_mut()).unwrap();
         assert_eq!(kp.public().to_peer_id(), peer);
+        // The engine names peers without libp2p: the same string libp2p prints.
+        assert_eq!(id.public().peer_id(), peer.to_string());
     }
 }

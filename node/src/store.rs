@@ -10,7 +10,6 @@ use std::path::Path;
 use fleetmesh_crypto::TaskId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 /// A table of CBOR values keyed by task id.
 #[derive(Clone, Copy)]
@@ -24,6 +23,17 @@ pub(crate) const REQUEST_INPUTS: Table = Table(TableDefinition::new("request_inp
 pub(crate) const JOBS: Table = Table(TableDefinition::new("jobs"));
 /// Inputs of tasks this node was awarded.
 pub(crate) const JOB_INPUTS: Table = Table(TableDefinition::new("job_inputs"));
+
+/// The store table behind an engine table.
+pub(crate) fn table_of(t: crate::engine::Table) -> Table {
+    use crate::engine::Table as T;
+    match t {
+        T::Requests => REQUESTS,
+        T::RequestInputs => REQUEST_INPUTS,
+        T::Jobs => JOBS,
+        T::JobInputs => JOB_INPUTS,
+    }
+}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +76,7 @@ impl Store {
     }
 
     /// Writes several values in one durable transaction.
+    #[cfg(test)]
     pub(crate) fn put_many(&self, items: &[(Table, &TaskId, &[u8])]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         for (table, key, value) in items {
@@ -75,8 +86,31 @@ impl Store {
         txn.commit().map_err(db_err)
     }
 
+    /// Performs one engine transaction (inserts and deletes) durably.
+    pub(crate) fn apply(&self, ops: &[crate::engine::StoreOp]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        for op in ops {
+            let mut t = txn.open_table(table_of(op.table).0).map_err(db_err)?;
+            match &op.value {
+                Some(v) => {
+                    t.insert(op.key.as_bytes().as_slice(), v.as_slice()).map_err(db_err)?;
+                }
+                None => {
+                    t.remove(op.key.as_bytes().as_slice()).map_err(db_err)?;
+                }
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
     /// Writes one CBOR value durably.
-    pub(crate) fn put<T: Serialize>(&self, table: Table, key: &TaskId, value: &T) -> Result<(), StoreError> {
+    #[cfg(test)]
+    pub(crate) fn put<T: serde::Serialize>(
+        &self,
+        table: Table,
+        key: &TaskId,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let bytes = fleetmesh_protocol::encode(value);
         self.put_many(&[(table, key, &bytes)])
     }

@@ -61,7 +61,9 @@ fn codec(c: &mut Criterion) {
             v: WIRE_VERSION,
             task_id: TaskId::of(b"t"),
             round: 0,
-            bid_set: (0..10u8).map(|i| fleetmesh_crypto::Digest::of(&[i])).collect(),
+            bid_set: Vec::new(),
+            bid_root: Some(fleetmesh_crypto::Digest::of(b"bids")),
+            bid_count: 10,
             winners: vec![id.public(); 2],
             result_deadline_ms: 5,
         }

@@ -19,6 +19,7 @@ pub mod codec;
 pub mod ids;
 pub mod limits;
 pub mod messages;
+pub mod output;
 pub mod verify;
 pub mod winner;
 pub mod wire;

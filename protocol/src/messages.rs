@@ -170,9 +170,19 @@ pub struct Award {
     pub task_id: TaskId,
     /// The bid round decided.
     pub round: u32,
-    /// Digests of the bids the decision was made on, sorted: anyone holding those bids can
-    /// recompute the winners with [`crate::winner::choose`].
+    /// Digests of the bids the decision was made on, sorted. Written empty since
+    /// [`Award::bid_root`]: a list grows with the bids and made awards of more than ~117 bids
+    /// exceed their size limit. Still read, for awards from older nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bid_set: Vec<Digest>,
+    /// Commitment to the sorted digests of the bids the decision was made on
+    /// ([`crate::winner::bid_set_root`]): anyone holding those bids can check it and recompute
+    /// the winners with [`crate::winner::choose`]. Its size does not grow with the bids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bid_root: Option<Digest>,
+    /// How many bids the committed set holds.
+    #[serde(default)]
+    pub bid_count: u32,
     /// Who is awarded, in rank order.
     pub winners: Vec<PublicKey>,
     /// The result is due by this instant (Unix ms).

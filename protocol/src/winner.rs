@@ -52,6 +52,18 @@ impl Decision {
     }
 }
 
+/// The commitment an award makes to its bid set: blake3 over a domain tag, the count and the
+/// sorted digests. Fixed size whatever the number of bids.
+pub fn bid_set_root(sorted_digests: &[Digest]) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(b"fleetmesh-bid-set-v1");
+    h.update(&(sorted_digests.len() as u64).to_le_bytes());
+    for d in sorted_digests {
+        h.update(d.as_bytes());
+    }
+    Digest::from_bytes(*h.finalize().as_bytes())
+}
+
 /// Score of one bid against the spec; lower is better.
 pub fn score(spec: &TaskSpec, bid: &Bid) -> u64 {
     let price = u64::from(u32::MAX).min(bid.price.saturating_mul(1000) / spec.max_price.max(1));

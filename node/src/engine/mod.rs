@@ -1,0 +1,835 @@
+//! The task lifecycle as a pure state machine ("sans-IO").
+//!
+//! [`Engine::handle`] takes the current time (Unix ms, as the wire's deadlines are) and one
+//! [`Input`], changes the engine's state, and returns the [`Action`]s the caller must perform,
+//! in order. The engine owns no socket, no clock, no thread and no file: the node's event loop
+//! feeds it swarm events, commands and timer ticks and performs what it returns; the
+//! simulator (`crate::sim`) feeds it a simulated network in virtual time; tests feed it
+//! inputs by hand. The same code runs in all three, so what a test or the simulator shows
+//! holds for the node.
+//!
+//! The two roles live in their own files: [`requester`] (announce, collect bids, award,
+//! verify) and [`worker`] (bid, accept an award, execute, deliver the result). This file
+//! routes inputs to them and holds what both use: the identity, the configuration, the models
+//! held, the peers' presence adverts and the connected set.
+//!
+//! Ordering rule: an [`Action::Persist`] always comes before the [`Action::Reply`],
+//! [`Action::Send`] or [`Action::Submitted`] it guards. A driver whose write fails must drop
+//! the actions after it in the same batch that depend on it (see [`Action::Persist`]) and
+//! report the failure back with [`Input::PersistFailed`].
+//!
+//! Every map the engine keeps is bounded; all arithmetic on values a peer or a user chose is
+//! checked or saturating (`clippy::arithmetic_side_effects` is denied in this module).
+
+pub mod bounded;
+pub mod requester;
+pub mod worker;
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use fleetmesh_crypto::{Identity, ModelId, PublicKey, SignedEnvelope, TaskId};
+use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
+use fleetmesh_protocol::{ids, Announcement, Presence, Signed};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{NodeConfig, TaskDefaults};
+use crate::state::TaskView;
+use crate::trace::TaskRecord;
+use bounded::{BoundedMap, BoundedSet};
+pub use requester::{ReqTask, Requester};
+pub use worker::{Job, Worker};
+
+/// Presence adverts kept (one per peer).
+pub const MAX_PRESENCE_PEERS: usize = 1024;
+/// (task, round) announcements remembered, to drop replays instead of relaying them.
+pub const MAX_SEEN_ANNOUNCEMENTS: usize = 16 * 1024;
+/// How far a peer's clock may be ahead of ours before its timestamps are refused, ms.
+pub const MAX_CLOCK_SKEW_MS: u64 = 30_000;
+
+/// A local caller waiting for [`Action::Submitted`].
+pub type CallId = u64;
+/// A peer waiting for [`Action::Reply`].
+pub type ReplyId = u64;
+/// A gossip message waiting for [`Action::Validate`].
+pub type GossipId = u64;
+
+/// The gossip topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Task announcements ([`ids::TOPIC_TASKS`]).
+    Tasks,
+    /// Presence adverts ([`ids::TOPIC_PRESENCE`]).
+    Presence,
+}
+
+impl Topic {
+    /// The topic's name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tasks => ids::TOPIC_TASKS,
+            Self::Presence => ids::TOPIC_PRESENCE,
+        }
+    }
+
+    /// The topic named `name`, if it is one of ours.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Tasks, Self::Presence].into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// A gossip validation verdict (gossipsub's accept / reject / ignore).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: deliver and relay.
+    Accept,
+    /// Invalid: drop and penalize the sender.
+    Reject,
+    /// Valid but not worth relaying (stale, replayed, our own): drop quietly.
+    Ignore,
+}
+
+/// A task to submit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubmitRequest {
+    /// Model id (hex); the embedded digits model when absent.
+    pub model: Option<String>,
+    /// Input bytes.
+    #[serde(skip)]
+    pub input: Vec<u8>,
+    /// Workers (k); the node's default when absent.
+    pub redundancy: Option<u8>,
+    /// Max price per worker; the node's default when absent.
+    pub max_price: Option<u64>,
+    /// Bid window, ms.
+    pub bid_window_ms: Option<u32>,
+    /// Execution timeout, ms.
+    pub exec_timeout_ms: Option<u32>,
+    /// Overall deadline from now, ms.
+    pub deadline_ms: Option<u64>,
+}
+
+/// Why a submit was refused; the message says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SubmitError(pub String);
+
+/// What an outbound request was for, so its answer finds its way back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendTag {
+    /// A bid we sent.
+    Bid,
+    /// An award to `worker` for `task`.
+    Award {
+        /// The task.
+        task: TaskId,
+        /// The worker awarded.
+        worker: PublicKey,
+    },
+    /// A decline we sent.
+    Decline,
+    /// A result we delivered.
+    Result {
+        /// The task.
+        task: TaskId,
+    },
+    /// A receipt we sent.
+    Receipt,
+}
+
+/// A request to send; an award's input is filled in by the driver from the store, so the
+/// engine never holds task inputs in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Send as is.
+    Request(TaskRequest),
+    /// An award: the driver adds the input stored for `task` (see [`Table::RequestInputs`]).
+    Award {
+        /// The signed spec.
+        spec: SignedEnvelope,
+        /// The signed award.
+        award: SignedEnvelope,
+        /// Whose input to attach.
+        task: TaskId,
+    },
+}
+
+/// Why an outbound request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendFailure {
+    /// The network failed (dial, timeout, stream closed); the text says how.
+    Network(String),
+    /// The award's input is not in the store.
+    InputMissing(String),
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Network(m) => write!(f, "{m}"),
+            Self::InputMissing(m) => write!(f, "the task input is missing from the store ({m})"),
+        }
+    }
+}
+
+/// A DHT record lookup, to route its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lookup {
+    /// The spec of a task announced without one (or found in an open-tasks record).
+    Spec {
+        /// The task.
+        task: TaskId,
+        /// The round it takes bids for.
+        round: u32,
+    },
+    /// One requester's open-tasks record.
+    OpenTasks,
+}
+
+/// A table of the node's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Tasks this node requested ([`ReqTask`], CBOR).
+    Requests,
+    /// Their inputs.
+    RequestInputs,
+    /// Tasks this node was awarded ([`Job`], CBOR).
+    Jobs,
+    /// Their inputs, kept until the job has run.
+    JobInputs,
+}
+
+/// One write of a durable transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOp {
+    /// The table.
+    pub table: Table,
+    /// The key.
+    pub key: TaskId,
+    /// The new value, or `None` to delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// The output of an inference, as the executor hands it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// The canonical output bytes.
+    pub output: Vec<u8>,
+    /// Time spent in inference, µs.
+    pub run_time_us: u64,
+}
+
+/// A counter the driver exports (Prometheus in the node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Metric {
+    TasksSubmitted,
+    TasksVerified,
+    TasksFailed,
+    BidsReceived,
+    BidsSent,
+    BidsDeclined,
+    ResultsReceived,
+    ResultsRejected,
+    Disagreements,
+    Reawards,
+    JobsExecuted,
+    GossipRejected,
+}
+
+/// Everything that can happen to the engine.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A local user submits a task; answered by [`Action::Submitted`].
+    Submit {
+        /// The caller.
+        call: CallId,
+        /// What to run.
+        request: SubmitRequest,
+        /// A fresh random number: makes identical submissions distinct tasks.
+        nonce: u64,
+    },
+    /// A gossip message arrived; answered by [`Action::Validate`].
+    Gossip {
+        /// The message.
+        msg: GossipId,
+        /// Its topic.
+        topic: Topic,
+        /// The key of the peer that published it, when gossipsub says.
+        author: Option<PublicKey>,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
+    /// A peer's request on the task protocol; answered by [`Action::Reply`].
+    Request {
+        /// Where the answer goes.
+        reply: ReplyId,
+        /// The authenticated sender.
+        from: PublicKey,
+        /// The request.
+        request: TaskRequest,
+    },
+    /// The answer to an [`Action::Send`].
+    Response {
+        /// The send's tag.
+        tag: SendTag,
+        /// Who was asked.
+        peer: PublicKey,
+        /// The answer, or why there is none.
+        result: Result<TaskResponse, SendFailure>,
+    },
+    /// What became of an [`Action::Publish`] of an announcement.
+    Published {
+        /// The task.
+        task: TaskId,
+        /// The round announced.
+        round: u32,
+        /// Whether at least one peer got it.
+        ok: bool,
+    },
+    /// A DHT record lookup ended (exactly once per [`Action::GetRecord`]).
+    Record {
+        /// Which lookup.
+        lookup: Lookup,
+        /// The value found, or `None`.
+        value: Option<Vec<u8>>,
+    },
+    /// Providers found for a model's open-tasks key.
+    Providers {
+        /// The model.
+        model: ModelId,
+        /// The providers found in this step.
+        providers: Vec<PublicKey>,
+        /// The lookup has ended.
+        last: bool,
+    },
+    /// An [`Action::Execute`] finished.
+    Executed {
+        /// The task.
+        task: TaskId,
+        /// The output, or why inference failed.
+        result: Result<ExecOutput, String>,
+    },
+    /// A connection to a peer opened.
+    Connected(PublicKey),
+    /// The last connection to a peer closed.
+    Disconnected(PublicKey),
+    /// An [`Action::Persist`] failed; the keys it wrote are not durable.
+    PersistFailed {
+        /// What the transaction wrote.
+        keys: Vec<(Table, TaskId)>,
+    },
+    /// Time passed: timers fire.
+    Tick,
+}
+
+/// Everything the engine asks its driver to do, in order.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // built once and moved to the driver: boxing buys nothing
+pub enum Action {
+    /// Answer a peer's request.
+    Reply {
+        /// Which request.
+        reply: ReplyId,
+        /// The answer.
+        response: TaskResponse,
+    },
+    /// Report a gossip message's validation verdict.
+    Validate {
+        /// Which message.
+        msg: GossipId,
+        /// The verdict.
+        verdict: Verdict,
+    },
+    /// Send a request; its answer comes back as [`Input::Response`] with `tag`.
+    Send {
+        /// To whom.
+        to: PublicKey,
+        /// What.
+        request: Outgoing,
+        /// Why.
+        tag: SendTag,
+    },
+    /// Publish on a topic. For an announcement, `announce` names it and the driver answers
+    /// with [`Input::Published`].
+    Publish {
+        /// The topic.
+        topic: Topic,
+        /// The signed envelope's bytes.
+        data: Vec<u8>,
+        /// (task, round) of an announcement.
+        announce: Option<(TaskId, u32)>,
+    },
+    /// Store a DHT record (locally and at the closest peers).
+    PutRecord {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Announce this node as a provider under `key`.
+    Provide {
+        /// The provider key.
+        key: Vec<u8>,
+    },
+    /// Look a record up; answered by exactly one [`Input::Record`].
+    GetRecord {
+        /// The key.
+        key: Vec<u8>,
+        /// Its tag.
+        lookup: Lookup,
+    },
+    /// Look up the providers of a model's open tasks; answered by [`Input::Providers`].
+    GetProviders {
+        /// The model.
+        model: ModelId,
+    },
+    /// Run a model on a job's stored input; answered by [`Input::Executed`].
+    Execute {
+        /// The job.
+        task: TaskId,
+        /// The model.
+        model: ModelId,
+    },
+    /// Write durably, as one transaction. If it fails, the driver answers the `Reply`s that
+    /// follow it in the same batch with `Refused(Unavailable)` and the `Submitted`s with an
+    /// error, does not perform the `Send`s that follow (nothing unpersisted is promised to a
+    /// peer), and feeds back [`Input::PersistFailed`]. Other actions go ahead: the engine's
+    /// bookkeeping of executions and lookups must stay true.
+    Persist(Vec<StoreOp>),
+    /// Append to the task timeline.
+    Trace(Box<TaskRecord>),
+    /// Answer a local submit.
+    Submitted {
+        /// The caller.
+        call: CallId,
+        /// The task id, or why not.
+        result: Result<TaskId, SubmitError>,
+    },
+    /// A requested task finished (verified or failed): wake whoever waits on it.
+    Finished(TaskId),
+    /// Count one event.
+    Count(Metric),
+}
+
+/// The engine's settings, taken from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Bid on other nodes' tasks.
+    pub serve: bool,
+    /// Executions at once.
+    pub slots: u32,
+    /// Accepted jobs waiting for a slot, beyond the running ones.
+    pub max_queue: u32,
+    /// Unfinished jobs accepted from one requester.
+    pub max_jobs_per_requester: u32,
+    /// Lowest price this node bids.
+    pub price_floor: u64,
+    /// Defaults for submitted tasks.
+    pub tasks: TaskDefaults,
+    /// Presence advert interval, ms.
+    pub presence_interval_ms: u64,
+    /// DHT scan interval, ms.
+    pub dht_scan_interval_ms: u64,
+    /// Finished tasks and jobs kept in memory.
+    pub max_finished_in_memory: usize,
+    /// (tests) How a worker cheats.
+    #[cfg(feature = "test-hooks")]
+    pub misbehave: Option<crate::hooks::Misbehave>,
+    /// (tests) Ignore task gossip.
+    #[cfg(feature = "test-hooks")]
+    pub ignore_task_gossip: bool,
+}
+
+impl From<&NodeConfig> for EngineConfig {
+    fn from(c: &NodeConfig) -> Self {
+        Self {
+            serve: c.serve,
+            slots: c.slots.max(1),
+            max_queue: c.max_queue,
+            max_jobs_per_requester: c.max_jobs_per_requester,
+            price_floor: c.price_floor,
+            tasks: c.tasks.clone(),
+            presence_interval_ms: c.presence_interval_ms.max(100),
+            dht_scan_interval_ms: c.dht_scan_interval_ms.max(100),
+            max_finished_in_memory: c.max_finished_in_memory,
+            #[cfg(feature = "test-hooks")]
+            misbehave: c.misbehave,
+            #[cfg(feature = "test-hooks")]
+            ignore_task_gossip: c.ignore_task_gossip,
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self::from(&NodeConfig::default())
+    }
+}
+
+/// A peer's last presence advert and when it arrived.
+#[derive(Debug, Clone)]
+pub struct PeerAdvert {
+    /// The advert.
+    pub advert: Presence,
+    /// When it arrived, our clock (Unix ms).
+    pub received_ms: u64,
+}
+
+/// What both roles read: who we are, what we hold, who is around. Passed to the role
+/// methods beside the action list, so each role borrows only what it needs.
+pub struct Ctx<'a> {
+    /// The current time, Unix ms.
+    pub now: u64,
+    /// Our identity.
+    pub identity: &'a Identity,
+    /// Settings.
+    pub config: &'a EngineConfig,
+    /// Models held.
+    pub models: &'a BTreeSet<ModelId>,
+    /// Presence adverts by peer.
+    pub presence: &'a BoundedMap<PublicKey, PeerAdvert>,
+    /// Peers with an open connection.
+    pub connected: &'a HashSet<PublicKey>,
+    /// The actions produced so far.
+    pub out: &'a mut Vec<Action>,
+}
+
+impl Ctx<'_> {
+    /// Appends an action.
+    pub fn push(&mut self, a: Action) {
+        self.out.push(a);
+    }
+
+    /// Appends a timeline record.
+    pub fn trace(&mut self, r: TaskRecord) {
+        self.out.push(Action::Trace(Box::new(r)));
+    }
+
+    /// Counts one event.
+    pub fn count(&mut self, m: Metric) {
+        self.out.push(Action::Count(m));
+    }
+}
+
+/// The whole node's protocol logic: requester, worker and the gossip they share.
+pub struct Engine {
+    identity: Arc<Identity>,
+    config: EngineConfig,
+    models: BTreeSet<ModelId>,
+    presence: BoundedMap<PublicKey, PeerAdvert>,
+    connected: HashSet<PublicKey>,
+    /// (task, round) announcements already accepted, so replays are not relayed again.
+    seen_announcements: BoundedSet<(TaskId, u32)>,
+    /// The requester role.
+    pub requester: Requester,
+    /// The worker role.
+    pub worker: Worker,
+    next_presence: u64,
+    next_scan: u64,
+    next_open_flush: u64,
+    next_compaction: u64,
+}
+
+impl Engine {
+    /// A fresh engine for `identity` holding `models`.
+    pub fn new(identity: Arc<Identity>, config: EngineConfig, models: BTreeSet<ModelId>, now: u64) -> Self {
+        Self {
+            requester: Requester::new(&config),
+            worker: Worker::new(&config),
+            identity,
+            models,
+            presence: BoundedMap::new(MAX_PRESENCE_PEERS),
+            connected: HashSet::new(),
+            seen_announcements: BoundedSet::new(MAX_SEEN_ANNOUNCEMENTS),
+            next_presence: now,
+            next_scan: now.saturating_add(1_000),
+            next_open_flush: now,
+            next_compaction: now,
+            config,
+        }
+    }
+
+    /// Our public key.
+    pub fn public(&self) -> PublicKey {
+        self.identity.public()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Models held.
+    pub fn models(&self) -> &BTreeSet<ModelId> {
+        &self.models
+    }
+
+    /// Adds a model to the set held.
+    pub fn add_model(&mut self, model: ModelId) {
+        self.models.insert(model);
+    }
+
+    /// Presence adverts by peer.
+    pub fn presence(&self) -> &BoundedMap<PublicKey, PeerAdvert> {
+        &self.presence
+    }
+
+    /// Peers with an open connection.
+    pub fn connected(&self) -> &HashSet<PublicKey> {
+        &self.connected
+    }
+
+    fn split<'a>(
+        &'a mut self,
+        now: u64,
+        out: &'a mut Vec<Action>,
+    ) -> (Ctx<'a>, &'a mut Requester, &'a mut Worker) {
+        let ctx = Ctx {
+            now,
+            identity: &self.identity,
+            config: &self.config,
+            models: &self.models,
+            presence: &self.presence,
+            connected: &self.connected,
+            out,
+        };
+        (ctx, &mut self.requester, &mut self.worker)
+    }
+
+    /// Takes back what was persisted before a restart and picks each task and job up where
+    /// it stopped.
+    pub fn restore(
+        &mut self,
+        now: u64,
+        requests: Vec<(TaskId, ReqTask)>,
+        jobs: Vec<(TaskId, Job)>,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let (mut ctx, requester, worker) = self.split(now, &mut out);
+        requester.restore(&mut ctx, requests);
+        worker.restore(&mut ctx, jobs);
+        out
+    }
+
+    /// Handles one input at `now` (Unix ms) and returns what to do, in order.
+    pub fn handle(&mut self, now: u64, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Gossip { msg, topic, author, data } => {
+                let verdict = self.on_gossip(now, topic, author, &data, &mut out);
+                if verdict == Verdict::Reject {
+                    out.push(Action::Count(Metric::GossipRejected));
+                }
+                out.push(Action::Validate { msg, verdict });
+            }
+            Input::Connected(peer) => {
+                self.connected.insert(peer);
+            }
+            Input::Disconnected(peer) => {
+                self.connected.remove(&peer);
+                self.presence.remove(&peer);
+                let (mut ctx, requester, _) = self.split(now, &mut out);
+                requester.peer_gone(&mut ctx, &peer);
+            }
+            Input::Tick => self.on_tick(now, &mut out),
+            other => {
+                let (mut ctx, requester, worker) = self.split(now, &mut out);
+                match other {
+                    Input::Submit { call, request, nonce } => {
+                        let result = requester.submit(&mut ctx, request, nonce);
+                        ctx.push(Action::Submitted { call, result });
+                    }
+                    Input::Request { reply, from, request } => {
+                        let response = on_request(&mut ctx, requester, worker, from, request);
+                        ctx.push(Action::Reply { reply, response });
+                    }
+                    Input::Response { tag, peer, result } => match tag {
+                        SendTag::Award { task, worker: w } => {
+                            requester.on_award_response(&mut ctx, task, w, result)
+                        }
+                        SendTag::Result { task } => worker.on_result_response(&mut ctx, task, peer, result),
+                        SendTag::Bid | SendTag::Decline | SendTag::Receipt => {}
+                    },
+                    Input::Published { task, round, ok } => requester.on_published(&mut ctx, task, round, ok),
+                    Input::Record { lookup, value } => worker.on_record(&mut ctx, lookup, value),
+                    Input::Providers { model, providers, last } => {
+                        worker.on_providers(&mut ctx, model, providers, last)
+                    }
+                    Input::Executed { task, result } => worker.on_executed(&mut ctx, task, result),
+                    Input::PersistFailed { keys } => {
+                        requester.on_persist_failed(&mut ctx, &keys);
+                        worker.on_persist_failed(&mut ctx, &keys);
+                    }
+                    Input::Gossip { .. } | Input::Connected(_) | Input::Disconnected(_) | Input::Tick => {}
+                }
+            }
+        }
+        out
+    }
+
+    fn on_gossip(
+        &mut self,
+        now: u64,
+        topic: Topic,
+        author: Option<PublicKey>,
+        data: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Verdict {
+        let limit = fleetmesh_protocol::limits::MAX_GOSSIP_BYTES;
+        match topic {
+            Topic::Tasks => {
+                let Ok((env, a)) = Announcement::open_bytes(data, limit) else { return Verdict::Reject };
+                // The spec, when carried, must be the task's and signed by the announcer: only
+                // a task's requester may announce its rounds.
+                if let Some(spec) = &a.spec {
+                    let ok = spec.signer == env.signer
+                        && fleetmesh_protocol::task_id_of(spec) == a.task_id
+                        && fleetmesh_protocol::TaskSpec::open(spec).is_ok_and(|s| s.model == a.model);
+                    if !ok {
+                        return Verdict::Reject;
+                    }
+                }
+                // A round whose bids already closed is history: a replay, not news.
+                if a.bid_deadline_ms < now {
+                    return Verdict::Ignore;
+                }
+                if !self.seen_announcements.insert((a.task_id, a.round)) {
+                    return Verdict::Ignore;
+                }
+                let (mut ctx, _, worker) = self.split(now, out);
+                worker.on_announcement(&mut ctx, env.signer, a);
+                Verdict::Accept
+            }
+            Topic::Presence => {
+                let Ok((env, p)) = Presence::open_bytes(data, limit) else { return Verdict::Reject };
+                // Adverts are only believed from the peer that signed them, and only while fresh.
+                if author != Some(env.signer)
+                    || p.models.len() > fleetmesh_protocol::limits::MAX_MODELS_PER_ADVERT
+                {
+                    return Verdict::Reject;
+                }
+                if p.at_ms > now.saturating_add(MAX_CLOCK_SKEW_MS) {
+                    return Verdict::Reject;
+                }
+                if p.at_ms.saturating_add(self.presence_ttl_ms()) < now {
+                    return Verdict::Ignore;
+                }
+                if let Some(old) = self.presence.get(&env.signer) {
+                    if old.advert.at_ms >= p.at_ms {
+                        return Verdict::Ignore;
+                    }
+                }
+                self.presence.insert(env.signer, PeerAdvert { advert: p, received_ms: now });
+                Verdict::Accept
+            }
+        }
+    }
+
+    /// How long an advert counts: a few advert intervals, so one lost advert does not matter.
+    fn presence_ttl_ms(&self) -> u64 {
+        self.config.presence_interval_ms.saturating_mul(6).max(MAX_CLOCK_SKEW_MS)
+    }
+
+    fn on_tick(&mut self, now: u64, out: &mut Vec<Action>) {
+        {
+            let (mut ctx, requester, worker) = self.split(now, out);
+            requester.tick(&mut ctx);
+            worker.tick(&mut ctx);
+        }
+        if now >= self.next_open_flush {
+            self.next_open_flush = now.saturating_add(500);
+            let (mut ctx, requester, _) = self.split(now, out);
+            requester.flush_open_tasks(&mut ctx);
+        }
+        if now >= self.next_compaction {
+            self.next_compaction = now.saturating_add(1_000);
+            let cap = self.config.max_finished_in_memory;
+            self.requester.forget_old_finished(cap);
+            self.worker.forget_old_finished(cap);
+            let ttl = self.presence_ttl_ms();
+            let stale: Vec<PublicKey> = self
+                .presence
+                .iter()
+                .filter(|(_, a)| a.received_ms.saturating_add(ttl) < now)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in stale {
+                self.presence.remove(&k);
+            }
+        }
+        if now >= self.next_presence {
+            self.next_presence = now.saturating_add(self.config.presence_interval_ms);
+            let advert = Presence {
+                v: fleetmesh_protocol::WIRE_VERSION,
+                models: if self.config.serve {
+                    self.models
+                        .iter()
+                        .take(fleetmesh_protocol::limits::MAX_MODELS_PER_ADVERT)
+                        .copied()
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                free_slots: self.worker.free_slots(&self.config),
+                price_floor: self.config.price_floor,
+                at_ms: now,
+            };
+            let env = advert.sign(&self.identity);
+            out.push(Action::Publish {
+                topic: Topic::Presence,
+                data: fleetmesh_protocol::encode(&env),
+                announce: None,
+            });
+        }
+        if now >= self.next_scan && self.config.serve {
+            self.next_scan = now.saturating_add(self.config.dht_scan_interval_ms);
+            let (mut ctx, _, worker) = self.split(now, out);
+            worker.scan(&mut ctx);
+        }
+    }
+
+    /// The view of a requested task held in memory.
+    pub fn view(&self, task: &TaskId) -> Option<TaskView> {
+        self.requester.get(task).map(ReqTask::view)
+    }
+
+    /// Whether every map and queue is within its bound (the simulator checks this after
+    /// every run); the error names the one that is not.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        if self.presence.len() > MAX_PRESENCE_PEERS {
+            return Err(format!("presence table holds {}", self.presence.len()));
+        }
+        if self.seen_announcements.len() > MAX_SEEN_ANNOUNCEMENTS {
+            return Err("seen-announcement set over its bound".into());
+        }
+        self.requester.check_bounds(&self.config)?;
+        self.worker.check_bounds(&self.config)
+    }
+}
+
+/// Routes a task-protocol request to the role it is for.
+fn on_request(
+    ctx: &mut Ctx<'_>,
+    requester: &mut Requester,
+    worker: &mut Worker,
+    from: PublicKey,
+    request: TaskRequest,
+) -> TaskResponse {
+    match request {
+        TaskRequest::Bid { bid } => requester.on_bid(ctx, from, bid),
+        TaskRequest::Result { task_id, header, output } => {
+            requester.on_result(ctx, from, task_id, header, output)
+        }
+        TaskRequest::Award { spec, award, input } => worker.on_award(ctx, from, spec, award, input),
+        TaskRequest::Decline { decline } => worker.on_decline(ctx, from, decline),
+        TaskRequest::Receipt { receipt } => worker.on_receipt(ctx, from, receipt),
+        _ => TaskResponse::Refused(Refusal::Invalid("unsupported request".into())),
+    }
+}
+
+/// A timeline record about `task`.
+pub(crate) fn record(event: &str, task: &TaskId) -> TaskRecord {
+    TaskRecord::about(event, task)
+}

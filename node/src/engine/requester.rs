@@ -1,0 +1,1014 @@
+//! The requester's half of the task lifecycle: announce, collect bids, award, verify.
+//!
+//! ```text
+//!  submit ──► Bidding ──(window closes, ≥1 valid bid)──► Running ──(quorum agrees)──► Verified
+//!               │  ▲                                       │  │
+//!               │  └──── no bids / no standby left ────────┘  └── worker fails: next standby
+//!               └──── deadline or max rounds ───────────────────────────────────────► Failed
+//! ```
+//!
+//! Every change is persisted (an [`Action::Persist`]) before the action that answers the peer
+//! that caused it. A round's bid window starts when its announcement is actually published
+//! ([`Input::Published`](super::Input::Published)): a requester that has no peers yet (just
+//! restarted, say) does not burn rounds that nobody heard. On restart a task in `Bidding`
+//! starts a fresh round; one in `Running` keeps its awards and deadlines, and workers re-send
+//! their results until they get an answer.
+//!
+//! Requests from peers are checked before they touch state: a result from a peer that was
+//! never awarded the task is answered and forgotten, never stored.
+
+use std::collections::{HashMap, HashSet};
+
+use fleetmesh_crypto::{Digest, OutputDigest, PublicKey, SignedEnvelope, TaskId};
+use fleetmesh_protocol::verify::{agreement, check_result, Agreement};
+use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
+use fleetmesh_protocol::{
+    ids, task_id_of, winner, Announcement, Award, Decline, DeclineReason, OpenTask, OpenTasks, Receipt,
+    RejectReason, Signed, TaskSpec, WIRE_VERSION,
+};
+use serde::{Deserialize, Serialize};
+
+use super::bounded::BoundedMap;
+use super::{
+    record, Action, Ctx, EngineConfig, Metric, Outgoing, SendFailure, SendTag, StoreOp, SubmitError,
+    SubmitRequest, Table, Topic,
+};
+use crate::state::{Phase, TaskView, Timings, WorkerView};
+use crate::trace::timeline::event;
+use crate::trace::TaskRecord;
+
+/// Extra workers a task may take on beyond k (after failures or disagreement).
+pub const MAX_EXTRA_WORKERS: usize = 6;
+/// Bids taken into one round; more are declined as duplicates of a full round.
+pub const MAX_BIDS_PER_ROUND: usize = 256;
+/// Receipts of finished tasks that left memory, kept to answer workers that re-send.
+pub const MAX_CLOSED_REMEMBERED: usize = 4096;
+/// Longest deadline a user may ask for, ms (one week).
+pub const MAX_DEADLINE_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Where one awarded worker stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AssignStatus {
+    /// Award sent.
+    Awarded,
+    /// Award acknowledged (the worker persisted the job).
+    Acked,
+    /// A checked result with this digest arrived.
+    Returned(OutputDigest),
+    /// Its result was refused.
+    Rejected(RejectReason),
+    /// It will not deliver: why.
+    Failed(String),
+}
+
+/// One awarded worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The worker.
+    pub worker: PublicKey,
+    /// The price it bid.
+    pub price: u64,
+    /// Its result is due by this instant (Unix ms).
+    pub deadline_ms: u64,
+    /// Where it stands.
+    pub status: AssignStatus,
+}
+
+impl Assignment {
+    fn live(&self) -> bool {
+        matches!(self.status, AssignStatus::Awarded | AssignStatus::Acked | AssignStatus::Returned(_))
+    }
+    fn waiting(&self) -> bool {
+        matches!(self.status, AssignStatus::Awarded | AssignStatus::Acked)
+    }
+}
+
+/// A task this node requested, as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReqTask {
+    /// The signed spec.
+    pub spec_env: SignedEnvelope,
+    /// The spec.
+    pub spec: TaskSpec,
+    /// Where it stands.
+    pub phase: Phase,
+    /// The current bid round.
+    pub round: u32,
+    /// When the current round's bids close (Unix ms).
+    pub bid_deadline_ms: u64,
+    /// Bids of the current round.
+    pub bids: Vec<SignedEnvelope>,
+    /// Valid bids over all rounds.
+    pub bids_total: u32,
+    /// Consecutive bid rounds that ended without a valid bid.
+    #[serde(default)]
+    pub empty_rounds: u32,
+    /// Commitment to the bid set of the last decided round.
+    #[serde(default)]
+    pub bid_root: Option<Digest>,
+    /// Bids in that set.
+    #[serde(default)]
+    pub bid_count: u32,
+    /// Ranked bidders not awarded yet (worker, price), for replacements.
+    pub standby: Vec<(PublicKey, u64)>,
+    /// Everyone awarded, in order.
+    pub assignments: Vec<Assignment>,
+    /// Distinct checked outputs.
+    pub outputs: Vec<(OutputDigest, serde_bytes::ByteBuf)>,
+    /// Results refused from awarded workers.
+    pub rejections: Vec<(PublicKey, RejectReason)>,
+    /// The verified digest and who produced it.
+    pub verified: Option<(OutputDigest, Vec<PublicKey>)>,
+    /// Receipts signed.
+    pub receipts: Vec<(PublicKey, SignedEnvelope)>,
+    /// Why it failed.
+    pub failure: Option<String>,
+    /// Milestones.
+    pub times: Timings,
+    /// The current round's announcement has not reached anyone yet: its window has not
+    /// started.
+    #[serde(skip)]
+    pub announce_pending: bool,
+    /// An announcement is being published (waiting for [`super::Input::Published`]).
+    #[serde(skip)]
+    pub announce_in_flight: bool,
+}
+
+impl ReqTask {
+    /// The task id.
+    pub fn id(&self) -> TaskId {
+        task_id_of(&self.spec_env)
+    }
+
+    fn awarded_keys(&self) -> Vec<PublicKey> {
+        self.assignments.iter().map(|a| a.worker).collect()
+    }
+
+    /// The bid window of the current round: doubled after each empty round, up to 8 times.
+    fn window_ms(&self) -> u64 {
+        u64::from(self.spec.bid_window_ms).saturating_mul(1u64 << self.empty_rounds.min(3))
+    }
+
+    /// What the API, the CLI and the demo show.
+    pub fn view(&self) -> TaskView {
+        use base64::Engine;
+        let verified_output = self
+            .verified
+            .as_ref()
+            .and_then(|(d, _)| self.outputs.iter().find(|(o, _)| o == d).map(|(_, b)| b.to_vec()));
+        let label = verified_output
+            .as_deref()
+            .and_then(|b| fleetmesh_protocol::output::ModelOutput::from_bytes(b).ok())
+            .and_then(|o| o.argmax);
+        TaskView {
+            task_id: self.id().to_string(),
+            model: self.spec.model.to_string(),
+            redundancy: self.spec.redundancy,
+            phase: self.phase,
+            round: self.round,
+            bids_received: self.bids_total,
+            workers: self
+                .assignments
+                .iter()
+                .map(|a| WorkerView {
+                    worker: a.worker.to_string(),
+                    peer_id: a.worker.peer_id(),
+                    status: match &a.status {
+                        AssignStatus::Awarded => "awarded".into(),
+                        AssignStatus::Acked => "acked".into(),
+                        AssignStatus::Returned(_) => "returned".into(),
+                        AssignStatus::Rejected(r) => format!("rejected: {r}"),
+                        AssignStatus::Failed(r) => format!("failed: {r}"),
+                    },
+                })
+                .collect(),
+            output_digest: self.verified.as_ref().map(|(d, _)| d.to_string()),
+            output_base64: verified_output.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+            label,
+            verified_by: self
+                .verified
+                .as_ref()
+                .map(|(_, ws)| ws.iter().map(|w| w.to_string()).collect())
+                .unwrap_or_default(),
+            rejections: self.rejections.iter().map(|(w, r)| (w.to_string(), r.to_string())).collect(),
+            failure: self.failure.clone(),
+            timings: self.times.clone(),
+        }
+    }
+
+    fn returned(&self) -> Vec<(PublicKey, OutputDigest)> {
+        self.assignments
+            .iter()
+            .filter_map(|a| match &a.status {
+                AssignStatus::Returned(d) => Some((a.worker, *d)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether the results in hand plus the workers still running can reach a quorum.
+    fn can_still_verify(&self) -> bool {
+        let returned = self.returned();
+        let best =
+            returned.iter().map(|(_, d)| returned.iter().filter(|(_, e)| e == d).count()).max().unwrap_or(0);
+        let waiting = self.assignments.iter().filter(|a| a.waiting()).count();
+        best.saturating_add(waiting) >= fleetmesh_protocol::verify::quorum(self.spec.redundancy)
+    }
+
+    fn live_count(&self) -> usize {
+        self.assignments.iter().filter(|a| a.live()).count()
+    }
+
+    fn persist(&self, id: &TaskId) -> StoreOp {
+        StoreOp { table: Table::Requests, key: *id, value: Some(fleetmesh_protocol::encode(self)) }
+    }
+}
+
+/// Whether a DHT record may be stored: a task spec must verify and hash to its key; an
+/// open-tasks record must verify and be signed by the requester its key names.
+pub fn record_is_valid(key: &[u8], value: &[u8]) -> bool {
+    let limit = fleetmesh_protocol::limits::MAX_RECORD_BYTES;
+    match ids::RecordKey::parse(key) {
+        Some(ids::RecordKey::Task(id)) => {
+            TaskSpec::open_bytes(value, limit).is_ok_and(|(env, _)| task_id_of(&env) == id)
+        }
+        Some(ids::RecordKey::OpenTasks(model, signer)) => {
+            OpenTasks::open_bytes(value, limit).is_ok_and(|(env, o)| {
+                env.signer.to_bytes() == signer
+                    && o.model == model
+                    && o.tasks.len() <= fleetmesh_protocol::limits::MAX_OPEN_TASKS_PER_RECORD
+            })
+        }
+        // Provider keys hold provider records, never values.
+        Some(ids::RecordKey::ModelProviders(_)) | None => false,
+    }
+}
+
+/// The requester role.
+pub struct Requester {
+    tasks: HashMap<TaskId, ReqTask>,
+    /// Receipts of finished tasks that left memory, by task.
+    closed: BoundedMap<TaskId, Vec<(PublicKey, SignedEnvelope)>>,
+    /// Models whose open-tasks record must be rewritten on the next flush.
+    open_dirty: HashSet<fleetmesh_crypto::ModelId>,
+    /// Models this node announced itself as a provider of open tasks for.
+    providing: HashSet<fleetmesh_crypto::ModelId>,
+}
+
+impl Requester {
+    pub(crate) fn new(_config: &EngineConfig) -> Self {
+        Self {
+            tasks: HashMap::new(),
+            closed: BoundedMap::new(MAX_CLOSED_REMEMBERED),
+            open_dirty: HashSet::new(),
+            providing: HashSet::new(),
+        }
+    }
+
+    /// A task held in memory.
+    pub fn get(&self, id: &TaskId) -> Option<&ReqTask> {
+        self.tasks.get(id)
+    }
+
+    /// Every task held in memory.
+    pub fn tasks(&self) -> impl Iterator<Item = (&TaskId, &ReqTask)> {
+        self.tasks.iter()
+    }
+
+    /// Tasks held in memory.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether no task is held.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    pub(crate) fn check_bounds(&self, config: &EngineConfig) -> Result<(), String> {
+        let finished = self.tasks.values().filter(|t| t.phase.is_terminal()).count();
+        // Compaction runs once a second: allow what one second can finish.
+        if finished > config.max_finished_in_memory.saturating_add(4096) {
+            return Err(format!("{finished} finished requested tasks in memory"));
+        }
+        for (id, t) in &self.tasks {
+            if t.bids.len() > MAX_BIDS_PER_ROUND {
+                return Err(format!("task {id} holds {} bids", t.bids.len()));
+            }
+            if t.assignments.len() > usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS) {
+                return Err(format!("task {id} has {} assignments", t.assignments.len()));
+            }
+            if t.rejections.len() > t.assignments.len() {
+                return Err(format!("task {id} recorded rejections from workers never awarded"));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn submit(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        req: SubmitRequest,
+        nonce: u64,
+    ) -> Result<TaskId, SubmitError> {
+        let reject = |m: String| Err(SubmitError(m));
+        let d = &ctx.config.tasks;
+        let model = match &req.model {
+            Some(m) => match m.parse() {
+                Ok(m) => m,
+                Err(e) => return reject(format!("model id: {e}")),
+            },
+            None => crate::digits::model_id(),
+        };
+        if req.input.is_empty() {
+            return reject("the input is empty".into());
+        }
+        let max_input = fleetmesh_protocol::limits::MAX_INPUT_BYTES;
+        if req.input.len() > max_input {
+            return reject(format!(
+                "input of {} bytes exceeds the limit of {max_input} bytes",
+                req.input.len()
+            ));
+        }
+        let k = req.redundancy.unwrap_or(d.redundancy);
+        let max_k = fleetmesh_protocol::limits::MAX_REDUNDANCY;
+        if k == 0 || k > max_k {
+            return reject(format!("redundancy must be 1 to {max_k}"));
+        }
+        let bid_window_ms = req.bid_window_ms.unwrap_or(d.bid_window_ms).max(10);
+        let exec_timeout_ms = req.exec_timeout_ms.unwrap_or(d.exec_timeout_ms).max(10);
+        let deadline = req.deadline_ms.unwrap_or(d.deadline_ms);
+        if deadline < u64::from(bid_window_ms).saturating_add(u64::from(exec_timeout_ms)) {
+            return reject("deadline_ms must leave room for one bid window plus one execution".into());
+        }
+        if deadline > MAX_DEADLINE_MS {
+            return reject(format!("deadline_ms must be at most {MAX_DEADLINE_MS} (one week)"));
+        }
+        let now = ctx.now;
+        let spec = TaskSpec {
+            v: WIRE_VERSION,
+            model,
+            input_digest: fleetmesh_crypto::InputDigest::of(&req.input),
+            input_size: req.input.len() as u64,
+            redundancy: k,
+            max_price: req.max_price.unwrap_or(d.max_price),
+            created_ms: now,
+            bid_window_ms,
+            exec_timeout_ms,
+            deadline_ms: now.saturating_add(deadline),
+            nonce,
+        };
+        let spec_env = spec.sign(ctx.identity);
+        let id = task_id_of(&spec_env);
+        if self.tasks.contains_key(&id) {
+            return reject("this exact task was already submitted".into());
+        }
+        let task = ReqTask {
+            spec_env,
+            spec,
+            phase: Phase::Bidding,
+            round: 0,
+            bid_deadline_ms: now.saturating_add(u64::from(bid_window_ms)),
+            bids: Vec::new(),
+            bids_total: 0,
+            empty_rounds: 0,
+            bid_root: None,
+            bid_count: 0,
+            standby: Vec::new(),
+            assignments: Vec::new(),
+            outputs: Vec::new(),
+            rejections: Vec::new(),
+            verified: None,
+            receipts: Vec::new(),
+            failure: None,
+            times: Timings { submitted_ms: now, ..Timings::default() },
+            announce_pending: true,
+            announce_in_flight: false,
+        };
+        ctx.push(Action::Persist(vec![
+            StoreOp { table: Table::RequestInputs, key: id, value: Some(req.input) },
+            task.persist(&id),
+        ]));
+        ctx.push(Action::PutRecord {
+            key: ids::task_record_key(&id),
+            value: fleetmesh_protocol::encode(&task.spec_env),
+        });
+        self.tasks.insert(id, task);
+        ctx.count(Metric::TasksSubmitted);
+        self.open_dirty.insert(model);
+        self.announce(ctx, &id);
+        Ok(id)
+    }
+
+    fn persist(&self, ctx: &mut Ctx<'_>, id: &TaskId) {
+        if let Some(t) = self.tasks.get(id) {
+            ctx.push(Action::Persist(vec![t.persist(id)]));
+        }
+    }
+
+    /// Publishes the current round's announcement; its window starts when it is out.
+    fn announce(&mut self, ctx: &mut Ctx<'_>, id: &TaskId) {
+        let Some(t) = self.tasks.get_mut(id) else { return };
+        if t.announce_in_flight {
+            return;
+        }
+        let a = Announcement {
+            v: WIRE_VERSION,
+            task_id: *id,
+            model: t.spec.model,
+            round: t.round,
+            bid_deadline_ms: ctx.now.saturating_add(t.window_ms()).min(t.spec.deadline_ms),
+            max_price: t.spec.max_price,
+            spec: Some(t.spec_env.clone()),
+        };
+        t.bid_deadline_ms = a.bid_deadline_ms;
+        t.announce_in_flight = true;
+        let env = a.sign(ctx.identity);
+        ctx.push(Action::Publish {
+            topic: Topic::Tasks,
+            data: fleetmesh_protocol::encode(&env),
+            announce: Some((*id, a.round)),
+        });
+    }
+
+    pub(crate) fn on_published(&mut self, ctx: &mut Ctx<'_>, id: TaskId, round: u32, ok: bool) {
+        let Some(t) = self.tasks.get_mut(&id) else { return };
+        if t.round != round {
+            return;
+        }
+        t.announce_in_flight = false;
+        if t.phase != Phase::Bidding || !t.announce_pending {
+            return;
+        }
+        if ok {
+            t.announce_pending = false;
+            if t.times.announced_ms == 0 {
+                t.times.announced_ms = ctx.now;
+            }
+            ctx.trace(TaskRecord { round: Some(round), ..record(event::ANNOUNCED, &id) });
+        }
+    }
+
+    pub(crate) fn on_bid(&mut self, ctx: &mut Ctx<'_>, from: PublicKey, bid: SignedEnvelope) -> TaskResponse {
+        ctx.count(Metric::BidsReceived);
+        let Ok(b) = fleetmesh_protocol::Bid::open(&bid) else {
+            return TaskResponse::Refused(Refusal::Invalid("bid does not verify".into()));
+        };
+        if from != bid.signer {
+            return TaskResponse::Refused(Refusal::Invalid("bid signed by another peer".into()));
+        }
+        let Some(t) = self.tasks.get_mut(&b.task_id) else {
+            return TaskResponse::Refused(Refusal::UnknownTask);
+        };
+        if t.phase != Phase::Bidding {
+            return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::TaskClosed));
+        }
+        if b.round != t.round {
+            return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::Late));
+        }
+        if t.bids.iter().any(|e| e.signer == bid.signer) || t.bids.len() >= MAX_BIDS_PER_ROUND {
+            return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::DuplicateBidder));
+        }
+        t.bids.push(bid);
+        t.bids_total = t.bids_total.saturating_add(1);
+        let id = b.task_id;
+        ctx.trace(TaskRecord {
+            round: Some(b.round),
+            peer: Some(from.peer_id()),
+            price: Some(b.price),
+            ..record(event::BID_RECEIVED, &id)
+        });
+        if self.round_can_close_early(ctx, &id) {
+            self.close_round(ctx, &id);
+        }
+        TaskResponse::Ack
+    }
+
+    /// All connected peers that advertise the model have bid (and at least k bids are in).
+    fn round_can_close_early(&self, ctx: &Ctx<'_>, id: &TaskId) -> bool {
+        let Some(t) = self.tasks.get(id) else { return false };
+        if !ctx.config.tasks.early_close || t.announce_pending {
+            return false;
+        }
+        let needed = usize::from(t.spec.redundancy).saturating_sub(t.live_count());
+        let capable = ctx
+            .presence
+            .iter()
+            .filter(|(p, adv)| ctx.connected.contains(p) && adv.advert.models.contains(&t.spec.model))
+            .filter(|(p, _)| !t.assignments.iter().any(|a| a.worker == **p))
+            .count();
+        t.bids.len() >= needed.max(1) && t.bids.len() >= capable
+    }
+
+    /// Applies the winner rule to the round's bids and awards the winners.
+    fn close_round(&mut self, ctx: &mut Ctx<'_>, id: &TaskId) {
+        let me = ctx.identity.public();
+        let Some(t) = self.tasks.get_mut(id) else { return };
+        let assigned = t.awarded_keys();
+        // Workers already on this task (or failed on it) take no part in a new round.
+        let bids: Vec<SignedEnvelope> =
+            std::mem::take(&mut t.bids).into_iter().filter(|b| !assigned.contains(&b.signer)).collect();
+        let decision = winner::choose(id, &t.spec, &me, t.round, &bids);
+        let needed = usize::from(t.spec.redundancy).saturating_sub(t.live_count()).max(1);
+        let now = ctx.now;
+        if decision.ranked.is_empty() {
+            // Only consecutive rounds without a single valid bid count towards giving up;
+            // re-auctions after a worker failed are not "no bids".
+            t.empty_rounds = t.empty_rounds.saturating_add(1);
+            let empty = t.empty_rounds;
+            if empty >= ctx.config.tasks.max_rounds || now >= t.spec.deadline_ms {
+                let reason = format!(
+                    "no valid bids in {empty} consecutive bid rounds (does any node hold model {}?)",
+                    t.spec.model
+                );
+                self.fail(ctx, id, reason);
+                return;
+            }
+            self.next_round(ctx, id);
+            return;
+        }
+        t.empty_rounds = 0;
+        t.bid_root = Some(winner::bid_set_root(&decision.bid_set));
+        t.bid_count = u32::try_from(decision.bid_set.len()).unwrap_or(u32::MAX);
+        let take = needed.min(decision.ranked.len());
+        let (win, rest) = decision.ranked.split_at(take);
+        let winners: Vec<(PublicKey, u64)> = win.iter().map(|r| (r.bidder, r.bid.price)).collect();
+        t.standby = rest.iter().map(|r| (r.bidder, r.bid.price)).collect();
+        t.phase = Phase::Running;
+        if t.times.awarded_ms == 0 {
+            t.times.awarded_ms = now;
+        }
+        let round = t.round;
+        let model = t.spec.model;
+        // Tell the bidders that lost, and why (best effort: a lost decline costs nothing).
+        for (pk, reason) in
+            decision.declined.into_iter().filter(|(pk, _)| !winners.iter().any(|(w, _)| w == pk))
+        {
+            ctx.trace(TaskRecord {
+                round: Some(round),
+                peer: Some(pk.peer_id()),
+                reason: Some(format!("{reason:?}")),
+                ..record(event::DECLINE_SENT, id)
+            });
+            let d = Decline { v: WIRE_VERSION, task_id: *id, round, reason }.sign(ctx.identity);
+            ctx.push(Action::Send {
+                to: pk,
+                request: Outgoing::Request(TaskRequest::Decline { decline: d }),
+                tag: SendTag::Decline,
+            });
+        }
+        self.award(ctx, id, winners);
+        self.open_dirty.insert(model);
+    }
+
+    /// Starts the next bid round (after an empty round or to replace a worker).
+    fn next_round(&mut self, ctx: &mut Ctx<'_>, id: &TaskId) {
+        let Some(t) = self.tasks.get_mut(id) else { return };
+        t.phase = Phase::Bidding;
+        t.round = t.round.saturating_add(1);
+        t.bids.clear();
+        t.announce_pending = true;
+        t.announce_in_flight = false;
+        let model = t.spec.model;
+        self.announce(ctx, id);
+        self.persist(ctx, id);
+        self.open_dirty.insert(model);
+    }
+
+    /// Signs an award naming `winners` and sends it, with the input, to each.
+    fn award(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, winners: Vec<(PublicKey, u64)>) {
+        let Some(t) = self.tasks.get_mut(id) else { return };
+        let deadline = ctx.now.saturating_add(u64::from(t.spec.exec_timeout_ms)).min(t.spec.deadline_ms);
+        let award = Award {
+            v: WIRE_VERSION,
+            task_id: *id,
+            round: t.round,
+            bid_set: Vec::new(),
+            bid_root: t.bid_root,
+            bid_count: t.bid_count,
+            winners: winners.iter().map(|(w, _)| *w).collect(),
+            result_deadline_ms: deadline,
+        }
+        .sign(ctx.identity);
+        for (worker, price) in &winners {
+            t.assignments.push(Assignment {
+                worker: *worker,
+                price: *price,
+                deadline_ms: deadline,
+                status: AssignStatus::Awarded,
+            });
+        }
+        let spec = t.spec_env.clone();
+        let (round, bids) = (t.round, t.bid_count);
+        ctx.push(Action::Persist(vec![t.persist(id)]));
+        ctx.trace(TaskRecord {
+            round: Some(round),
+            bids: Some(bids),
+            winners: Some(winners.iter().map(|(w, _)| w.peer_id()).collect()),
+            ..record(event::AWARDED, id)
+        });
+        for (worker, _) in winners {
+            ctx.push(Action::Send {
+                to: worker,
+                request: Outgoing::Award { spec: spec.clone(), award: award.clone(), task: *id },
+                tag: SendTag::Award { task: *id, worker },
+            });
+        }
+    }
+
+    pub(crate) fn on_award_response(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: TaskId,
+        worker: PublicKey,
+        resp: Result<TaskResponse, SendFailure>,
+    ) {
+        let reason = match resp {
+            Ok(TaskResponse::Ack) => {
+                if let Some(a) = self.assignment_mut(&id, &worker) {
+                    if a.status == AssignStatus::Awarded {
+                        a.status = AssignStatus::Acked;
+                    }
+                }
+                return;
+            }
+            Err(SendFailure::InputMissing(m)) => {
+                self.fail(ctx, &id, format!("the task input is missing from the store ({m})"));
+                return;
+            }
+            Ok(other) => format!("award refused: {other:?}"),
+            Err(e) => format!("award not delivered: {e}"),
+        };
+        self.worker_failed(ctx, &id, &worker, reason);
+    }
+
+    fn assignment_mut(&mut self, id: &TaskId, worker: &PublicKey) -> Option<&mut Assignment> {
+        self.tasks.get_mut(id)?.assignments.iter_mut().rev().find(|a| a.worker == *worker)
+    }
+
+    /// A worker will not deliver: mark it and bring in a replacement.
+    fn worker_failed(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, worker: &PublicKey, reason: String) {
+        let Some(a) = self.assignment_mut(id, worker) else { return };
+        if !a.waiting() {
+            return;
+        }
+        tracing::info!(task = %id, worker = %worker.fmt_short(), %reason, "worker failed; re-awarding");
+        a.status = AssignStatus::Failed(reason);
+        ctx.count(Metric::Reawards);
+        if self.tasks.get(id).is_some_and(|t| !t.can_still_verify()) {
+            self.add_worker(ctx, id);
+        } else {
+            self.persist(ctx, id);
+        }
+    }
+
+    /// Brings one more worker onto a running task: the next standby bidder, or a new round.
+    fn add_worker(&mut self, ctx: &mut Ctx<'_>, id: &TaskId) {
+        let Some(t) = self.tasks.get_mut(id) else { return };
+        if t.phase.is_terminal() {
+            return;
+        }
+        if t.assignments.len() >= usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS) {
+            let reason = format!("gave up after {} workers failed or disagreed", t.assignments.len());
+            self.fail(ctx, id, reason);
+            return;
+        }
+        if !t.standby.is_empty() {
+            let next = t.standby.remove(0);
+            self.award(ctx, id, vec![next]);
+            return;
+        }
+        if ctx.now >= t.spec.deadline_ms {
+            self.fail(ctx, id, "deadline passed while replacing a worker".into());
+            return;
+        }
+        // Re-auction: a new round for the missing workers.
+        self.next_round(ctx, id);
+    }
+
+    pub(crate) fn on_result(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: PublicKey,
+        id: TaskId,
+        header: SignedEnvelope,
+        output: Vec<u8>,
+    ) -> TaskResponse {
+        ctx.count(Metric::ResultsReceived);
+        let h = match fleetmesh_protocol::ResultHeader::open(&header) {
+            Ok(h) => h,
+            Err(_) => {
+                ctx.count(Metric::ResultsRejected);
+                return TaskResponse::Rejected(RejectReason::BadSignature);
+            }
+        };
+        let Some(t) = self.tasks.get_mut(&id) else {
+            // A finished task that left memory: re-send the receipt if this worker earned one.
+            return match self.closed.get(&id) {
+                Some(receipts) => receipts
+                    .iter()
+                    .find(|(w, _)| *w == from)
+                    .map_or(TaskResponse::Rejected(RejectReason::TaskClosed), |(_, r)| {
+                        TaskResponse::Receipt(r.clone())
+                    }),
+                None => TaskResponse::Rejected(RejectReason::UnknownTask),
+            };
+        };
+        // Only a peer awarded this task may touch it: anyone else is answered and forgotten.
+        if !t.assignments.iter().any(|a| a.worker == from) {
+            ctx.count(Metric::ResultsRejected);
+            return TaskResponse::Rejected(RejectReason::NotAwarded);
+        }
+        // Idempotent: a worker re-sending an accepted result gets its receipt again.
+        if let Some((_, r)) = t.receipts.iter().find(|(w, _)| *w == from) {
+            return TaskResponse::Receipt(r.clone());
+        }
+        if t.phase.is_terminal() {
+            return TaskResponse::Rejected(RejectReason::TaskClosed);
+        }
+        let Some(a) = t.assignments.iter().rev().find(|a| a.worker == from) else {
+            return TaskResponse::Rejected(RejectReason::NotAwarded);
+        };
+        match &a.status {
+            AssignStatus::Returned(d) => {
+                return if *d == h.output_digest {
+                    TaskResponse::Pending
+                } else {
+                    TaskResponse::Rejected(RejectReason::Duplicate)
+                };
+            }
+            AssignStatus::Rejected(r) => return TaskResponse::Rejected(r.clone()),
+            AssignStatus::Failed(_) => return TaskResponse::Rejected(RejectReason::TaskClosed),
+            AssignStatus::Awarded | AssignStatus::Acked => {}
+        }
+        // A result signed by a key other than the sender's counts against the sender.
+        let checked = if header.signer != from {
+            Err(RejectReason::NotAwarded)
+        } else {
+            check_result(&id, &t.spec, &t.awarded_keys(), &header, &output)
+        };
+        let h = match checked {
+            Ok(h) => h,
+            Err(reason) => {
+                ctx.count(Metric::ResultsRejected);
+                tracing::info!(task = %id, worker = %from.fmt_short(), %reason, "result rejected");
+                ctx.trace(TaskRecord {
+                    peer: Some(from.peer_id()),
+                    reason: Some(reason.to_string()),
+                    ..record(event::RESULT_REJECTED, &id)
+                });
+                t.rejections.push((from, reason.clone()));
+                if let Some(a) = t.assignments.iter_mut().rev().find(|a| a.worker == from) {
+                    a.status = AssignStatus::Rejected(reason.clone());
+                }
+                if !t.can_still_verify() {
+                    self.add_worker(ctx, &id);
+                }
+                self.persist(ctx, &id);
+                return TaskResponse::Rejected(reason);
+            }
+        };
+        if let Some(a) = t.assignments.iter_mut().rev().find(|a| a.worker == from) {
+            a.status = AssignStatus::Returned(h.output_digest);
+        }
+        ctx.trace(TaskRecord {
+            peer: Some(from.peer_id()),
+            digest: Some(h.output_digest.to_string()),
+            ..record(event::RESULT_RECEIVED, &id)
+        });
+        if !t.outputs.iter().any(|(d, _)| *d == h.output_digest) {
+            t.outputs.push((h.output_digest, serde_bytes::ByteBuf::from(output)));
+        }
+        if t.times.first_result_ms == 0 {
+            t.times.first_result_ms = ctx.now;
+        }
+        let results = t.returned();
+        match agreement(t.spec.redundancy, t.live_count(), &results) {
+            Agreement::Verified(digest, workers) => {
+                self.verify_task(ctx, &id, digest, workers);
+                let receipt = self
+                    .tasks
+                    .get(&id)
+                    .and_then(|t| t.receipts.iter().find(|(w, _)| *w == from).map(|(_, r)| r.clone()));
+                match receipt {
+                    Some(r) => TaskResponse::Receipt(r),
+                    None => TaskResponse::Rejected(RejectReason::Disagreement),
+                }
+            }
+            Agreement::Waiting => {
+                self.persist(ctx, &id);
+                TaskResponse::Pending
+            }
+            Agreement::Disagree => {
+                ctx.count(Metric::Disagreements);
+                self.add_worker(ctx, &id);
+                self.persist(ctx, &id);
+                TaskResponse::Pending
+            }
+        }
+    }
+
+    fn verify_task(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, digest: OutputDigest, workers: Vec<PublicKey>) {
+        let Some(t) = self.tasks.get_mut(id) else { return };
+        let now = ctx.now;
+        t.phase = Phase::Verified;
+        t.times.finished_ms = now;
+        t.verified = Some((digest, workers.clone()));
+        let mut to_notify = Vec::new();
+        for a in &mut t.assignments {
+            match &a.status {
+                AssignStatus::Returned(d) if *d == digest && workers.contains(&a.worker) => {
+                    let r = Receipt {
+                        v: WIRE_VERSION,
+                        task_id: *id,
+                        worker: a.worker,
+                        output_digest: digest,
+                        price: a.price,
+                        accepted_ms: now,
+                    }
+                    .sign(ctx.identity);
+                    t.receipts.push((a.worker, r.clone()));
+                    to_notify.push((a.worker, r));
+                }
+                AssignStatus::Returned(_) => {
+                    a.status = AssignStatus::Rejected(RejectReason::Disagreement);
+                    t.rejections.push((a.worker, RejectReason::Disagreement));
+                }
+                _ => {}
+            }
+        }
+        let model = t.spec.model;
+        ctx.push(Action::Persist(vec![t.persist(id)]));
+        ctx.count(Metric::TasksVerified);
+        ctx.trace(TaskRecord {
+            digest: Some(digest.to_string()),
+            winners: Some(workers.iter().map(PublicKey::peer_id).collect()),
+            ..record(event::VERIFIED, id)
+        });
+        for (worker, receipt) in to_notify {
+            ctx.trace(TaskRecord { peer: Some(worker.peer_id()), ..record(event::RECEIPT_SENT, id) });
+            // Workers that were told `Pending` get their receipt now.
+            ctx.push(Action::Send {
+                to: worker,
+                request: Outgoing::Request(TaskRequest::Receipt { receipt }),
+                tag: SendTag::Receipt,
+            });
+        }
+        self.open_dirty.insert(model);
+        ctx.push(Action::Finished(*id));
+    }
+
+    fn fail(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, reason: String) {
+        let Some(t) = self.tasks.get_mut(id) else { return };
+        if t.phase.is_terminal() {
+            return;
+        }
+        tracing::warn!(task = %id, %reason, "task failed");
+        ctx.trace(TaskRecord { reason: Some(reason.clone()), ..record(event::FAILED, id) });
+        t.phase = Phase::Failed;
+        t.failure = Some(reason);
+        t.times.finished_ms = ctx.now;
+        t.bids.clear();
+        let model = t.spec.model;
+        ctx.push(Action::Persist(vec![t.persist(id)]));
+        ctx.count(Metric::TasksFailed);
+        self.open_dirty.insert(model);
+        ctx.push(Action::Finished(*id));
+    }
+
+    pub(crate) fn tick(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now;
+        let ids: Vec<TaskId> =
+            self.tasks.iter().filter(|(_, t)| !t.phase.is_terminal()).map(|(id, _)| *id).collect();
+        for id in ids {
+            let Some(t) = self.tasks.get(&id) else { continue };
+            if now >= t.spec.deadline_ms {
+                let reason = match t.phase {
+                    Phase::Bidding if t.times.announced_ms == 0 => {
+                        "deadline passed and no peer ever received the announcement (is this node connected to the mesh?)"
+                            .to_owned()
+                    }
+                    Phase::Bidding => format!("deadline passed while taking bids (round {})", t.round),
+                    _ => "deadline passed before a quorum of workers agreed".to_owned(),
+                };
+                self.fail(ctx, &id, reason);
+                continue;
+            }
+            match t.phase {
+                Phase::Bidding if t.announce_pending => {
+                    // Nobody has heard this round yet: try again; the window has not started.
+                    self.announce(ctx, &id);
+                }
+                Phase::Bidding if now >= t.bid_deadline_ms || self.round_can_close_early(ctx, &id) => {
+                    self.close_round(ctx, &id);
+                }
+                Phase::Running => {
+                    let late: Vec<PublicKey> = t
+                        .assignments
+                        .iter()
+                        .filter(|a| a.waiting() && now >= a.deadline_ms)
+                        .map(|a| a.worker)
+                        .collect();
+                    for w in late {
+                        self.worker_failed(ctx, &id, &w, "missed the result deadline".into());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A peer's last connection closed: its unfinished work goes to someone else.
+    pub(crate) fn peer_gone(&mut self, ctx: &mut Ctx<'_>, peer: &PublicKey) {
+        let affected: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                t.phase == Phase::Running && t.assignments.iter().any(|a| a.worker == *peer && a.waiting())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in affected {
+            self.worker_failed(ctx, &id, peer, "disconnected".into());
+        }
+    }
+
+    pub(crate) fn restore(&mut self, ctx: &mut Ctx<'_>, tasks: Vec<(TaskId, ReqTask)>) {
+        for (id, mut t) in tasks {
+            if !t.phase.is_terminal() {
+                self.open_dirty.insert(t.spec.model);
+                if t.phase == Phase::Bidding {
+                    t.round = t.round.saturating_add(1);
+                    t.bids.clear();
+                    t.announce_pending = true;
+                }
+                tracing::info!(task = %id, phase = ?t.phase, "resuming task");
+                ctx.push(Action::PutRecord {
+                    key: ids::task_record_key(&id),
+                    value: fleetmesh_protocol::encode(&t.spec_env),
+                });
+                ctx.push(Action::Persist(vec![t.persist(&id)]));
+            }
+            self.tasks.insert(id, t);
+        }
+    }
+
+    pub(crate) fn on_persist_failed(&mut self, _ctx: &mut Ctx<'_>, keys: &[(Table, TaskId)]) {
+        for (table, id) in keys {
+            // A task whose first write failed was never accepted (its submit was refused).
+            if *table == Table::Requests
+                && self
+                    .tasks
+                    .get(id)
+                    .is_some_and(|t| t.times.announced_ms == 0 && t.round == 0 && t.assignments.is_empty())
+            {
+                self.tasks.remove(id);
+            }
+        }
+    }
+
+    /// Rewrites the stale open-tasks records (called from the tick, at most twice a second).
+    pub(crate) fn flush_open_tasks(&mut self, ctx: &mut Ctx<'_>) {
+        let models: Vec<fleetmesh_crypto::ModelId> = self.open_dirty.drain().collect();
+        for model in models {
+            let mut open: Vec<OpenTask> = self
+                .tasks
+                .values()
+                .filter(|t| t.spec.model == model && t.phase == Phase::Bidding)
+                .map(|t| OpenTask { task_id: t.id(), round: t.round, bid_deadline_ms: t.bid_deadline_ms })
+                .collect();
+            open.sort_by_key(|o| std::cmp::Reverse(o.bid_deadline_ms));
+            open.truncate(fleetmesh_protocol::limits::MAX_OPEN_TASKS_PER_RECORD);
+            let rec =
+                OpenTasks { v: WIRE_VERSION, model, tasks: open, updated_ms: ctx.now }.sign(ctx.identity);
+            ctx.push(Action::PutRecord {
+                key: ids::open_tasks_record_key(&model, &ctx.identity.public()),
+                value: fleetmesh_protocol::encode(&rec),
+            });
+            if self.providing.insert(model) {
+                ctx.push(Action::Provide { key: ids::model_provider_key(&model) });
+            }
+        }
+    }
+
+    /// Drops the oldest finished tasks from memory beyond `cap`; their receipts stay, so
+    /// workers that re-send still get theirs.
+    pub(crate) fn forget_old_finished(&mut self, cap: usize) {
+        let mut done: Vec<(u64, TaskId)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.phase.is_terminal())
+            .map(|(id, t)| (t.times.finished_ms, *id))
+            .collect();
+        if done.len() <= cap {
+            return;
+        }
+        done.sort_unstable();
+        let excess = done.len().saturating_sub(cap);
+        for (_, id) in done.into_iter().take(excess) {
+            if let Some(t) = self.tasks.remove(&id) {
+                self.closed.insert(id, t.receipts);
+            }
+        }
+    }
+}

@@ -1,0 +1,747 @@
+//! The worker's half of the task lifecycle: bid, accept an award, execute, return the result.
+//!
+//! ```text
+//!  announcement / DHT scan ──► spec checked ──► signed bid (remembered: task, round, requester)
+//!  award (+ input) checked against that bid, persisted, acknowledged ──► Queued ──► Done
+//!  Done ──(result sent)──► Receipted | Pending (receipt follows) | Rejected (reason kept)
+//! ```
+//!
+//! An award is taken only for a (task, round) this node bid on, from the requester it bid
+//! to, with a result deadline clamped to what the spec allows; a requester may hold only so
+//! many unfinished jobs here. A job is persisted before the award is acknowledged, and its
+//! result before it is sent; the input is deleted once the result is durable. On restart a
+//! `Queued` job runs (it never finished), a `Done` or `Pending` job is re-sent and never run
+//! again.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use fleetmesh_crypto::{InputDigest, ModelId, PublicKey, SignedEnvelope, TaskId};
+use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
+use fleetmesh_protocol::{
+    ids, task_id_of, Announcement, Award, Bid, Decline, OpenTasks, Receipt, RejectReason, ResultHeader,
+    Signed, TaskSpec, WIRE_VERSION,
+};
+use serde::{Deserialize, Serialize};
+
+use super::bounded::{BoundedMap, BoundedSet};
+use super::{
+    record, Action, Ctx, EngineConfig, ExecOutput, Lookup, Metric, Outgoing, SendFailure, SendTag, StoreOp,
+    Table,
+};
+use crate::trace::timeline::event;
+use crate::trace::TaskRecord;
+
+/// How long past its result deadline a worker keeps trying to deliver a result.
+pub const DELIVERY_GRACE_MS: u64 = 120_000;
+/// How much later than the spec's execution timeout a requester may set a result deadline
+/// (network and queueing slack); anything later is clamped.
+pub const AWARD_SLACK_MS: u64 = 10_000;
+/// (task, round) bids remembered, to match awards against.
+pub const MAX_REMEMBERED_BIDS: usize = 8192;
+/// Finished jobs that left memory, remembered so a replayed award is not run again.
+pub const MAX_DONE_REMEMBERED: usize = 64 * 1024;
+/// DHT lookups of task specs at once.
+pub const MAX_SPEC_LOOKUPS: usize = 64;
+/// DHT lookups of open-tasks records at once.
+pub const MAX_OPEN_LOOKUPS: usize = 256;
+/// Providers asked per model and scan.
+const MAX_PROVIDERS_PER_SCAN: usize = 64;
+
+/// Where a job stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum JobState {
+    /// Accepted; waiting for a slot or running.
+    Queued,
+    /// Executed; the result is being delivered.
+    Done {
+        /// The signed result header.
+        header: SignedEnvelope,
+        /// The output.
+        #[serde(with = "serde_bytes")]
+        output: Vec<u8>,
+    },
+    /// Delivered; the requester holds it until a quorum agrees.
+    Pending {
+        /// The signed result header.
+        header: SignedEnvelope,
+        /// The output.
+        #[serde(with = "serde_bytes")]
+        output: Vec<u8>,
+    },
+    /// The requester's receipt.
+    Receipted(SignedEnvelope),
+    /// The requester refused the result.
+    Rejected(RejectReason),
+    /// Given up, and why.
+    Abandoned(String),
+}
+
+/// A task this node was awarded, as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// The spec.
+    pub spec: TaskSpec,
+    /// Who awarded it.
+    pub requester: PublicKey,
+    /// The result is due by this instant (clamped, Unix ms).
+    pub result_deadline_ms: u64,
+    /// Where it stands.
+    pub state: JobState,
+    /// Executing now.
+    #[serde(skip)]
+    pub running: bool,
+    /// A result delivery is waiting for its answer.
+    #[serde(skip)]
+    pub in_flight: bool,
+    /// Deliveries tried.
+    #[serde(skip)]
+    pub attempts: u32,
+    /// Next delivery not before (Unix ms).
+    #[serde(skip)]
+    pub next_send_ms: u64,
+}
+
+impl Job {
+    /// Nothing more will happen to this job.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, JobState::Receipted(_) | JobState::Rejected(_) | JobState::Abandoned(_))
+    }
+
+    fn op(&self, id: &TaskId) -> StoreOp {
+        StoreOp { table: Table::Jobs, key: *id, value: Some(fleetmesh_protocol::encode(self)) }
+    }
+}
+
+/// The worker role.
+pub struct Worker {
+    jobs: HashMap<TaskId, Job>,
+    /// Finished jobs that left memory.
+    done: BoundedSet<TaskId>,
+    /// Rounds bid on, and the requester each bid went to.
+    bids: BoundedMap<(TaskId, u32), PublicKey>,
+    spec_lookups: HashSet<(TaskId, u32)>,
+    open_lookups: usize,
+    provider_lookups: HashSet<ModelId>,
+    /// Jobs executing now.
+    running: u32,
+    /// Queued jobs waiting for a slot, oldest first.
+    queue: VecDeque<TaskId>,
+    /// Bids sent, for the stats.
+    pub bids_sent: u64,
+    /// Jobs executed.
+    pub jobs_executed: u64,
+    /// Jobs receipted.
+    pub jobs_receipted: u64,
+    /// (test hooks) the first result this worker produced, for replay.
+    #[cfg(feature = "test-hooks")]
+    first_result: Option<(SignedEnvelope, Vec<u8>)>,
+}
+
+impl Worker {
+    pub(crate) fn new(_config: &EngineConfig) -> Self {
+        Self {
+            jobs: HashMap::new(),
+            done: BoundedSet::new(MAX_DONE_REMEMBERED),
+            bids: BoundedMap::new(MAX_REMEMBERED_BIDS),
+            spec_lookups: HashSet::new(),
+            open_lookups: 0,
+            provider_lookups: HashSet::new(),
+            running: 0,
+            queue: VecDeque::new(),
+            bids_sent: 0,
+            jobs_executed: 0,
+            jobs_receipted: 0,
+            #[cfg(feature = "test-hooks")]
+            first_result: None,
+        }
+    }
+
+    /// A job held in memory.
+    pub fn get(&self, id: &TaskId) -> Option<&Job> {
+        self.jobs.get(id)
+    }
+
+    /// Jobs held in memory.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Whether no job is held.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Free execution slots.
+    pub fn free_slots(&self, config: &EngineConfig) -> u32 {
+        config.slots.saturating_sub(self.running)
+    }
+
+    fn queued(&self) -> usize {
+        self.jobs.values().filter(|j| matches!(j.state, JobState::Queued)).count()
+    }
+
+    fn unfinished_from(&self, requester: &PublicKey) -> usize {
+        self.jobs.values().filter(|j| j.requester == *requester && !j.is_finished()).count()
+    }
+
+    fn has_capacity(&self, config: &EngineConfig, requester: &PublicKey) -> bool {
+        self.queued() < config.max_queue as usize
+            && self.unfinished_from(requester) < config.max_jobs_per_requester as usize
+    }
+
+    pub(crate) fn check_bounds(&self, config: &EngineConfig) -> Result<(), String> {
+        if self.running > config.slots {
+            return Err(format!("{} executions running on {} slots", self.running, config.slots));
+        }
+        if self.queued() > config.max_queue as usize {
+            return Err(format!("{} queued jobs over the cap of {}", self.queued(), config.max_queue));
+        }
+        if self.spec_lookups.len() > MAX_SPEC_LOOKUPS || self.open_lookups > MAX_OPEN_LOOKUPS {
+            return Err("DHT lookups over their bound".into());
+        }
+        let unfinished = self.jobs.values().filter(|j| !j.is_finished()).count();
+        let finished = self.jobs.len().saturating_sub(unfinished);
+        if finished > config.max_finished_in_memory.saturating_add(4096) {
+            return Err(format!("{finished} finished jobs in memory"));
+        }
+        let mut per: HashMap<PublicKey, usize> = HashMap::new();
+        for j in self.jobs.values().filter(|j| !j.is_finished()) {
+            let n = per.entry(j.requester).or_default();
+            *n = n.saturating_add(1);
+            if *n > config.max_jobs_per_requester as usize {
+                return Err(format!("requester {} holds {n} unfinished jobs", j.requester.fmt_short()));
+            }
+        }
+        Ok(())
+    }
+
+    /// An announcement arrived (already validated): bid if this node could serve it.
+    pub(crate) fn on_announcement(&mut self, ctx: &mut Ctx<'_>, requester: PublicKey, a: Announcement) {
+        if requester == ctx.identity.public() {
+            return;
+        }
+        #[cfg(feature = "test-hooks")]
+        if ctx.config.ignore_task_gossip {
+            return;
+        }
+        if !self.worth_bidding(ctx, a.task_id, a.model, a.round, a.bid_deadline_ms, Some(a.max_price)) {
+            return;
+        }
+        match a.spec {
+            // The spec came with the announcement: check it and bid without a DHT lookup.
+            Some(spec) => self.bid_on_spec(ctx, (a.task_id, a.round), &spec),
+            None => self.look_up_spec(ctx, a.task_id, a.round),
+        }
+    }
+
+    /// Whether this node would bid on round `round` of `task`, before looking at the spec.
+    fn worth_bidding(
+        &self,
+        ctx: &Ctx<'_>,
+        task: TaskId,
+        model: ModelId,
+        round: u32,
+        bid_deadline_ms: u64,
+        max_price: Option<u64>,
+    ) -> bool {
+        ctx.config.serve
+            && bid_deadline_ms > ctx.now
+            && max_price.is_none_or(|p| p >= ctx.config.price_floor)
+            && ctx.models.contains(&model)
+            && !self.jobs.contains_key(&task)
+            && !self.done.contains(&task)
+            && !self.bids.contains(&(task, round))
+            && !self.spec_lookups.contains(&(task, round))
+            && self.queued() < ctx.config.max_queue as usize
+    }
+
+    fn look_up_spec(&mut self, ctx: &mut Ctx<'_>, task: TaskId, round: u32) {
+        if self.spec_lookups.len() >= MAX_SPEC_LOOKUPS {
+            return;
+        }
+        self.spec_lookups.insert((task, round));
+        ctx.push(Action::GetRecord {
+            key: ids::task_record_key(&task),
+            lookup: Lookup::Spec { task, round },
+        });
+    }
+
+    /// Checks a signed spec (from the DHT or an announcement) and bids on it.
+    fn bid_on_spec(&mut self, ctx: &mut Ctx<'_>, (task, round): (TaskId, u32), env: &SignedEnvelope) {
+        let Ok(spec) = TaskSpec::open(env) else { return };
+        if task_id_of(env) != task
+            || env.signer == ctx.identity.public()
+            || spec.max_price < ctx.config.price_floor
+            || spec.deadline_ms <= ctx.now
+            || !ctx.models.contains(&spec.model)
+            || !self.has_capacity(ctx.config, &env.signer)
+            || !self.bids.insert((task, round), env.signer)
+        {
+            return;
+        }
+        let queue = u32::try_from(self.queue.len()).unwrap_or(u32::MAX);
+        // A promise this node can keep: its queue ahead of the task, at a conservative 50 ms
+        // per task, plus 100 ms of network, capped at the spec's timeout.
+        let promised_ms = queue.saturating_mul(50).saturating_add(100).min(spec.exec_timeout_ms);
+        let price = ctx.config.price_floor;
+        let bid = Bid {
+            v: WIRE_VERSION,
+            task_id: task,
+            round,
+            price,
+            promised_ms,
+            queue_depth: queue,
+            free_slots: self.free_slots(ctx.config),
+        }
+        .sign(ctx.identity);
+        ctx.count(Metric::BidsSent);
+        self.bids_sent = self.bids_sent.saturating_add(1);
+        ctx.trace(TaskRecord {
+            round: Some(round),
+            peer: Some(env.signer.peer_id()),
+            price: Some(price),
+            ..record(event::BID_SENT, &task)
+        });
+        ctx.push(Action::Send {
+            to: env.signer,
+            request: Outgoing::Request(TaskRequest::Bid { bid }),
+            tag: SendTag::Bid,
+        });
+    }
+
+    /// Periodically: ask the DHT which requesters have open tasks for the models held.
+    pub(crate) fn scan(&mut self, ctx: &mut Ctx<'_>) {
+        if !self.provider_lookups.is_empty() {
+            return;
+        }
+        for model in ctx.models.iter() {
+            self.provider_lookups.insert(*model);
+            ctx.push(Action::GetProviders { model: *model });
+        }
+    }
+
+    pub(crate) fn on_providers(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        model: ModelId,
+        providers: Vec<PublicKey>,
+        last: bool,
+    ) {
+        if !self.provider_lookups.contains(&model) {
+            return;
+        }
+        let me = ctx.identity.public();
+        for p in providers.into_iter().filter(|p| *p != me).take(MAX_PROVIDERS_PER_SCAN) {
+            if self.open_lookups >= MAX_OPEN_LOOKUPS {
+                break;
+            }
+            self.open_lookups = self.open_lookups.saturating_add(1);
+            ctx.push(Action::GetRecord {
+                key: ids::open_tasks_record_key(&model, &p),
+                lookup: Lookup::OpenTasks,
+            });
+        }
+        if last {
+            self.provider_lookups.remove(&model);
+        }
+    }
+
+    pub(crate) fn on_record(&mut self, ctx: &mut Ctx<'_>, lookup: Lookup, value: Option<Vec<u8>>) {
+        let limit = fleetmesh_protocol::limits::MAX_RECORD_BYTES;
+        match lookup {
+            Lookup::Spec { task, round } => {
+                if !self.spec_lookups.remove(&(task, round)) {
+                    return;
+                }
+                let Some(value) = value else {
+                    tracing::debug!(%task, round, "task spec not found in the DHT");
+                    return;
+                };
+                if let Ok(env) = fleetmesh_protocol::decode::<SignedEnvelope>(&value, limit) {
+                    self.bid_on_spec(ctx, (task, round), &env);
+                }
+            }
+            Lookup::OpenTasks => {
+                self.open_lookups = self.open_lookups.saturating_sub(1);
+                let Some(value) = value else { return };
+                let Ok((env, open)) = OpenTasks::open_bytes(&value, limit) else { return };
+                if env.signer == ctx.identity.public() {
+                    return;
+                }
+                for t in open.tasks.into_iter().take(fleetmesh_protocol::limits::MAX_OPEN_TASKS_PER_RECORD) {
+                    if self.worth_bidding(ctx, t.task_id, open.model, t.round, t.bid_deadline_ms, None) {
+                        self.look_up_spec(ctx, t.task_id, t.round);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An award: check it against our bid, persist the job, acknowledge, then run it.
+    pub(crate) fn on_award(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: PublicKey,
+        spec_env: SignedEnvelope,
+        award_env: SignedEnvelope,
+        input: Vec<u8>,
+    ) -> TaskResponse {
+        let invalid = |m: &str| TaskResponse::Refused(Refusal::Invalid(m.to_owned()));
+        let Ok(spec) = TaskSpec::open(&spec_env) else { return invalid("task spec does not verify") };
+        let Ok(award) = Award::open(&award_env) else { return invalid("award does not verify") };
+        let task = task_id_of(&spec_env);
+        if award_env.signer != spec_env.signer || spec_env.signer != from {
+            return invalid("award not signed and sent by the task's requester");
+        }
+        if award.task_id != task {
+            return invalid("award names another task");
+        }
+        if !award.winners.contains(&ctx.identity.public()) {
+            return TaskResponse::Refused(Refusal::NotAWinner);
+        }
+        // Already accepted (in memory, or finished and forgotten): awards are idempotent.
+        if let Some(j) = self.jobs.get(&task) {
+            return if j.requester == from {
+                TaskResponse::Ack
+            } else {
+                invalid("award from another requester")
+            };
+        }
+        if self.done.contains(&task) {
+            return TaskResponse::Ack;
+        }
+        // Only a round this node bid on, and only from the requester it bid to.
+        if self.bids.get(&(task, award.round)) != Some(&from) {
+            return TaskResponse::Refused(Refusal::NotAWinner);
+        }
+        if InputDigest::of(&input) != spec.input_digest || input.len() as u64 != spec.input_size {
+            return TaskResponse::Refused(Refusal::InputMismatch);
+        }
+        if !ctx.models.contains(&spec.model) {
+            return TaskResponse::Refused(Refusal::ModelUnavailable);
+        }
+        if !self.has_capacity(ctx.config, &from) {
+            return TaskResponse::Refused(Refusal::NoCapacity);
+        }
+        let result_deadline_ms = award
+            .result_deadline_ms
+            .min(ctx.now.saturating_add(u64::from(spec.exec_timeout_ms)).saturating_add(AWARD_SLACK_MS))
+            .min(spec.deadline_ms);
+        if result_deadline_ms <= ctx.now {
+            return TaskResponse::Refused(Refusal::TaskClosed);
+        }
+        #[cfg(feature = "test-hooks")]
+        if ctx.config.misbehave == Some(crate::hooks::Misbehave::Vanish) {
+            return TaskResponse::Ack;
+        }
+        let job = Job {
+            spec,
+            requester: from,
+            result_deadline_ms,
+            state: JobState::Queued,
+            running: false,
+            in_flight: false,
+            attempts: 0,
+            next_send_ms: 0,
+        };
+        ctx.push(Action::Persist(vec![
+            StoreOp { table: Table::JobInputs, key: task, value: Some(input) },
+            job.op(&task),
+        ]));
+        self.jobs.insert(task, job);
+        self.queue.push_back(task);
+        ctx.trace(TaskRecord {
+            round: Some(award.round),
+            peer: Some(from.peer_id()),
+            ..record(event::AWARD_ACCEPTED, &task)
+        });
+        self.start_queued(ctx);
+        TaskResponse::Ack
+    }
+
+    /// Starts queued jobs while slots are free.
+    fn start_queued(&mut self, ctx: &mut Ctx<'_>) {
+        while self.running < ctx.config.slots {
+            let Some(task) = self.queue.pop_front() else { return };
+            let Some(job) = self.jobs.get_mut(&task) else { continue };
+            if job.running || !matches!(job.state, JobState::Queued) {
+                continue;
+            }
+            job.running = true;
+            self.running = self.running.saturating_add(1);
+            ctx.trace(record(event::STARTED, &task));
+            ctx.push(Action::Execute { task, model: job.spec.model });
+        }
+    }
+
+    pub(crate) fn on_executed(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        task: TaskId,
+        result: Result<ExecOutput, String>,
+    ) {
+        let Some(job) = self.jobs.get_mut(&task).filter(|j| j.running) else {
+            self.start_queued(ctx);
+            return;
+        };
+        job.running = false;
+        self.running = self.running.saturating_sub(1);
+        let drop_input = StoreOp { table: Table::JobInputs, key: task, value: None };
+        match result {
+            Err(e) => {
+                tracing::warn!(%task, "execution failed: {e}");
+                job.state = JobState::Abandoned(e);
+                ctx.push(Action::Persist(vec![job.op(&task), drop_input]));
+            }
+            Ok(exec) => {
+                #[allow(unused_mut)]
+                let mut output = exec.output;
+                #[cfg(feature = "test-hooks")]
+                if ctx.config.misbehave == Some(crate::hooks::Misbehave::WrongAnswer) {
+                    output.push(0);
+                }
+                let header = ResultHeader {
+                    v: WIRE_VERSION,
+                    task_id: task,
+                    input_digest: job.spec.input_digest,
+                    model: job.spec.model,
+                    output_digest: fleetmesh_crypto::OutputDigest::of(&output),
+                    output_size: output.len() as u64,
+                    run_time_us: exec.run_time_us,
+                    runtime: crate::executor::runtime_profile(),
+                };
+                #[allow(unused_mut)]
+                let mut signed = header.sign(ctx.identity);
+                #[cfg(feature = "test-hooks")]
+                match ctx.config.misbehave {
+                    Some(crate::hooks::Misbehave::WrongKey) => {
+                        if let Ok(other) = fleetmesh_crypto::Identity::generate() {
+                            signed = header.sign(&other);
+                        }
+                    }
+                    Some(crate::hooks::Misbehave::CorruptOutput) => {
+                        if let Some(b) = output.last_mut() {
+                            *b ^= 0x01;
+                        }
+                    }
+                    Some(crate::hooks::Misbehave::Replay) => match &self.first_result {
+                        Some((h, o)) => {
+                            signed = h.clone();
+                            output = o.clone();
+                        }
+                        None => self.first_result = Some((signed.clone(), output.clone())),
+                    },
+                    _ => {}
+                }
+                job.state = JobState::Done { header: signed, output };
+                job.next_send_ms = 0;
+                ctx.push(Action::Persist(vec![job.op(&task), drop_input]));
+                ctx.count(Metric::JobsExecuted);
+                self.jobs_executed = self.jobs_executed.saturating_add(1);
+                ctx.trace(TaskRecord {
+                    digest: Some(header.output_digest.to_string()),
+                    run_time_us: Some(exec.run_time_us),
+                    ..record(event::RESULT_SENT, &task)
+                });
+                self.send_result(ctx, task);
+            }
+        }
+        self.start_queued(ctx);
+    }
+
+    fn send_result(&mut self, ctx: &mut Ctx<'_>, task: TaskId) {
+        let Some(job) = self.jobs.get_mut(&task) else { return };
+        let (JobState::Done { header, output } | JobState::Pending { header, output }) = &job.state else {
+            return;
+        };
+        if job.in_flight {
+            return;
+        }
+        job.in_flight = true;
+        job.attempts = job.attempts.saturating_add(1);
+        let req = TaskRequest::Result { task_id: task, header: header.clone(), output: output.clone() };
+        ctx.push(Action::Send {
+            to: job.requester,
+            request: Outgoing::Request(req),
+            tag: SendTag::Result { task },
+        });
+    }
+
+    pub(crate) fn on_result_response(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        task: TaskId,
+        peer: PublicKey,
+        resp: Result<TaskResponse, SendFailure>,
+    ) {
+        let Some(job) = self.jobs.get_mut(&task) else { return };
+        if peer != job.requester {
+            return;
+        }
+        job.in_flight = false;
+        let requester = job.requester;
+        let now = ctx.now;
+        let grace_end = job.result_deadline_ms.saturating_add(DELIVERY_GRACE_MS);
+        match resp {
+            Ok(TaskResponse::Receipt(r)) => {
+                if r.signer == requester && Receipt::open(&r).is_ok_and(|x| x.task_id == task) {
+                    job.state = JobState::Receipted(r);
+                    self.jobs_receipted = self.jobs_receipted.saturating_add(1);
+                    ctx.trace(record(event::RECEIPT_RECEIVED, &task));
+                } else {
+                    tracing::warn!(%task, "requester sent an invalid receipt");
+                    job.state = JobState::Abandoned("invalid receipt".into());
+                }
+            }
+            Ok(TaskResponse::Pending) => {
+                if let JobState::Done { header, output } = &job.state {
+                    job.state = JobState::Pending { header: header.clone(), output: output.clone() };
+                }
+                // Ask again later in case the receipt request is lost.
+                job.next_send_ms = now.saturating_add(5_000);
+            }
+            Ok(TaskResponse::Rejected(reason)) => {
+                tracing::info!(%task, %reason, "result rejected by the requester");
+                ctx.trace(TaskRecord {
+                    reason: Some(reason.to_string()),
+                    ..record(event::REJECTED_BY_REQUESTER, &task)
+                });
+                job.state = JobState::Rejected(reason);
+            }
+            other => {
+                // Unreachable or refusing for now: retry with backoff until the grace ends.
+                let backoff = 250u64.saturating_mul(1u64 << job.attempts.min(6));
+                job.next_send_ms = now.saturating_add(backoff);
+                if now > grace_end {
+                    job.state = JobState::Abandoned(format!("could not deliver the result: {other:?}"));
+                }
+            }
+        }
+        ctx.push(Action::Persist(vec![job.op(&task)]));
+    }
+
+    pub(crate) fn on_receipt(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: PublicKey,
+        env: SignedEnvelope,
+    ) -> TaskResponse {
+        let Ok(r) = Receipt::open(&env) else {
+            return TaskResponse::Refused(Refusal::Invalid("receipt does not verify".into()));
+        };
+        let Some(job) = self.jobs.get_mut(&r.task_id) else {
+            return TaskResponse::Refused(Refusal::UnknownTask);
+        };
+        if env.signer != job.requester || from != job.requester || r.worker != ctx.identity.public() {
+            return TaskResponse::Refused(Refusal::Invalid(
+                "receipt from someone else or for someone else".into(),
+            ));
+        }
+        if !matches!(job.state, JobState::Receipted(_)) {
+            job.state = JobState::Receipted(env);
+            self.jobs_receipted = self.jobs_receipted.saturating_add(1);
+            ctx.trace(record(event::RECEIPT_RECEIVED, &r.task_id));
+            ctx.push(Action::Persist(vec![job.op(&r.task_id)]));
+        }
+        TaskResponse::Ack
+    }
+
+    pub(crate) fn on_decline(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: PublicKey,
+        env: SignedEnvelope,
+    ) -> TaskResponse {
+        match Decline::open(&env) {
+            Ok(d) if env.signer == from => {
+                tracing::debug!(task = %d.task_id, reason = ?d.reason, "bid declined");
+                ctx.count(Metric::BidsDeclined);
+                ctx.trace(TaskRecord {
+                    round: Some(d.round),
+                    peer: Some(from.peer_id()),
+                    reason: Some(format!("{:?}", d.reason)),
+                    ..record(event::DECLINE_RECEIVED, &d.task_id)
+                });
+                TaskResponse::Ack
+            }
+            Ok(_) => TaskResponse::Refused(Refusal::Invalid("decline signed by another peer".into())),
+            Err(_) => TaskResponse::Refused(Refusal::Invalid("decline does not verify".into())),
+        }
+    }
+
+    pub(crate) fn tick(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now;
+        let due: Vec<TaskId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| {
+                matches!(j.state, JobState::Done { .. } | JobState::Pending { .. })
+                    && !j.in_flight
+                    && now >= j.next_send_ms
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(j) = self.jobs.get_mut(&id) {
+                if matches!(j.state, JobState::Pending { .. })
+                    && now > j.result_deadline_ms.saturating_add(DELIVERY_GRACE_MS)
+                {
+                    j.state = JobState::Abandoned("no receipt before the grace period ended".into());
+                    ctx.push(Action::Persist(vec![j.op(&id)]));
+                    continue;
+                }
+            }
+            self.send_result(ctx, id);
+        }
+    }
+
+    pub(crate) fn restore(&mut self, ctx: &mut Ctx<'_>, jobs: Vec<(TaskId, Job)>) {
+        let mut queued = Vec::new();
+        for (id, job) in jobs {
+            if matches!(job.state, JobState::Queued) {
+                tracing::info!(task = %id, "resuming an accepted job that had not finished");
+                queued.push((job.result_deadline_ms, id));
+            }
+            self.jobs.insert(id, job);
+        }
+        queued.sort_unstable();
+        self.queue.extend(queued.into_iter().map(|(_, id)| id));
+        self.start_queued(ctx);
+    }
+
+    pub(crate) fn on_persist_failed(&mut self, _ctx: &mut Ctx<'_>, keys: &[(Table, TaskId)]) {
+        for (table, id) in keys {
+            // A job whose first write failed was never accepted: the award was answered
+            // `Unavailable` and its execution never started.
+            let fresh = self.jobs.get(id).is_some_and(|j| matches!(j.state, JobState::Queued));
+            if *table == Table::JobInputs && fresh {
+                if let Some(job) = self.jobs.remove(id) {
+                    if job.running {
+                        self.running = self.running.saturating_sub(1);
+                    }
+                    self.queue.retain(|t| t != id);
+                }
+            }
+        }
+    }
+
+    /// Drops the oldest finished jobs from memory beyond `cap`; their ids are remembered so
+    /// a replayed award is acknowledged, not run again.
+    pub(crate) fn forget_old_finished(&mut self, cap: usize) {
+        let mut done: Vec<(u64, TaskId)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.is_finished())
+            .map(|(id, j)| (j.result_deadline_ms, *id))
+            .collect();
+        if done.len() <= cap {
+            return;
+        }
+        done.sort_unstable();
+        let excess = done.len().saturating_sub(cap);
+        for (_, id) in done.into_iter().take(excess) {
+            self.jobs.remove(&id);
+            self.done.insert(id);
+        }
+    }
+}
