@@ -26,6 +26,7 @@ pub mod executor;
 pub mod hooks;
 mod metrics;
 mod node;
+pub mod sim;
 pub mod state;
 mod store;
 pub mod trace;

@@ -85,11 +85,66 @@ enum Command {
         #[arg(long)]
         trace: Option<PathBuf>,
     },
+    /// Simulate a fleet in virtual time: the real engines over a simulated network, with
+    /// faults, from one seed (see docs/SIMULATION.md). Exit 1 if a property fails.
+    Sim(SimArgs),
     /// Read gossip traces and task timelines (see docs/TRACES.md).
     Trace {
         #[command(subcommand)]
         command: TraceCommand,
     },
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// Vehicles in the fleet.
+    #[arg(long, default_value_t = 20)]
+    vehicles: usize,
+    /// Tasks to submit.
+    #[arg(long, default_value_t = 100)]
+    tasks: usize,
+    /// The seed: the same seed replays the same run exactly.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Workers per task (k).
+    #[arg(long, default_value_t = 2)]
+    redundancy: u8,
+    /// Vehicles that submit tasks (0: min(10, vehicles)).
+    #[arg(long, default_value_t = 0)]
+    requesters: usize,
+    /// Turn on the fault mix CI runs: loss, partitions, crashes, skew, hostile peers, liars.
+    #[arg(long)]
+    faults: bool,
+    /// Chance that a message is lost, in millionths (overrides --faults).
+    #[arg(long)]
+    loss_ppm: Option<u32>,
+    /// Crash-and-restart episodes (overrides --faults).
+    #[arg(long)]
+    crashes: Option<u32>,
+    /// Partition episodes (overrides --faults).
+    #[arg(long)]
+    partitions: Option<u32>,
+    /// Hostile vehicles (overrides --faults).
+    #[arg(long)]
+    hostile: Option<usize>,
+    /// Vehicles that compute wrong outputs (overrides --faults).
+    #[arg(long)]
+    liars: Option<usize>,
+    /// Largest clock skew, ms (overrides --faults).
+    #[arg(long)]
+    skew_ms: Option<u64>,
+    /// Milliseconds between two submissions.
+    #[arg(long, default_value_t = 20)]
+    submit_interval_ms: u64,
+    /// Presence adverts on or off (default: on up to 100 vehicles).
+    #[arg(long)]
+    presence: Option<bool>,
+    /// Write each vehicle's task timeline into this folder (read with `fleetmesh trace analyze`).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Print the report as one JSON object (the last line).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -318,6 +373,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Trace { command } => trace(command),
+        Command::Sim(args) => sim(args),
         Command::Demo { nodes, tasks, redundancy, timeout_secs, json, trace } => {
             let report = demo::run(DemoOptions {
                 nodes,
@@ -347,6 +403,43 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn sim(a: SimArgs) -> Result<()> {
+    use fleetmesh_node::sim::{self, SimConfig};
+    let mut c = SimConfig {
+        vehicles: a.vehicles,
+        tasks: a.tasks,
+        seed: a.seed,
+        redundancy: a.redundancy,
+        requesters: a.requesters,
+        submit_interval_ms: a.submit_interval_ms,
+        presence: a.presence,
+        trace_dir: a.trace.clone(),
+        ..SimConfig::default()
+    };
+    if a.faults {
+        c = c.with_faults();
+    }
+    c.loss_ppm = a.loss_ppm.unwrap_or(c.loss_ppm);
+    c.crashes = a.crashes.unwrap_or(c.crashes);
+    c.partitions = a.partitions.unwrap_or(c.partitions);
+    c.hostile = a.hostile.unwrap_or(c.hostile);
+    c.liars = a.liars.unwrap_or(c.liars);
+    c.max_skew_ms = a.skew_ms.unwrap_or(c.max_skew_ms);
+    let report = sim::run(c).map_err(|e| anyhow::anyhow!("sim: {e}"))?;
+    if a.json {
+        say!("{}", serde_json::to_string(&report)?);
+    } else {
+        say_raw!("{}", report.summary());
+        if let Some(dir) = &a.trace {
+            say!("timelines in {}; read them with: fleetmesh trace analyze {}", dir.display(), dir.display());
+        }
+    }
+    if !report.violations.is_empty() {
+        bail!("{} properties failed; replay with --seed {}", report.violations.len(), report.seed);
+    }
+    Ok(())
 }
 
 async fn run_node(args: RunArgs) -> Result<()> {

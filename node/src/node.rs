@@ -716,7 +716,11 @@ impl EventLoop {
                 Ok(Some(input)) => tokio::task::spawn_blocking(move || {
                     models
                         .run(&model, &input)
-                        .map(|i| ExecOutput { output: i.output, run_time_us: i.run_time_us })
+                        .map(|i| ExecOutput {
+                            output: i.output,
+                            run_time_us: i.run_time_us,
+                            runtime: crate::executor::runtime_profile(),
+                        })
                         .map_err(|e| e.to_string())
                 })
                 .await

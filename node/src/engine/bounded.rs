@@ -1,22 +1,22 @@
 //! Collections with a fixed capacity that forget their oldest entry when full. Everything the
 //! engine remembers about peers or past rounds lives in one of these, so no peer can grow the
-//! node's memory by sending more.
+//! node's memory by sending more. Ordered maps, so iteration is the same on every run: a
+//! simulation seed replays exactly.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::collections::{BTreeMap, VecDeque};
 
 /// A map that keeps at most `cap` entries, evicting the oldest insertion first.
 #[derive(Debug, Clone)]
 pub struct BoundedMap<K, V> {
-    map: HashMap<K, V>,
+    map: BTreeMap<K, V>,
     order: VecDeque<K>,
     cap: usize,
 }
 
-impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
+impl<K: Ord + Clone, V> BoundedMap<K, V> {
     /// An empty map holding at most `cap` entries (at least one).
     pub fn new(cap: usize) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), cap: cap.max(1) }
+        Self { map: BTreeMap::new(), order: VecDeque::new(), cap: cap.max(1) }
     }
 
     /// Inserts or replaces; a new key may evict the oldest. Returns whether the key was new.
@@ -68,7 +68,7 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         self.cap
     }
 
-    /// Every entry, in no particular order.
+    /// Every entry, in key order (deterministic, for the simulator's replays).
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.map.iter()
     }
@@ -78,7 +78,7 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
 #[derive(Debug, Clone)]
 pub struct BoundedSet<K>(BoundedMap<K, ()>);
 
-impl<K: Eq + Hash + Clone> BoundedSet<K> {
+impl<K: Ord + Clone> BoundedSet<K> {
     /// An empty set holding at most `cap` members.
     pub fn new(cap: usize) -> Self {
         Self(BoundedMap::new(cap))

@@ -25,7 +25,7 @@ pub mod bounded;
 pub mod requester;
 pub mod worker;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use fleetmesh_crypto::{Identity, ModelId, PublicKey, SignedEnvelope, TaskId};
@@ -218,6 +218,8 @@ pub struct ExecOutput {
     pub output: Vec<u8>,
     /// Time spent in inference, µs.
     pub run_time_us: u64,
+    /// The engine and instruction set that produced it.
+    pub runtime: fleetmesh_protocol::RuntimeProfile,
 }
 
 /// A counter the driver exports (Prometheus in the node).
@@ -428,7 +430,8 @@ pub struct EngineConfig {
     pub price_floor: u64,
     /// Defaults for submitted tasks.
     pub tasks: TaskDefaults,
-    /// Presence advert interval, ms.
+    /// Presence advert interval, ms; 0 sends none (the simulator at scale: every advert
+    /// costs every vehicle a signature check).
     pub presence_interval_ms: u64,
     /// DHT scan interval, ms.
     pub dht_scan_interval_ms: u64,
@@ -491,7 +494,7 @@ pub struct Ctx<'a> {
     /// Presence adverts by peer.
     pub presence: &'a BoundedMap<PublicKey, PeerAdvert>,
     /// Peers with an open connection.
-    pub connected: &'a HashSet<PublicKey>,
+    pub connected: &'a BTreeSet<PublicKey>,
     /// The actions produced so far.
     pub out: &'a mut Vec<Action>,
 }
@@ -519,7 +522,7 @@ pub struct Engine {
     config: EngineConfig,
     models: BTreeSet<ModelId>,
     presence: BoundedMap<PublicKey, PeerAdvert>,
-    connected: HashSet<PublicKey>,
+    connected: BTreeSet<PublicKey>,
     /// (task, round) announcements already accepted, so replays are not relayed again.
     seen_announcements: BoundedSet<(TaskId, u32)>,
     /// The requester role.
@@ -541,7 +544,7 @@ impl Engine {
             identity,
             models,
             presence: BoundedMap::new(MAX_PRESENCE_PEERS),
-            connected: HashSet::new(),
+            connected: BTreeSet::new(),
             seen_announcements: BoundedSet::new(MAX_SEEN_ANNOUNCEMENTS),
             next_presence: now,
             next_scan: now.saturating_add(1_000),
@@ -577,7 +580,7 @@ impl Engine {
     }
 
     /// Peers with an open connection.
-    pub fn connected(&self) -> &HashSet<PublicKey> {
+    pub fn connected(&self) -> &BTreeSet<PublicKey> {
         &self.connected
     }
 
@@ -759,7 +762,7 @@ impl Engine {
                 self.presence.remove(&k);
             }
         }
-        if now >= self.next_presence {
+        if now >= self.next_presence && self.config.presence_interval_ms > 0 {
             self.next_presence = now.saturating_add(self.config.presence_interval_ms);
             let advert = Presence {
                 v: fleetmesh_protocol::WIRE_VERSION,

@@ -17,7 +17,7 @@
 //! Requests from peers are checked before they touch state: a result from a peer that was
 //! never awarded the task is answered and forgotten, never stored.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use fleetmesh_crypto::{Digest, OutputDigest, PublicKey, SignedEnvelope, TaskId};
 use fleetmesh_protocol::verify::{agreement, check_result, Agreement};
@@ -246,22 +246,22 @@ pub fn record_is_valid(key: &[u8], value: &[u8]) -> bool {
 
 /// The requester role.
 pub struct Requester {
-    tasks: HashMap<TaskId, ReqTask>,
+    tasks: BTreeMap<TaskId, ReqTask>,
     /// Receipts of finished tasks that left memory, by task.
     closed: BoundedMap<TaskId, Vec<(PublicKey, SignedEnvelope)>>,
     /// Models whose open-tasks record must be rewritten on the next flush.
-    open_dirty: HashSet<fleetmesh_crypto::ModelId>,
+    open_dirty: BTreeSet<fleetmesh_crypto::ModelId>,
     /// Models this node announced itself as a provider of open tasks for.
-    providing: HashSet<fleetmesh_crypto::ModelId>,
+    providing: BTreeSet<fleetmesh_crypto::ModelId>,
 }
 
 impl Requester {
     pub(crate) fn new(_config: &EngineConfig) -> Self {
         Self {
-            tasks: HashMap::new(),
+            tasks: BTreeMap::new(),
             closed: BoundedMap::new(MAX_CLOSED_REMEMBERED),
-            open_dirty: HashSet::new(),
-            providing: HashSet::new(),
+            open_dirty: BTreeSet::new(),
+            providing: BTreeSet::new(),
         }
     }
 
@@ -969,7 +969,7 @@ impl Requester {
 
     /// Rewrites the stale open-tasks records (called from the tick, at most twice a second).
     pub(crate) fn flush_open_tasks(&mut self, ctx: &mut Ctx<'_>) {
-        let models: Vec<fleetmesh_crypto::ModelId> = self.open_dirty.drain().collect();
+        let models: Vec<fleetmesh_crypto::ModelId> = std::mem::take(&mut self.open_dirty).into_iter().collect();
         for model in models {
             let mut open: Vec<OpenTask> = self
                 .tasks

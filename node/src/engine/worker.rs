@@ -13,7 +13,7 @@
 //! `Queued` job runs (it never finished), a `Done` or `Pending` job is re-sent and never run
 //! again.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use fleetmesh_crypto::{InputDigest, ModelId, PublicKey, SignedEnvelope, TaskId};
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
@@ -114,14 +114,14 @@ impl Job {
 
 /// The worker role.
 pub struct Worker {
-    jobs: HashMap<TaskId, Job>,
+    jobs: BTreeMap<TaskId, Job>,
     /// Finished jobs that left memory.
     done: BoundedSet<TaskId>,
     /// Rounds bid on, and the requester each bid went to.
     bids: BoundedMap<(TaskId, u32), PublicKey>,
-    spec_lookups: HashSet<(TaskId, u32)>,
+    spec_lookups: BTreeSet<(TaskId, u32)>,
     open_lookups: usize,
-    provider_lookups: HashSet<ModelId>,
+    provider_lookups: BTreeSet<ModelId>,
     /// Jobs executing now.
     running: u32,
     /// Queued jobs waiting for a slot, oldest first.
@@ -140,12 +140,12 @@ pub struct Worker {
 impl Worker {
     pub(crate) fn new(_config: &EngineConfig) -> Self {
         Self {
-            jobs: HashMap::new(),
+            jobs: BTreeMap::new(),
             done: BoundedSet::new(MAX_DONE_REMEMBERED),
             bids: BoundedMap::new(MAX_REMEMBERED_BIDS),
-            spec_lookups: HashSet::new(),
+            spec_lookups: BTreeSet::new(),
             open_lookups: 0,
-            provider_lookups: HashSet::new(),
+            provider_lookups: BTreeSet::new(),
             running: 0,
             queue: VecDeque::new(),
             bids_sent: 0,
@@ -204,7 +204,7 @@ impl Worker {
         if finished > config.max_finished_in_memory.saturating_add(4096) {
             return Err(format!("{finished} finished jobs in memory"));
         }
-        let mut per: HashMap<PublicKey, usize> = HashMap::new();
+        let mut per: BTreeMap<PublicKey, usize> = BTreeMap::new();
         for j in self.jobs.values().filter(|j| !j.is_finished()) {
             let n = per.entry(j.requester).or_default();
             *n = n.saturating_add(1);
@@ -508,7 +508,7 @@ impl Worker {
                     output_digest: fleetmesh_crypto::OutputDigest::of(&output),
                     output_size: output.len() as u64,
                     run_time_us: exec.run_time_us,
-                    runtime: crate::executor::runtime_profile(),
+                    runtime: exec.runtime,
                 };
                 #[allow(unused_mut)]
                 let mut signed = header.sign(ctx.identity);

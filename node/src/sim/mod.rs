@@ -1,0 +1,1065 @@
+//! Deterministic simulation of a fleet: many [`Engine`]s (the real state machines with real
+//! signatures and hashes) over a simulated network, disk and clock, in virtual time, driven
+//! by one seed. Anchors: FoundationDB's simulation testing and TigerBeetle's VOPR.
+//!
+//! What is simulated, and how:
+//! * **Network.** Every message (gossip delivery, request, response) takes a random latency
+//!   and may be lost; random latencies reorder messages. A lost request or response gives
+//!   the sender a timeout, as libp2p does, so the sender does not know whether it was
+//!   processed. Gossip goes from the publisher straight to every reachable subscriber (no
+//!   relaying: this models delivery, not gossipsub's mesh).
+//! * **DHT.** One shared record store with the real validation rules; lookups take a latency.
+//! * **Partitions.** The fleet splits in two for a while; both sides see the other side
+//!   disconnect, and messages across are lost.
+//! * **Crashes.** A vehicle stops at a random moment, losing everything but its store (what
+//!   its engine persisted), and restarts later from that store; answers to what it asked
+//!   before the crash are dropped.
+//! * **Clocks.** Each vehicle's clock is off by a fixed random skew.
+//! * **Hostile peers.** Some vehicles also forge results for tasks they were never awarded,
+//!   send awards for tasks nobody bid on and replay old announcements; liars compute wrong
+//!   outputs (each its own, so liars do not agree with one another).
+//! * **Execution.** Outputs are a deterministic function of the input (a stand-in for the
+//!   model), taking a random time.
+//!
+//! After the run it checks properties (see [`SimReport::violations`]): no accepted task lost,
+//! no result accepted twice, every verified task agreed on by a quorum of awarded workers and
+//! correct whenever k ≥ 2, every failure for a reason that holds, every engine map within
+//! its bound, every hostile request refused. A failing seed replays exactly: all randomness
+//! comes from the seed, the engines iterate ordered maps, and events at the same instant run
+//! in the order they were scheduled.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fleetmesh_crypto::{Identity, InputDigest, ModelId, PublicKey, TaskId};
+use fleetmesh_protocol::output::ModelOutput;
+use fleetmesh_protocol::wire::{TaskRequest, TaskResponse};
+use fleetmesh_protocol::Signed;
+use serde::Serialize;
+
+use crate::engine::requester::record_is_valid;
+use crate::engine::{
+    Action, Engine, EngineConfig, ExecOutput, Input, Job, Outgoing, ReqTask, SendFailure, SendTag,
+    SubmitRequest, Table, Topic,
+};
+use crate::state::Phase;
+use crate::trace::timeline::{event, ChainWriter};
+
+/// The virtual clock starts here (Unix ms, 2027-01-15), so deadlines look like real ones.
+const EPOCH_MS: u64 = 1_800_000_000_000;
+/// How often each engine gets a tick, virtual ms.
+const TICK_MS: u64 = 100;
+/// How long a request waits for an answer before the sender sees a timeout.
+const REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Vehicles in the fleet.
+    pub vehicles: usize,
+    /// Tasks submitted.
+    pub tasks: usize,
+    /// The seed everything random is drawn from.
+    pub seed: u64,
+    /// Vehicles that submit tasks (round robin); 0 picks min(10, vehicles).
+    pub requesters: usize,
+    /// Workers per task (k).
+    pub redundancy: u8,
+    /// One-way latency range, ms.
+    pub latency_ms: (u64, u64),
+    /// Chance that any one message is lost, in millionths.
+    pub loss_ppm: u32,
+    /// Partition episodes.
+    pub partitions: u32,
+    /// Crash-and-restart episodes.
+    pub crashes: u32,
+    /// Largest clock skew of a vehicle, ms (each draws one in ±this).
+    pub max_skew_ms: u64,
+    /// Vehicles that also send forged and replayed messages.
+    pub hostile: usize,
+    /// Vehicles that compute wrong outputs.
+    pub liars: usize,
+    /// Time between two submissions, ms.
+    pub submit_interval_ms: u64,
+    /// Execution time range, ms.
+    pub exec_ms: (u64, u64),
+    /// Presence adverts (each costs every vehicle a signature check); off by default above
+    /// 100 vehicles.
+    pub presence: Option<bool>,
+    /// Give up after this much virtual time, ms.
+    pub time_limit_ms: u64,
+    /// Write each vehicle's task timeline here.
+    pub trace_dir: Option<PathBuf>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            vehicles: 20,
+            tasks: 100,
+            seed: 1,
+            requesters: 0,
+            redundancy: 2,
+            latency_ms: (5, 60),
+            loss_ppm: 0,
+            partitions: 0,
+            crashes: 0,
+            max_skew_ms: 0,
+            hostile: 0,
+            liars: 0,
+            submit_interval_ms: 20,
+            exec_ms: (20, 120),
+            presence: None,
+            time_limit_ms: 600_000,
+            trace_dir: None,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The fault mix the CI runs: loss, reordering, partitions, crashes, skew, hostile peers
+    /// and liars, scaled to the fleet.
+    pub fn with_faults(mut self) -> Self {
+        self.loss_ppm = 20_000;
+        self.partitions = 2;
+        self.crashes = 3;
+        self.max_skew_ms = 2_000;
+        self.hostile = (self.vehicles / 10).max(1);
+        self.liars = (self.vehicles / 10).max(1);
+        self
+    }
+}
+
+/// What a run did and what it found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SimReport {
+    /// Vehicles.
+    pub vehicles: usize,
+    /// Tasks accepted by their requesters.
+    pub tasks: usize,
+    /// Tasks verified.
+    pub verified: usize,
+    /// Tasks failed.
+    pub failed: usize,
+    /// Accepted tasks that are neither verified nor failed at the end, or gone.
+    pub lost: usize,
+    /// Results accepted twice (a task verified twice, or a worker receipted twice).
+    pub duplicates_accepted: usize,
+    /// Verified tasks whose output is not the honest one (possible only with k = 1 liars).
+    pub wrong_verified: usize,
+    /// Network messages (gossip deliveries, requests, responses) per accepted task.
+    pub messages_per_task: f64,
+    /// Vehicles whose timeline mentions a task, per task (requester included).
+    pub participants_per_task: f64,
+    /// Failures by reason (numbers stripped).
+    pub failures: BTreeMap<String, usize>,
+    /// Hostile requests sent, and how many a victim accepted (must be 0).
+    pub hostile_sent: usize,
+    /// Hostile requests a victim accepted.
+    pub hostile_accepted: usize,
+    /// Crashes and partitions that happened.
+    pub crashes: u32,
+    /// Partitions.
+    pub partitions: u32,
+    /// Virtual time the run took, s.
+    pub virtual_s: f64,
+    /// Wall time, s.
+    pub wall_s: f64,
+    /// The seed.
+    pub seed: u64,
+    /// Properties that did not hold: empty on a good run.
+    pub violations: Vec<String>,
+}
+
+/// SplitMix64: a tiny generator whose sequence is fixed forever, so a seed replays the same
+/// run on any machine and any later version of the dependencies (a crate's generator may
+/// change its algorithm between releases).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            return lo;
+        }
+        lo + self.next() % (hi - lo + 1)
+    }
+    fn chance_ppm(&mut self, ppm: u32) -> bool {
+        ppm > 0 && self.next() % 1_000_000 < u64::from(ppm)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Honest,
+    Liar,
+    Hostile,
+}
+
+struct Vehicle {
+    identity: Arc<Identity>,
+    key: PublicKey,
+    kind: Kind,
+    engine: Option<Engine>,
+    /// Incarnation: answers to what an earlier incarnation asked are dropped.
+    life: u32,
+    store: BTreeMap<(u8, TaskId), Vec<u8>>,
+    skew: i64,
+    group: u8,
+    trace: Option<ChainWriter<std::io::BufWriter<std::fs::File>>>,
+}
+
+fn table_tag(t: Table) -> u8 {
+    match t {
+        Table::Requests => 0,
+        Table::RequestInputs => 1,
+        Table::Jobs => 2,
+        Table::JobInputs => 3,
+    }
+}
+
+enum Event {
+    Tick(usize),
+    Submit(usize),
+    /// An input for a vehicle; `life` set when it answers something that incarnation did.
+    Deliver { to: usize, life: Option<u32>, input: Input },
+    /// A request arrives; its answer goes back to `from`.
+    Request { to: usize, from: usize, from_life: u32, tag: Option<SendTag>, request: TaskRequest },
+    Crash(usize),
+    Restart(usize),
+    PartitionStart,
+    PartitionEnd,
+    Hostile(usize),
+}
+
+/// The simulation.
+pub struct Sim {
+    config: SimConfig,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Event>,
+    vehicles: Vec<Vehicle>,
+    by_key: BTreeMap<PublicKey, usize>,
+    dht: BTreeMap<Vec<u8>, Vec<u8>>,
+    providers: BTreeMap<Vec<u8>, BTreeSet<PublicKey>>,
+    engine_config: EngineConfig,
+    model: ModelId,
+    requesters: Vec<usize>,
+    submitted: usize,
+    next_id: u64,
+    /// Accepted tasks: id -> (requester, k).
+    accepted: BTreeMap<TaskId, (usize, u8)>,
+    by_peer: BTreeMap<String, usize>,
+    verified_events: BTreeMap<TaskId, usize>,
+    receipts: BTreeMap<(TaskId, PublicKey), usize>,
+    participants: BTreeMap<TaskId, BTreeSet<usize>>,
+    messages: u64,
+    announcements: Vec<Vec<u8>>,
+    hostile_sent: usize,
+    hostile_accepted: usize,
+    crashes: u32,
+    partitions: u32,
+    partitioned: bool,
+    violations: Vec<String>,
+}
+
+/// The honest output for an input: a stand-in for the model, a pure function of the input.
+pub fn honest_output(input: &[u8]) -> Vec<u8> {
+    output_of(blake3::hash(input).as_bytes())
+}
+
+fn output_of(hash: &[u8; 32]) -> Vec<u8> {
+    let data = hash[..10].to_vec();
+    let argmax = data.iter().enumerate().max_by_key(|(i, v)| (**v, std::cmp::Reverse(*i))).map(|(i, _)| i as u32);
+    ModelOutput { dtype: "u8".into(), shape: vec![10], data, argmax }.to_bytes()
+}
+
+impl Sim {
+    /// Builds a fleet for `config`.
+    pub fn new(config: SimConfig) -> Result<Self, String> {
+        if config.vehicles < 2 {
+            return Err("a simulation needs at least 2 vehicles".into());
+        }
+        if config.redundancy == 0 || config.redundancy > fleetmesh_protocol::limits::MAX_REDUNDANCY {
+            return Err(format!("redundancy must be 1 to {}", fleetmesh_protocol::limits::MAX_REDUNDANCY));
+        }
+        if config.hostile + config.liars >= config.vehicles {
+            return Err("hostile vehicles and liars must leave some honest ones".into());
+        }
+        let mut rng = Rng(config.seed ^ 0x5eed_f1ee_75e5_0001);
+        let presence = config.presence.unwrap_or(config.vehicles <= 100);
+        let mut engine_config = EngineConfig::default();
+        engine_config.presence_interval_ms = if presence { 5_000 } else { 0 };
+        engine_config.dht_scan_interval_ms = 5_000;
+        engine_config.tasks.bid_window_ms = 300;
+        engine_config.tasks.exec_timeout_ms = 5_000;
+        engine_config.tasks.deadline_ms = 120_000;
+        engine_config.tasks.redundancy = config.redundancy;
+        let model = crate::digits::model_id();
+        if let Some(dir) = &config.trace_dir {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let mut vehicles = Vec::with_capacity(config.vehicles);
+        for i in 0..config.vehicles {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&rng.next().to_le_bytes());
+            seed[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+            let identity = Arc::new(Identity::from_secret_bytes(&seed));
+            let kind = if i >= config.vehicles - config.hostile {
+                Kind::Hostile
+            } else if i >= config.vehicles - config.hostile - config.liars {
+                Kind::Liar
+            } else {
+                Kind::Honest
+            };
+            let skew = if config.max_skew_ms == 0 {
+                0
+            } else {
+                rng.range(0, 2 * config.max_skew_ms) as i64 - config.max_skew_ms as i64
+            };
+            let trace = match &config.trace_dir {
+                Some(dir) => {
+                    let path = dir.join(format!("vehicle{i:04}.timeline.jsonl"));
+                    let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    let w = ChainWriter::start(std::io::BufWriter::new(f), identity.public().peer_id(), EPOCH_MS * 1_000_000)
+                        .map_err(|e| e.to_string())?;
+                    Some(w)
+                }
+                None => None,
+            };
+            vehicles.push(Vehicle {
+                key: identity.public(),
+                identity,
+                kind,
+                engine: None,
+                life: 0,
+                store: BTreeMap::new(),
+                skew,
+                group: 0,
+                trace,
+            });
+        }
+        let by_key = vehicles.iter().enumerate().map(|(i, v)| (v.key, i)).collect();
+        let by_peer = vehicles.iter().enumerate().map(|(i, v)| (v.key.peer_id(), i)).collect();
+        let n_req = if config.requesters == 0 { config.vehicles.min(10) } else { config.requesters.min(config.vehicles) };
+        // Requesters are honest vehicles, spread over the fleet.
+        let honest: Vec<usize> = (0..config.vehicles).filter(|&i| vehicles[i].kind == Kind::Honest).collect();
+        let requesters = (0..n_req).map(|j| honest[j * honest.len() / n_req]).collect();
+        let mut sim = Self {
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            vehicles,
+            by_key,
+            by_peer,
+            dht: BTreeMap::new(),
+            providers: BTreeMap::new(),
+            engine_config,
+            model,
+            requesters,
+            submitted: 0,
+            next_id: 0,
+            accepted: BTreeMap::new(),
+            verified_events: BTreeMap::new(),
+            receipts: BTreeMap::new(),
+            participants: BTreeMap::new(),
+            messages: 0,
+            announcements: Vec::new(),
+            hostile_sent: 0,
+            hostile_accepted: 0,
+            crashes: 0,
+            partitions: 0,
+            partitioned: false,
+            violations: Vec::new(),
+            config,
+        };
+        sim.boot();
+        Ok(sim)
+    }
+
+    fn schedule(&mut self, at: u64, e: Event) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), e);
+    }
+
+    fn local_now(&self, i: usize) -> u64 {
+        let t = EPOCH_MS as i64 + self.now as i64 + self.vehicles[i].skew;
+        t.max(0) as u64
+    }
+
+    fn latency(&mut self) -> u64 {
+        let (lo, hi) = self.config.latency_ms;
+        self.rng.range(lo, hi)
+    }
+
+    fn reachable(&self, a: usize, b: usize) -> bool {
+        a != b
+            && self.vehicles[a].engine.is_some()
+            && self.vehicles[b].engine.is_some()
+            && self.vehicles[a].group == self.vehicles[b].group
+    }
+
+    fn boot(&mut self) {
+        let n = self.vehicles.len();
+        for i in 0..n {
+            self.start(i, false);
+        }
+        for i in 0..n {
+            let jitter = self.rng.range(0, TICK_MS);
+            self.schedule(jitter, Event::Tick(i));
+        }
+        let span = self.config.submit_interval_ms.saturating_mul(self.config.tasks as u64);
+        for t in 0..self.config.tasks {
+            let at = 1_000 + self.config.submit_interval_ms * t as u64;
+            let req = self.requesters[t % self.requesters.len()];
+            self.schedule(at, Event::Submit(req));
+        }
+        // Faults happen while tasks are in flight.
+        let window = span.max(5_000) + 5_000;
+        for _ in 0..self.config.crashes {
+            let at = 1_000 + self.rng.range(0, window);
+            let who = self.rng.range(0, n as u64 - 1) as usize;
+            self.schedule(at, Event::Crash(who));
+        }
+        for p in 0..self.config.partitions {
+            let at = 1_000 + self.rng.range(0, window) + u64::from(p) * 100;
+            self.schedule(at, Event::PartitionStart);
+        }
+        for i in 0..n {
+            if self.vehicles[i].kind == Kind::Hostile {
+                let at = 1_500 + self.rng.range(0, 500);
+                self.schedule(at, Event::Hostile(i));
+            }
+        }
+    }
+
+    /// Starts (or restarts) vehicle `i` from its store.
+    fn start(&mut self, i: usize, restart: bool) {
+        let now = self.local_now(i);
+        let v = &mut self.vehicles[i];
+        v.life += 1;
+        let mut engine = Engine::new(v.identity.clone(), self.engine_config.clone(), BTreeSet::from([self.model]), now);
+        let mut reqs = Vec::new();
+        let mut jobs = Vec::new();
+        for ((table, key), bytes) in &v.store {
+            match *table {
+                0 => {
+                    if let Ok(t) = fleetmesh_protocol::decode::<ReqTask>(bytes, usize::MAX) {
+                        reqs.push((*key, t));
+                    }
+                }
+                2 => {
+                    if let Ok(j) = fleetmesh_protocol::decode::<Job>(bytes, usize::MAX) {
+                        jobs.push((*key, j));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let actions = engine.restore(now, reqs, jobs);
+        v.engine = Some(engine);
+        self.perform(i, actions);
+        // Connections: everyone reachable sees the vehicle (again), and it sees them.
+        let n = self.vehicles.len();
+        for j in 0..n {
+            if self.reachable(i, j) {
+                self.input(i, Input::Connected(self.vehicles[j].key));
+                if restart {
+                    self.input(j, Input::Connected(self.vehicles[i].key));
+                }
+            }
+        }
+    }
+
+    /// Feeds `input` to vehicle `i` now and performs what it returns.
+    fn input(&mut self, i: usize, input: Input) {
+        let now = self.local_now(i);
+        let Some(engine) = self.vehicles[i].engine.as_mut() else { return };
+        let actions = engine.handle(now, input);
+        self.perform(i, actions);
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn perform(&mut self, i: usize, actions: Vec<Action>) {
+        let life = self.vehicles[i].life;
+        for action in actions {
+            match action {
+                Action::Persist(ops) => {
+                    let store = &mut self.vehicles[i].store;
+                    for op in ops {
+                        let k = (table_tag(op.table), op.key);
+                        match op.value {
+                            Some(v) => {
+                                store.insert(k, v);
+                            }
+                            None => {
+                                store.remove(&k);
+                            }
+                        }
+                    }
+                }
+                Action::Reply { .. } | Action::Validate { .. } | Action::Count(_) => {}
+                Action::Send { to, request, tag } => {
+                    let Some(&j) = self.by_key.get(&to) else { continue };
+                    let request = match request {
+                        Outgoing::Request(r) => r,
+                        Outgoing::Award { spec, award, task } => {
+                            match self.vehicles[i].store.get(&(table_tag(Table::RequestInputs), task)) {
+                                Some(input) => TaskRequest::Award { spec, award, input: input.clone() },
+                                None => {
+                                    let input = Input::Response {
+                                        tag,
+                                        peer: to,
+                                        result: Err(SendFailure::InputMissing("no such record".into())),
+                                    };
+                                    let at = self.now;
+                                    self.schedule(at, Event::Deliver { to: i, life: Some(life), input });
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    self.send_request(i, j, Some(tag), request);
+                }
+                Action::Publish { topic, data, announce } => {
+                    if topic == Topic::Tasks && self.announcements.len() < 4096 {
+                        self.announcements.push(data.clone());
+                    }
+                    let ok = self.broadcast(i, topic, &data);
+                    if let Some((task, round)) = announce {
+                        let at = self.now;
+                        self.schedule(at, Event::Deliver { to: i, life: Some(life), input: Input::Published { task, round, ok } });
+                    }
+                }
+                Action::PutRecord { key, value } => {
+                    if record_is_valid(&key, &value) {
+                        self.dht.insert(key, value);
+                    }
+                }
+                Action::Provide { key } => {
+                    let me = self.vehicles[i].key;
+                    self.providers.entry(key).or_default().insert(me);
+                }
+                Action::GetRecord { key, lookup } => {
+                    let value = self.dht.get(&key).cloned();
+                    let at = self.now + 2 * self.latency();
+                    self.schedule(at, Event::Deliver { to: i, life: Some(life), input: Input::Record { lookup, value } });
+                }
+                Action::GetProviders { model } => {
+                    let key = fleetmesh_protocol::ids::model_provider_key(&model);
+                    let providers: Vec<PublicKey> =
+                        self.providers.get(&key).map(|s| s.iter().copied().collect()).unwrap_or_default();
+                    let at = self.now + 2 * self.latency();
+                    let input = Input::Providers { model, providers, last: true };
+                    self.schedule(at, Event::Deliver { to: i, life: Some(life), input });
+                }
+                Action::Execute { task, model: _ } => {
+                    let result = match self.vehicles[i].store.get(&(table_tag(Table::JobInputs), task)) {
+                        Some(input) => {
+                            let output = match self.vehicles[i].kind {
+                                Kind::Liar => {
+                                    let mut h = blake3::Hasher::new();
+                                    h.update(input);
+                                    h.update(&self.vehicles[i].key.to_bytes());
+                                    output_of(h.finalize().as_bytes())
+                                }
+                                _ => honest_output(input),
+                            };
+                            let (lo, hi) = self.config.exec_ms;
+                            let us = self.rng.range(lo, hi) * 1000;
+                            Ok(ExecOutput {
+                                output,
+                                run_time_us: us,
+                                runtime: fleetmesh_protocol::RuntimeProfile { engine: "sim".into(), isa: String::new() },
+                            })
+                        }
+                        None => Err("input missing from the store".to_owned()),
+                    };
+                    let took = result.as_ref().map_or(0, |r| r.run_time_us / 1000);
+                    let at = self.now + took;
+                    self.schedule(at, Event::Deliver { to: i, life: Some(life), input: Input::Executed { task, result } });
+                }
+                Action::Trace(r) => {
+                    if let Some(task) = r.task.as_ref().and_then(|t| t.parse::<TaskId>().ok()) {
+                        self.participants.entry(task).or_default().insert(i);
+                        if r.event == event::RECEIPT_SENT {
+                            if let Some(peer) = &r.peer {
+                                if let Some(&w) = self.by_peer.get(peer) {
+                                    let key = self.vehicles[w].key;
+                                    *self.receipts.entry((task, key)).or_default() += 1;
+                                }
+                            }
+                        }
+                        if r.event == event::VERIFIED {
+                            *self.verified_events.entry(task).or_default() += 1;
+                        }
+                    }
+                    let ts = self.local_now(i).saturating_mul(1_000_000);
+                    if let Some(w) = self.vehicles[i].trace.as_mut() {
+                        let _ = w.append(*r, ts);
+                    }
+                }
+                Action::Submitted { result, .. } => {
+                    if let Ok(task) = result {
+                        if let Some(t) = self.vehicles[i].engine.as_ref().and_then(|e| e.requester.get(&task)) {
+                            self.accepted.insert(task, (i, t.spec.redundancy));
+                        }
+                    }
+                }
+                Action::Finished(_) => {}
+            }
+        }
+    }
+
+    fn send_request(&mut self, from: usize, to: usize, tag: Option<SendTag>, request: TaskRequest) {
+        self.messages += 1;
+        let life = self.vehicles[from].life;
+        let lost = self.rng.chance_ppm(self.config.loss_ppm);
+        if !self.reachable(from, to) || lost {
+            if let Some(tag) = tag {
+                let peer = self.vehicles[to].key;
+                let input = Input::Response { tag, peer, result: Err(SendFailure::Network("timed out".into())) };
+                let at = self.now + REQUEST_TIMEOUT_MS;
+                self.schedule(at, Event::Deliver { to: from, life: Some(life), input });
+            }
+            return;
+        }
+        let at = self.now + self.latency();
+        self.schedule(at, Event::Request { to, from, from_life: life, tag, request });
+    }
+
+    fn broadcast(&mut self, from: usize, topic: Topic, data: &[u8]) -> bool {
+        let author = self.vehicles[from].key;
+        let mut any = false;
+        for j in 0..self.vehicles.len() {
+            if !self.reachable(from, j) {
+                continue;
+            }
+            any = true;
+            self.messages += 1;
+            if self.rng.chance_ppm(self.config.loss_ppm) {
+                continue;
+            }
+            let msg = self.id();
+            let at = self.now + self.latency();
+            let input = Input::Gossip { msg, topic, author: Some(author), data: data.to_vec() };
+            self.schedule(at, Event::Deliver { to: j, life: None, input });
+        }
+        any
+    }
+
+    fn on_request(&mut self, to: usize, from: usize, from_life: u32, tag: Option<SendTag>, request: TaskRequest) {
+        if self.vehicles[to].engine.is_none() {
+            if let Some(tag) = tag {
+                let peer = self.vehicles[to].key;
+                let input = Input::Response { tag, peer, result: Err(SendFailure::Network("connection refused".into())) };
+                let at = self.now + self.latency();
+                self.schedule(at, Event::Deliver { to: from, life: Some(from_life), input });
+            }
+            return;
+        }
+        let now = self.local_now(to);
+        let reply = self.id();
+        let from_key = self.vehicles[from].key;
+        let Some(engine) = self.vehicles[to].engine.as_mut() else { return };
+        let actions = engine.handle(now, Input::Request { reply, from: from_key, request });
+        let response = actions.iter().find_map(|a| match a {
+            Action::Reply { reply: r, response } if *r == reply => Some(response.clone()),
+            _ => None,
+        });
+        self.perform(to, actions);
+        let Some(response) = response else {
+            self.violations.push(format!("vehicle {to} did not answer a request"));
+            return;
+        };
+        match tag {
+            Some(tag) => {
+                self.messages += 1;
+                let lost = self.rng.chance_ppm(self.config.loss_ppm) || !self.reachable(from, to);
+                let peer = self.vehicles[to].key;
+                let (at, result) = if lost {
+                    (self.now + REQUEST_TIMEOUT_MS, Err(SendFailure::Network("timed out".into())))
+                } else {
+                    (self.now + self.latency(), Ok(response))
+                };
+                self.schedule(at, Event::Deliver { to: from, life: Some(from_life), input: Input::Response { tag, peer, result } });
+            }
+            // A hostile request: the victim must refuse it.
+            None => {
+                let accepted = matches!(response, TaskResponse::Ack | TaskResponse::Receipt(_) | TaskResponse::Pending);
+                if accepted {
+                    self.hostile_accepted += 1;
+                    self.violations.push(format!("vehicle {to} accepted a hostile request: {response:?}"));
+                }
+            }
+        }
+    }
+
+    fn hostile_act(&mut self, i: usize) {
+        if self.vehicles[i].engine.is_none() {
+            return;
+        }
+        let n = self.vehicles.len();
+        let identity = self.vehicles[i].identity.clone();
+        let victim = self.rng.range(0, n as u64 - 1) as usize;
+        match self.rng.next() % 3 {
+            // A result for a task this vehicle was never awarded.
+            0 => {
+                let tasks: Vec<(TaskId, usize)> = self.accepted.iter().map(|(t, (r, _))| (*t, *r)).collect();
+                if tasks.is_empty() {
+                    return;
+                }
+                let (task, requester) = tasks[self.rng.range(0, tasks.len() as u64 - 1) as usize];
+                let awarded = self.vehicles[requester]
+                    .engine
+                    .as_ref()
+                    .and_then(|e| e.requester.get(&task))
+                    .is_some_and(|t| t.assignments.iter().any(|a| a.worker == identity.public()));
+                if awarded || requester == i {
+                    return;
+                }
+                let output = vec![0xee; 16];
+                let header = fleetmesh_protocol::ResultHeader {
+                    v: fleetmesh_protocol::WIRE_VERSION,
+                    task_id: task,
+                    input_digest: InputDigest::of(b"forged"),
+                    model: self.model,
+                    output_digest: fleetmesh_crypto::OutputDigest::of(&output),
+                    output_size: output.len() as u64,
+                    run_time_us: 1,
+                    runtime: Default::default(),
+                }
+                .sign(&identity);
+                self.hostile_sent += 1;
+                self.send_request(i, requester, None, TaskRequest::Result { task_id: task, header, output });
+            }
+            // An award (with a 1 KiB input) for a task the victim never bid on.
+            1 => {
+                if victim == i {
+                    return;
+                }
+                let input = vec![7u8; 1024];
+                let nonce = self.rng.next();
+                let spec = fleetmesh_protocol::TaskSpec {
+                    v: fleetmesh_protocol::WIRE_VERSION,
+                    model: self.model,
+                    input_digest: InputDigest::of(&input),
+                    input_size: input.len() as u64,
+                    redundancy: 1,
+                    max_price: u64::MAX,
+                    created_ms: 0,
+                    bid_window_ms: 100,
+                    exec_timeout_ms: u32::MAX,
+                    deadline_ms: u64::MAX,
+                    nonce,
+                }
+                .sign(&identity);
+                let award = fleetmesh_protocol::Award {
+                    v: fleetmesh_protocol::WIRE_VERSION,
+                    task_id: fleetmesh_protocol::task_id_of(&spec),
+                    round: 0,
+                    bid_set: Vec::new(),
+                    bid_root: None,
+                    bid_count: 0,
+                    winners: vec![self.vehicles[victim].key],
+                    result_deadline_ms: u64::MAX,
+                }
+                .sign(&identity);
+                self.hostile_sent += 1;
+                self.send_request(i, victim, None, TaskRequest::Award { spec, award, input });
+            }
+            // An old announcement, published again.
+            _ => {
+                if self.announcements.is_empty() {
+                    return;
+                }
+                let k = self.rng.range(0, self.announcements.len() as u64 - 1) as usize;
+                let data = self.announcements[k].clone();
+                self.hostile_sent += 1;
+                self.broadcast(i, Topic::Tasks, &data);
+            }
+        }
+    }
+
+    fn submit(&mut self, i: usize) {
+        if self.submitted >= self.config.tasks {
+            return;
+        }
+        self.submitted += 1;
+        let n = self.submitted as u64;
+        let mut input = vec![0u8; 64];
+        input[..8].copy_from_slice(&n.to_le_bytes());
+        input[8..16].copy_from_slice(&self.rng.next().to_le_bytes());
+        let request = SubmitRequest { input, ..SubmitRequest::default() };
+        let nonce = self.rng.next();
+        let call = self.id();
+        self.input(i, Input::Submit { call, request, nonce });
+    }
+
+    fn crash(&mut self, i: usize) {
+        if self.vehicles[i].engine.take().is_none() {
+            return;
+        }
+        self.crashes += 1;
+        let key = self.vehicles[i].key;
+        for j in 0..self.vehicles.len() {
+            if j != i && self.vehicles[j].group == self.vehicles[i].group {
+                self.input(j, Input::Disconnected(key));
+            }
+        }
+        let at = self.now + self.rng.range(2_000, 15_000);
+        self.schedule(at, Event::Restart(i));
+    }
+
+    fn set_partition(&mut self, on: bool) {
+        if on == self.partitioned {
+            return;
+        }
+        let n = self.vehicles.len();
+        let before: Vec<u8> = self.vehicles.iter().map(|v| v.group).collect();
+        for i in 0..n {
+            self.vehicles[i].group = if on { (self.rng.next() % 2) as u8 } else { 0 };
+        }
+        self.partitioned = on;
+        if on {
+            self.partitions += 1;
+            let at = self.now + self.rng.range(3_000, 20_000);
+            self.schedule(at, Event::PartitionEnd);
+        }
+        for a in 0..n {
+            for b in 0..n {
+                if a == b || self.vehicles[a].engine.is_none() || self.vehicles[b].engine.is_none() {
+                    continue;
+                }
+                let was = before[a] == before[b];
+                let is = self.vehicles[a].group == self.vehicles[b].group;
+                if was && !is {
+                    self.input(a, Input::Disconnected(self.vehicles[b].key));
+                } else if !was && is {
+                    self.input(a, Input::Connected(self.vehicles[b].key));
+                }
+            }
+        }
+    }
+
+    fn all_done(&self) -> bool {
+        self.submitted >= self.config.tasks
+            && self.accepted.iter().all(|(task, (r, _))| {
+                self.vehicles[*r].engine.as_ref().and_then(|e| e.requester.get(task)).is_some_and(|t| t.phase.is_terminal())
+            })
+    }
+
+    /// Runs until every accepted task is finished (or the time limit), then checks the
+    /// properties.
+    pub fn run(mut self) -> SimReport {
+        let started = std::time::Instant::now();
+        let mut steps: u64 = 0;
+        while let Some(((at, _), event)) = self.queue.pop_first() {
+            if at > self.config.time_limit_ms {
+                break;
+            }
+            self.now = at;
+            match event {
+                Event::Tick(i) => {
+                    self.input(i, Input::Tick);
+                    let at = self.now + TICK_MS;
+                    self.schedule(at, Event::Tick(i));
+                    steps += 1;
+                    if steps % 50_000 == 0 {
+                        self.check_bounds();
+                    }
+                    if i == 0 && self.all_done() {
+                        break;
+                    }
+                }
+                Event::Submit(i) => self.submit(i),
+                Event::Deliver { to, life, input } => {
+                    if life.is_none_or(|l| l == self.vehicles[to].life) {
+                        self.input(to, input);
+                    }
+                }
+                Event::Request { to, from, from_life, tag, request } => self.on_request(to, from, from_life, tag, request),
+                Event::Crash(i) => self.crash(i),
+                Event::Restart(i) => {
+                    if self.vehicles[i].engine.is_none() {
+                        self.start(i, true);
+                    }
+                }
+                Event::PartitionStart => self.set_partition(true),
+                Event::PartitionEnd => self.set_partition(false),
+                Event::Hostile(i) => {
+                    self.hostile_act(i);
+                    let at = self.now + self.rng.range(200, 1_000);
+                    if self.submitted < self.config.tasks || !self.all_done() {
+                        self.schedule(at, Event::Hostile(i));
+                    }
+                }
+            }
+        }
+        self.finish(started.elapsed().as_secs_f64())
+    }
+
+    fn check_bounds(&mut self) {
+        for (i, v) in self.vehicles.iter().enumerate() {
+            if let Some(e) = &v.engine {
+                if let Err(why) = e.check_bounds() {
+                    let msg = format!("vehicle {i}: {why}");
+                    if !self.violations.contains(&msg) {
+                        self.violations.push(msg);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(mut self, wall_s: f64) -> SimReport {
+        self.check_bounds();
+        let mut r = SimReport {
+            vehicles: self.vehicles.len(),
+            tasks: self.accepted.len(),
+            seed: self.config.seed,
+            crashes: self.crashes,
+            partitions: self.partitions,
+            hostile_sent: self.hostile_sent,
+            hostile_accepted: self.hostile_accepted,
+            virtual_s: self.now as f64 / 1000.0,
+            wall_s,
+            ..SimReport::default()
+        };
+        let quorum_of = fleetmesh_protocol::verify::quorum;
+        let accepted = std::mem::take(&mut self.accepted);
+        for (task, (req, k)) in &accepted {
+            let v = &self.vehicles[*req];
+            let t = v.engine.as_ref().and_then(|e| e.requester.get(task).cloned()).or_else(|| {
+                v.store.get(&(0, *task)).and_then(|b| fleetmesh_protocol::decode::<ReqTask>(b, usize::MAX).ok())
+            });
+            let Some(t) = t else {
+                r.lost += 1;
+                self.violations.push(format!("task {task} accepted by vehicle {req} is gone"));
+                continue;
+            };
+            match t.phase {
+                Phase::Verified => {
+                    r.verified += 1;
+                    let Some((digest, workers)) = &t.verified else {
+                        self.violations.push(format!("task {task} verified without a digest"));
+                        continue;
+                    };
+                    if workers.len() < quorum_of(*k) {
+                        self.violations.push(format!("task {task} verified by {} workers, quorum {}", workers.len(), quorum_of(*k)));
+                    }
+                    for w in workers {
+                        if !t.assignments.iter().any(|a| a.worker == *w) {
+                            self.violations.push(format!("task {task} verified by a worker never awarded"));
+                        }
+                    }
+                    // The honest output of the requester's own input.
+                    let honest = v
+                        .store
+                        .get(&(1, *task))
+                        .map(|input| fleetmesh_crypto::OutputDigest::of(&honest_output(input)));
+                    if honest.as_ref() != Some(digest) {
+                        r.wrong_verified += 1;
+                        if *k >= 2 {
+                            self.violations.push(format!("task {task} (k = {k}) verified a wrong output"));
+                        }
+                    }
+                }
+                Phase::Failed => {
+                    r.failed += 1;
+                    let reason = t.failure.clone().unwrap_or_default();
+                    let truthful = if reason.starts_with("deadline passed") {
+                        t.times.finished_ms >= t.spec.deadline_ms
+                    } else if reason.starts_with("no valid bids in ") {
+                        reason
+                            .trim_start_matches("no valid bids in ")
+                            .split(' ')
+                            .next()
+                            .and_then(|n| n.parse::<u32>().ok())
+                            == Some(self.engine_config.tasks.max_rounds)
+                    } else if reason.starts_with("gave up after ") {
+                        t.assignments.len() >= usize::from(*k) + crate::engine::requester::MAX_EXTRA_WORKERS
+                    } else {
+                        reason.starts_with("the task input is missing")
+                    };
+                    if !truthful {
+                        self.violations.push(format!("task {task} failed with an untrue reason: {reason}"));
+                    }
+                    let key: String = reason.chars().map(|c| if c.is_ascii_digit() { 'N' } else { c }).collect();
+                    *r.failures.entry(key).or_default() += 1;
+                }
+                Phase::Bidding | Phase::Running => {
+                    r.lost += 1;
+                    self.violations.push(format!("task {task} still {:?} at the end", t.phase));
+                }
+            }
+        }
+        for (task, n) in &self.verified_events {
+            if *n > 1 {
+                r.duplicates_accepted += 1;
+                self.violations.push(format!("task {task} verified {n} times"));
+            }
+        }
+        for ((task, worker), n) in &self.receipts {
+            if *n > 1 {
+                r.duplicates_accepted += 1;
+                self.violations.push(format!("task {task}: worker {} receipted {n} times", worker.fmt_short()));
+            }
+        }
+        if r.tasks > 0 {
+            r.messages_per_task = self.messages as f64 / r.tasks as f64;
+            let parts: usize = accepted.keys().map(|t| self.participants.get(t).map_or(0, BTreeSet::len)).sum();
+            r.participants_per_task = parts as f64 / r.tasks as f64;
+        }
+        if self.submitted < self.config.tasks {
+            self.violations.push(format!("only {} of {} tasks were submitted before the time limit", self.submitted, self.config.tasks));
+        }
+        let end = EPOCH_MS.saturating_add(self.now).saturating_mul(1_000_000);
+        for v in &mut self.vehicles {
+            if let Some(w) = v.trace.as_mut() {
+                let _ = w.head(&v.identity, 0, 0, true, end);
+                let _ = w.flush();
+            }
+        }
+        r.violations = self.violations;
+        r
+    }
+}
+
+/// Runs one simulation.
+pub fn run(config: SimConfig) -> Result<SimReport, String> {
+    Ok(Sim::new(config)?.run())
+}
+
+impl SimReport {
+    /// A short human summary.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "fleetmesh sim: seed {}, {} vehicles, {} tasks\n  verified {}  failed {}  lost {}  duplicates accepted {}  wrong verified {}\n  messages/task {:.1}  participants/task {:.1}  crashes {}  partitions {}  hostile requests {} (accepted {})\n  virtual {:.1} s  wall {:.2} s\n",
+            self.seed, self.vehicles, self.tasks, self.verified, self.failed, self.lost, self.duplicates_accepted,
+            self.wrong_verified, self.messages_per_task, self.participants_per_task, self.crashes, self.partitions,
+            self.hostile_sent, self.hostile_accepted, self.virtual_s, self.wall_s
+        );
+        for (reason, n) in &self.failures {
+            s.push_str(&format!("  failed x{n}: {reason}\n"));
+        }
+        for v in &self.violations {
+            s.push_str(&format!("  VIOLATION: {v}\n"));
+        }
+        s
+    }
+}
