@@ -836,3 +836,6 @@ fn on_request(
 pub(crate) fn record(event: &str, task: &TaskId) -> TaskRecord {
     TaskRecord::about(event, task)
 }
+
+#[cfg(test)]
+mod tests;

@@ -43,6 +43,8 @@ pub const MAX_EXTRA_WORKERS: usize = 6;
 pub const MAX_BIDS_PER_ROUND: usize = 256;
 /// Receipts of finished tasks that left memory, kept to answer workers that re-send.
 pub const MAX_CLOSED_REMEMBERED: usize = 4096;
+/// After an announcement reached no peer, wait this long before the next try, ms.
+pub const ANNOUNCE_RETRY_MS: u64 = 500;
 /// Longest deadline a user may ask for, ms (one week).
 pub const MAX_DEADLINE_MS: u64 = 7 * 24 * 3600 * 1000;
 
@@ -132,6 +134,9 @@ pub struct ReqTask {
     /// An announcement is being published (waiting for [`super::Input::Published`]).
     #[serde(skip)]
     pub announce_in_flight: bool,
+    /// After a publish that reached nobody, the next try is not before this (Unix ms).
+    #[serde(skip)]
+    pub next_announce_ms: u64,
 }
 
 impl ReqTask {
@@ -384,6 +389,7 @@ impl Requester {
             times: Timings { submitted_ms: now, ..Timings::default() },
             announce_pending: true,
             announce_in_flight: false,
+            next_announce_ms: 0,
         };
         ctx.push(Action::Persist(vec![
             StoreOp { table: Table::RequestInputs, key: id, value: Some(req.input) },
@@ -440,7 +446,9 @@ impl Requester {
         if t.phase != Phase::Bidding || !t.announce_pending {
             return;
         }
-        if ok {
+        if !ok {
+            t.next_announce_ms = ctx.now.saturating_add(ANNOUNCE_RETRY_MS);
+        } else {
             t.announce_pending = false;
             if t.times.announced_ms == 0 {
                 t.times.announced_ms = ctx.now;
@@ -895,10 +903,10 @@ impl Requester {
                 continue;
             }
             match t.phase {
-                Phase::Bidding if t.announce_pending => {
-                    // Nobody has heard this round yet: try again; the window has not started.
-                    self.announce(ctx, &id);
-                }
+                // Nobody has heard this round yet: its window has not started. Try again
+                // once the retry delay has passed.
+                Phase::Bidding if t.announce_pending && now < t.next_announce_ms => {}
+                Phase::Bidding if t.announce_pending => self.announce(ctx, &id),
                 Phase::Bidding if now >= t.bid_deadline_ms || self.round_can_close_early(ctx, &id) => {
                     self.close_round(ctx, &id);
                 }
@@ -969,7 +977,8 @@ impl Requester {
 
     /// Rewrites the stale open-tasks records (called from the tick, at most twice a second).
     pub(crate) fn flush_open_tasks(&mut self, ctx: &mut Ctx<'_>) {
-        let models: Vec<fleetmesh_crypto::ModelId> = std::mem::take(&mut self.open_dirty).into_iter().collect();
+        let models: Vec<fleetmesh_crypto::ModelId> =
+            std::mem::take(&mut self.open_dirty).into_iter().collect();
         for model in models {
             let mut open: Vec<OpenTask> = self
                 .tasks

@@ -230,9 +230,19 @@ enum Event {
     Tick(usize),
     Submit(usize),
     /// An input for a vehicle; `life` set when it answers something that incarnation did.
-    Deliver { to: usize, life: Option<u32>, input: Input },
+    Deliver {
+        to: usize,
+        life: Option<u32>,
+        input: Input,
+    },
     /// A request arrives; its answer goes back to `from`.
-    Request { to: usize, from: usize, from_life: u32, tag: Option<SendTag>, request: TaskRequest },
+    Request {
+        to: usize,
+        from: usize,
+        from_life: u32,
+        tag: Option<SendTag>,
+        request: TaskRequest,
+    },
     Crash(usize),
     Restart(usize),
     PartitionStart,
@@ -279,7 +289,8 @@ pub fn honest_output(input: &[u8]) -> Vec<u8> {
 
 fn output_of(hash: &[u8; 32]) -> Vec<u8> {
     let data = hash[..10].to_vec();
-    let argmax = data.iter().enumerate().max_by_key(|(i, v)| (**v, std::cmp::Reverse(*i))).map(|(i, _)| i as u32);
+    let argmax =
+        data.iter().enumerate().max_by_key(|(i, v)| (**v, std::cmp::Reverse(*i))).map(|(i, _)| i as u32);
     ModelOutput { dtype: "u8".into(), shape: vec![10], data, argmax }.to_bytes()
 }
 
@@ -297,9 +308,11 @@ impl Sim {
         }
         let mut rng = Rng(config.seed ^ 0x5eed_f1ee_75e5_0001);
         let presence = config.presence.unwrap_or(config.vehicles <= 100);
-        let mut engine_config = EngineConfig::default();
-        engine_config.presence_interval_ms = if presence { 5_000 } else { 0 };
-        engine_config.dht_scan_interval_ms = 5_000;
+        let mut engine_config = EngineConfig {
+            presence_interval_ms: if presence { 5_000 } else { 0 },
+            dht_scan_interval_ms: 5_000,
+            ..EngineConfig::default()
+        };
         engine_config.tasks.bid_window_ms = 300;
         engine_config.tasks.exec_timeout_ms = 5_000;
         engine_config.tasks.deadline_ms = 120_000;
@@ -330,8 +343,12 @@ impl Sim {
                 Some(dir) => {
                     let path = dir.join(format!("vehicle{i:04}.timeline.jsonl"));
                     let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                    let w = ChainWriter::start(std::io::BufWriter::new(f), identity.public().peer_id(), EPOCH_MS * 1_000_000)
-                        .map_err(|e| e.to_string())?;
+                    let w = ChainWriter::start(
+                        std::io::BufWriter::new(f),
+                        identity.public().peer_id(),
+                        EPOCH_MS * 1_000_000,
+                    )
+                    .map_err(|e| e.to_string())?;
                     Some(w)
                 }
                 None => None,
@@ -350,7 +367,11 @@ impl Sim {
         }
         let by_key = vehicles.iter().enumerate().map(|(i, v)| (v.key, i)).collect();
         let by_peer = vehicles.iter().enumerate().map(|(i, v)| (v.key.peer_id(), i)).collect();
-        let n_req = if config.requesters == 0 { config.vehicles.min(10) } else { config.requesters.min(config.vehicles) };
+        let n_req = if config.requesters == 0 {
+            config.vehicles.min(10)
+        } else {
+            config.requesters.min(config.vehicles)
+        };
         // Requesters are honest vehicles, spread over the fleet.
         let honest: Vec<usize> = (0..config.vehicles).filter(|&i| vehicles[i].kind == Kind::Honest).collect();
         let requesters = (0..n_req).map(|j| honest[j * honest.len() / n_req]).collect();
@@ -448,7 +469,8 @@ impl Sim {
         let now = self.local_now(i);
         let v = &mut self.vehicles[i];
         v.life += 1;
-        let mut engine = Engine::new(v.identity.clone(), self.engine_config.clone(), BTreeSet::from([self.model]), now);
+        let mut engine =
+            Engine::new(v.identity.clone(), self.engine_config.clone(), BTreeSet::from([self.model]), now);
         let mut reqs = Vec::new();
         let mut jobs = Vec::new();
         for ((table, key), bytes) in &v.store {
@@ -542,7 +564,14 @@ impl Sim {
                     let ok = self.broadcast(i, topic, &data);
                     if let Some((task, round)) = announce {
                         let at = self.now;
-                        self.schedule(at, Event::Deliver { to: i, life: Some(life), input: Input::Published { task, round, ok } });
+                        self.schedule(
+                            at,
+                            Event::Deliver {
+                                to: i,
+                                life: Some(life),
+                                input: Input::Published { task, round, ok },
+                            },
+                        );
                     }
                 }
                 Action::PutRecord { key, value } => {
@@ -557,7 +586,10 @@ impl Sim {
                 Action::GetRecord { key, lookup } => {
                     let value = self.dht.get(&key).cloned();
                     let at = self.now + 2 * self.latency();
-                    self.schedule(at, Event::Deliver { to: i, life: Some(life), input: Input::Record { lookup, value } });
+                    self.schedule(
+                        at,
+                        Event::Deliver { to: i, life: Some(life), input: Input::Record { lookup, value } },
+                    );
                 }
                 Action::GetProviders { model } => {
                     let key = fleetmesh_protocol::ids::model_provider_key(&model);
@@ -584,14 +616,20 @@ impl Sim {
                             Ok(ExecOutput {
                                 output,
                                 run_time_us: us,
-                                runtime: fleetmesh_protocol::RuntimeProfile { engine: "sim".into(), isa: String::new() },
+                                runtime: fleetmesh_protocol::RuntimeProfile {
+                                    engine: "sim".into(),
+                                    isa: String::new(),
+                                },
                             })
                         }
                         None => Err("input missing from the store".to_owned()),
                     };
                     let took = result.as_ref().map_or(0, |r| r.run_time_us / 1000);
                     let at = self.now + took;
-                    self.schedule(at, Event::Deliver { to: i, life: Some(life), input: Input::Executed { task, result } });
+                    self.schedule(
+                        at,
+                        Event::Deliver { to: i, life: Some(life), input: Input::Executed { task, result } },
+                    );
                 }
                 Action::Trace(r) => {
                     if let Some(task) = r.task.as_ref().and_then(|t| t.parse::<TaskId>().ok()) {
@@ -615,7 +653,8 @@ impl Sim {
                 }
                 Action::Submitted { result, .. } => {
                     if let Ok(task) = result {
-                        if let Some(t) = self.vehicles[i].engine.as_ref().and_then(|e| e.requester.get(&task)) {
+                        if let Some(t) = self.vehicles[i].engine.as_ref().and_then(|e| e.requester.get(&task))
+                        {
                             self.accepted.insert(task, (i, t.spec.redundancy));
                         }
                     }
@@ -632,7 +671,8 @@ impl Sim {
         if !self.reachable(from, to) || lost {
             if let Some(tag) = tag {
                 let peer = self.vehicles[to].key;
-                let input = Input::Response { tag, peer, result: Err(SendFailure::Network("timed out".into())) };
+                let input =
+                    Input::Response { tag, peer, result: Err(SendFailure::Network("timed out".into())) };
                 let at = self.now + REQUEST_TIMEOUT_MS;
                 self.schedule(at, Event::Deliver { to: from, life: Some(life), input });
             }
@@ -662,11 +702,22 @@ impl Sim {
         any
     }
 
-    fn on_request(&mut self, to: usize, from: usize, from_life: u32, tag: Option<SendTag>, request: TaskRequest) {
+    fn on_request(
+        &mut self,
+        to: usize,
+        from: usize,
+        from_life: u32,
+        tag: Option<SendTag>,
+        request: TaskRequest,
+    ) {
         if self.vehicles[to].engine.is_none() {
             if let Some(tag) = tag {
                 let peer = self.vehicles[to].key;
-                let input = Input::Response { tag, peer, result: Err(SendFailure::Network("connection refused".into())) };
+                let input = Input::Response {
+                    tag,
+                    peer,
+                    result: Err(SendFailure::Network("connection refused".into())),
+                };
                 let at = self.now + self.latency();
                 self.schedule(at, Event::Deliver { to: from, life: Some(from_life), input });
             }
@@ -696,11 +747,19 @@ impl Sim {
                 } else {
                     (self.now + self.latency(), Ok(response))
                 };
-                self.schedule(at, Event::Deliver { to: from, life: Some(from_life), input: Input::Response { tag, peer, result } });
+                self.schedule(
+                    at,
+                    Event::Deliver {
+                        to: from,
+                        life: Some(from_life),
+                        input: Input::Response { tag, peer, result },
+                    },
+                );
             }
             // A hostile request: the victim must refuse it.
             None => {
-                let accepted = matches!(response, TaskResponse::Ack | TaskResponse::Receipt(_) | TaskResponse::Pending);
+                let accepted =
+                    matches!(response, TaskResponse::Ack | TaskResponse::Receipt(_) | TaskResponse::Pending);
                 if accepted {
                     self.hostile_accepted += 1;
                     self.violations.push(format!("vehicle {to} accepted a hostile request: {response:?}"));
@@ -859,7 +918,11 @@ impl Sim {
     fn all_done(&self) -> bool {
         self.submitted >= self.config.tasks
             && self.accepted.iter().all(|(task, (r, _))| {
-                self.vehicles[*r].engine.as_ref().and_then(|e| e.requester.get(task)).is_some_and(|t| t.phase.is_terminal())
+                self.vehicles[*r]
+                    .engine
+                    .as_ref()
+                    .and_then(|e| e.requester.get(task))
+                    .is_some_and(|t| t.phase.is_terminal())
             })
     }
 
@@ -879,7 +942,7 @@ impl Sim {
                     let at = self.now + TICK_MS;
                     self.schedule(at, Event::Tick(i));
                     steps += 1;
-                    if steps % 50_000 == 0 {
+                    if steps.is_multiple_of(50_000) {
                         self.check_bounds();
                     }
                     if i == 0 && self.all_done() {
@@ -892,7 +955,9 @@ impl Sim {
                         self.input(to, input);
                     }
                 }
-                Event::Request { to, from, from_life, tag, request } => self.on_request(to, from, from_life, tag, request),
+                Event::Request { to, from, from_life, tag, request } => {
+                    self.on_request(to, from, from_life, tag, request)
+                }
                 Event::Crash(i) => self.crash(i),
                 Event::Restart(i) => {
                     if self.vehicles[i].engine.is_none() {
@@ -945,7 +1010,9 @@ impl Sim {
         for (task, (req, k)) in &accepted {
             let v = &self.vehicles[*req];
             let t = v.engine.as_ref().and_then(|e| e.requester.get(task).cloned()).or_else(|| {
-                v.store.get(&(0, *task)).and_then(|b| fleetmesh_protocol::decode::<ReqTask>(b, usize::MAX).ok())
+                v.store
+                    .get(&(0, *task))
+                    .and_then(|b| fleetmesh_protocol::decode::<ReqTask>(b, usize::MAX).ok())
             });
             let Some(t) = t else {
                 r.lost += 1;
@@ -960,7 +1027,11 @@ impl Sim {
                         continue;
                     };
                     if workers.len() < quorum_of(*k) {
-                        self.violations.push(format!("task {task} verified by {} workers, quorum {}", workers.len(), quorum_of(*k)));
+                        self.violations.push(format!(
+                            "task {task} verified by {} workers, quorum {}",
+                            workers.len(),
+                            quorum_of(*k)
+                        ));
                     }
                     for w in workers {
                         if !t.assignments.iter().any(|a| a.worker == *w) {
@@ -999,7 +1070,8 @@ impl Sim {
                     if !truthful {
                         self.violations.push(format!("task {task} failed with an untrue reason: {reason}"));
                     }
-                    let key: String = reason.chars().map(|c| if c.is_ascii_digit() { 'N' } else { c }).collect();
+                    let key: String =
+                        reason.chars().map(|c| if c.is_ascii_digit() { 'N' } else { c }).collect();
                     *r.failures.entry(key).or_default() += 1;
                 }
                 Phase::Bidding | Phase::Running => {
@@ -1017,16 +1089,21 @@ impl Sim {
         for ((task, worker), n) in &self.receipts {
             if *n > 1 {
                 r.duplicates_accepted += 1;
-                self.violations.push(format!("task {task}: worker {} receipted {n} times", worker.fmt_short()));
+                self.violations
+                    .push(format!("task {task}: worker {} receipted {n} times", worker.fmt_short()));
             }
         }
         if r.tasks > 0 {
             r.messages_per_task = self.messages as f64 / r.tasks as f64;
-            let parts: usize = accepted.keys().map(|t| self.participants.get(t).map_or(0, BTreeSet::len)).sum();
+            let parts: usize =
+                accepted.keys().map(|t| self.participants.get(t).map_or(0, BTreeSet::len)).sum();
             r.participants_per_task = parts as f64 / r.tasks as f64;
         }
         if self.submitted < self.config.tasks {
-            self.violations.push(format!("only {} of {} tasks were submitted before the time limit", self.submitted, self.config.tasks));
+            self.violations.push(format!(
+                "only {} of {} tasks were submitted before the time limit",
+                self.submitted, self.config.tasks
+            ));
         }
         let end = EPOCH_MS.saturating_add(self.now).saturating_mul(1_000_000);
         for v in &mut self.vehicles {

@@ -1,0 +1,409 @@
+//! The engine driven by hand: each finding of the hostile review as a sequence of inputs,
+//! with no socket, no clock and no disk.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::arithmetic_side_effects)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use fleetmesh_crypto::{Identity, InputDigest, PublicKey, SignedEnvelope, TaskId};
+use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
+use fleetmesh_protocol::{Announcement, Award, Presence, RejectReason, Signed, TaskSpec, WIRE_VERSION};
+
+use super::requester::ANNOUNCE_RETRY_MS;
+use super::*;
+
+const T0: u64 = 1_800_000_000_000;
+
+fn identity(i: u64) -> Arc<Identity> {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&i.to_le_bytes());
+    seed[31] = 0xa5;
+    Arc::new(Identity::from_secret_bytes(&seed))
+}
+
+fn engine(i: u64) -> Engine {
+    engine_with(i, |_| {})
+}
+
+fn engine_with(i: u64, f: impl FnOnce(&mut EngineConfig)) -> Engine {
+    let mut c = EngineConfig { presence_interval_ms: 0, ..EngineConfig::default() };
+    f(&mut c);
+    Engine::new(identity(i), c, BTreeSet::from([crate::digits::model_id()]), T0)
+}
+
+fn submit(e: &mut Engine, now: u64, input: &[u8]) -> (TaskId, Vec<Action>) {
+    let request = SubmitRequest { input: input.to_vec(), ..SubmitRequest::default() };
+    let actions = e.handle(now, Input::Submit { call: 1, request, nonce: 7 });
+    let id = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Submitted { result: Ok(id), .. } => Some(*id),
+            _ => None,
+        })
+        .expect("submitted");
+    (id, actions)
+}
+
+/// A publish: topic, bytes, and (task, round) for an announcement.
+type Published = (Topic, Vec<u8>, Option<(TaskId, u32)>);
+
+fn published(actions: &[Action]) -> Vec<Published> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish { topic, data, announce } => Some((*topic, data.clone(), *announce)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sends(actions: &[Action]) -> Vec<(PublicKey, Outgoing, SendTag)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, request, tag } => Some((*to, request.clone(), tag.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reply(actions: &[Action]) -> TaskResponse {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Reply { response, .. } => Some(response.clone()),
+            _ => None,
+        })
+        .expect("a reply")
+}
+
+fn verdict(actions: &[Action]) -> Verdict {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Validate { verdict, .. } => Some(*verdict),
+            _ => None,
+        })
+        .expect("a verdict")
+}
+
+fn gossip(e: &mut Engine, now: u64, topic: Topic, author: PublicKey, data: Vec<u8>) -> Vec<Action> {
+    e.handle(now, Input::Gossip { msg: 1, topic, author: Some(author), data })
+}
+
+/// The requester publishes its announcement; a worker hears it and bids; the bid reaches
+/// the requester. Returns the announcement bytes and the worker's bid.
+fn announce_and_bid(
+    r: &mut Engine,
+    w: &mut Engine,
+    now: u64,
+    actions: &[Action],
+) -> (Vec<u8>, SignedEnvelope) {
+    let (_, data, ann) = published(actions).into_iter().find(|p| p.0 == Topic::Tasks).expect("announcement");
+    let (task, round) = ann.unwrap();
+    r.handle(now, Input::Published { task, round, ok: true });
+    let wa = gossip(w, now, Topic::Tasks, r.public(), data.clone());
+    assert_eq!(verdict(&wa), Verdict::Accept);
+    let bid = sends(&wa)
+        .into_iter()
+        .find_map(|(_, req, _)| match req {
+            Outgoing::Request(TaskRequest::Bid { bid }) => Some(bid),
+            _ => None,
+        })
+        .expect("the worker bids");
+    (data, bid)
+}
+
+#[test]
+fn finding_1_a_deadline_that_would_overflow_is_refused() {
+    let mut r = engine(1);
+    let request =
+        SubmitRequest { input: vec![1; 4], deadline_ms: Some(u64::MAX), ..SubmitRequest::default() };
+    let a = r.handle(u64::MAX - 5, Input::Submit { call: 9, request, nonce: 1 });
+    let err = a.iter().find_map(|a| match a {
+        Action::Submitted { result: Err(e), .. } => Some(e.to_string()),
+        _ => None,
+    });
+    assert!(err.unwrap().contains("deadline_ms"));
+    // Times near the end of u64 do not panic anywhere either.
+    let (_, _) = submit(&mut r, u64::MAX - 5, &[1, 2, 3, 4]);
+    r.handle(u64::MAX, Input::Tick);
+}
+
+#[test]
+fn finding_2_awards_are_taken_only_for_our_bids_and_deadlines_are_clamped() {
+    let (mut r, mut w) = (engine(1), engine(2));
+    let (id, actions) = submit(&mut r, T0, &[5; 16]);
+    let (_, bid) = announce_and_bid(&mut r, &mut w, T0, &actions);
+    let spec = r.requester.get(&id).unwrap().spec_env.clone();
+    let winner = w.public();
+    let award = |round: u32, deadline: u64, who: &Identity| {
+        Award {
+            v: WIRE_VERSION,
+            task_id: id,
+            round,
+            bid_set: vec![],
+            bid_root: None,
+            bid_count: 1,
+            winners: vec![winner],
+            result_deadline_ms: deadline,
+        }
+        .sign(who)
+    };
+    let req = |award: SignedEnvelope| TaskRequest::Award { spec: spec.clone(), award, input: vec![5; 16] };
+    // A round this worker never bid on.
+    let a = w.handle(
+        T0 + 10,
+        Input::Request { reply: 1, from: r.public(), request: req(award(3, u64::MAX, &identity(1))) },
+    );
+    assert_eq!(reply(&a), TaskResponse::Refused(Refusal::NotAWinner));
+    assert!(!a.iter().any(|x| matches!(x, Action::Persist(_))), "nothing stored for a refused award");
+    // The round it bid on, with a far deadline: taken, deadline clamped.
+    let a = w.handle(
+        T0 + 10,
+        Input::Request { reply: 2, from: r.public(), request: req(award(0, u64::MAX, &identity(1))) },
+    );
+    assert_eq!(reply(&a), TaskResponse::Ack);
+    let job = w.worker.get(&id).unwrap();
+    let spec_v = TaskSpec::open(&spec).unwrap();
+    assert!(job.result_deadline_ms <= T0 + 10 + u64::from(spec_v.exec_timeout_ms) + worker::AWARD_SLACK_MS);
+    assert!(bid.signer == w.public());
+    // Once the result is durable the input is deleted.
+    let done = w.handle(
+        T0 + 50,
+        Input::Executed {
+            task: id,
+            result: Ok(ExecOutput { output: vec![1], run_time_us: 1, runtime: Default::default() }),
+        },
+    );
+    let deleted = done.iter().any(|a| match a {
+        Action::Persist(ops) => ops.iter().any(|o| o.table == Table::JobInputs && o.value.is_none()),
+        _ => false,
+    });
+    assert!(deleted, "the input is deleted with the result's write");
+}
+
+#[test]
+fn finding_2_one_requester_cannot_fill_a_worker() {
+    let (mut r, mut w) = (engine(1), engine(2));
+    let cap = w.config().max_jobs_per_requester as usize;
+    let mut bids = 0;
+    for n in 0..(cap + 5) {
+        let (_, actions) = submit(&mut r, T0 + n as u64, &(n as u64).to_le_bytes());
+        let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+        let (task, round) = ann.unwrap();
+        r.handle(T0, Input::Published { task, round, ok: true });
+        let wa = gossip(&mut w, T0 + n as u64, Topic::Tasks, r.public(), data);
+        bids += sends(&wa).len();
+        // Accept each award at once, so the jobs pile up unfinished.
+        for (_, req, _) in sends(&wa) {
+            if let Outgoing::Request(TaskRequest::Bid { bid }) = req {
+                let b = r.handle(
+                    T0 + n as u64,
+                    Input::Request { reply: 1, from: w.public(), request: TaskRequest::Bid { bid } },
+                );
+                for (to, out, _) in sends(&b) {
+                    if let Outgoing::Award { spec, award, .. } = out {
+                        assert_eq!(to, w.public());
+                        let input = (n as u64).to_le_bytes().to_vec();
+                        w.handle(
+                            T0,
+                            Input::Request {
+                                reply: 2,
+                                from: r.public(),
+                                request: TaskRequest::Award { spec, award, input },
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(bids, cap, "the worker stops bidding once one requester holds {cap} jobs");
+    w.check_bounds().unwrap();
+}
+
+#[test]
+fn finding_3_a_result_from_a_peer_never_awarded_touches_nothing() {
+    let mut r = engine(1);
+    let (id, _) = submit(&mut r, T0, &[1; 8]);
+    let stranger = identity(66);
+    let header = fleetmesh_protocol::ResultHeader {
+        v: WIRE_VERSION,
+        task_id: id,
+        input_digest: InputDigest::of(&[1; 8]),
+        model: crate::digits::model_id(),
+        output_digest: fleetmesh_crypto::OutputDigest::of(b"x"),
+        output_size: 1,
+        run_time_us: 1,
+        runtime: Default::default(),
+    }
+    .sign(&stranger);
+    for _ in 0..50 {
+        let a = r.handle(
+            T0 + 1,
+            Input::Request {
+                reply: 1,
+                from: stranger.public(),
+                request: TaskRequest::Result { task_id: id, header: header.clone(), output: b"x".to_vec() },
+            },
+        );
+        assert_eq!(reply(&a), TaskResponse::Rejected(RejectReason::NotAwarded));
+        assert!(!a.iter().any(|x| matches!(x, Action::Persist(_) | Action::Trace(_))));
+    }
+    assert!(r.requester.get(&id).unwrap().rejections.is_empty());
+}
+
+#[test]
+fn finding_4_announcements_must_come_from_the_spec_signer_and_replays_are_not_relayed() {
+    let (mut r, mut w) = (engine(1), engine(2));
+    let (id, actions) = submit(&mut r, T0, &[3; 8]);
+    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (env, a) = Announcement::open_bytes(&data, 1 << 16).unwrap();
+    assert_eq!(env.signer, r.public());
+    // A stranger re-announces the task, spec attached, for a future round.
+    let stranger = identity(77);
+    let forged = Announcement { round: 5, ..a.clone() }.sign(&stranger);
+    let v = gossip(&mut w, T0, Topic::Tasks, stranger.public(), fleetmesh_protocol::encode(&forged));
+    assert_eq!(verdict(&v), Verdict::Reject);
+    assert!(sends(&v).is_empty(), "no bid on a forged round");
+    // The real one is taken once; the same (task, round) again is ignored, not relayed.
+    assert_eq!(verdict(&gossip(&mut w, T0, Topic::Tasks, r.public(), data.clone())), Verdict::Accept);
+    assert_eq!(verdict(&gossip(&mut w, T0 + 1, Topic::Tasks, r.public(), data.clone())), Verdict::Ignore);
+    // Replayed after its bids closed: ignored.
+    let mut w2 = engine(3);
+    let late = a.bid_deadline_ms + 1;
+    assert_eq!(verdict(&gossip(&mut w2, late, Topic::Tasks, r.public(), data)), Verdict::Ignore);
+    // Announcements without a spec start DHT lookups, but only so many at once.
+    let mut lookups = 0;
+    for n in 0..500u64 {
+        let a = Announcement {
+            v: WIRE_VERSION,
+            task_id: TaskId::of(&n.to_le_bytes()),
+            model: crate::digits::model_id(),
+            round: 0,
+            bid_deadline_ms: T0 + 60_000,
+            max_price: 100,
+            spec: None,
+        }
+        .sign(&stranger);
+        let v = gossip(&mut w2, T0, Topic::Tasks, stranger.public(), fleetmesh_protocol::encode(&a));
+        lookups += v.iter().filter(|a| matches!(a, Action::GetRecord { .. })).count();
+    }
+    assert_eq!(lookups, worker::MAX_SPEC_LOOKUPS);
+    w2.check_bounds().unwrap();
+    let _ = id;
+}
+
+#[test]
+fn finding_6_an_award_decided_on_256_bids_stays_within_its_limit() {
+    // Every bid comes in before the window closes.
+    let mut r = engine_with(1, |c| c.tasks.early_close = false);
+    let (id, actions) = submit(&mut r, T0, &[9; 32]);
+    let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (task, round) = ann.unwrap();
+    r.handle(T0, Input::Published { task, round, ok: true });
+    let mut workers: Vec<Engine> =
+        (0..requester::MAX_BIDS_PER_ROUND as u64).map(|i| engine(1000 + i)).collect();
+    let mut award = None;
+    for w in &mut workers {
+        let wa = gossip(w, T0 + 1, Topic::Tasks, r.public(), data.clone());
+        for (_, req, _) in sends(&wa) {
+            let Outgoing::Request(TaskRequest::Bid { bid }) = req else { continue };
+            let a = r.handle(
+                T0 + 2,
+                Input::Request { reply: 1, from: w.public(), request: TaskRequest::Bid { bid } },
+            );
+            assert_eq!(reply(&a), TaskResponse::Ack);
+        }
+    }
+    // The window closes: the award goes out, committing to all 256 bids.
+    let a = r.handle(T0 + 60_000, Input::Tick);
+    for (to, out, _) in sends(&a) {
+        if let Outgoing::Award { spec, award: env, .. } = out {
+            let decoded = Award::open(&env).expect("the award opens under its size limit");
+            assert_eq!(decoded.bid_count, 256);
+            assert!(env.payload.len() < fleetmesh_protocol::limits::MAX_SPEC_BYTES / 4);
+            award = Some((to, spec, env));
+        }
+    }
+    let (to, spec, env) = award.expect("an award");
+    let w = workers.iter_mut().find(|w| w.public() == to).unwrap();
+    let a = w.handle(
+        T0 + 60_001,
+        Input::Request {
+            reply: 3,
+            from: r.public(),
+            request: TaskRequest::Award { spec, award: env, input: vec![9; 32] },
+        },
+    );
+    assert_eq!(reply(&a), TaskResponse::Ack, "the winner accepts it");
+    let _ = id;
+}
+
+#[test]
+fn finding_11_a_requester_without_peers_burns_no_rounds() {
+    let mut r = engine(1);
+    let (id, first) = submit(&mut r, T0, &[4; 8]);
+    // Nobody hears the announcement for 30 s (the node just restarted, no mesh yet).
+    let mut t = T0;
+    let mut tries = 0;
+    let mut actions = first;
+    while t < T0 + 30_000 {
+        for a in published(&actions) {
+            if let Some((task, round)) = a.2 {
+                tries += 1;
+                r.handle(t, Input::Published { task, round, ok: false });
+            }
+        }
+        t += 50;
+        actions = r.handle(t, Input::Tick);
+    }
+    assert!(tries <= 30_000 / ANNOUNCE_RETRY_MS as usize + 1, "{tries} announcements: retries back off");
+    let task = r.requester.get(&id).unwrap();
+    assert_eq!(task.phase, crate::state::Phase::Bidding, "{:?}", task.failure);
+    assert_eq!(task.empty_rounds, 0);
+    // Now a peer hears it and bids: the task runs.
+    let mut w = engine(2);
+    let mut tick = actions;
+    while !published(&tick).iter().any(|p| p.2.is_some()) {
+        assert!(t < T0 + 40_000, "the requester stopped announcing");
+        t += 50;
+        tick = r.handle(t, Input::Tick);
+    }
+    let (_, bid) = announce_and_bid(&mut r, &mut w, t, &tick);
+    r.handle(t + 10, Input::Request { reply: 1, from: w.public(), request: TaskRequest::Bid { bid } });
+    r.handle(t + 10_000, Input::Tick);
+    assert_eq!(r.requester.get(&id).unwrap().phase, crate::state::Phase::Running);
+}
+
+#[test]
+fn finding_17_presence_adverts_are_bounded_checked_and_expire() {
+    let mut e = engine(1);
+    let advert =
+        |at_ms: u64| Presence { v: WIRE_VERSION, models: vec![], free_slots: 1, price_floor: 0, at_ms };
+    let other = identity(5);
+    // From the future, or published by someone else: refused.
+    let future = advert(T0 + 10 * MAX_CLOCK_SKEW_MS).sign(&other);
+    assert_eq!(
+        verdict(&gossip(&mut e, T0, Topic::Presence, other.public(), fleetmesh_protocol::encode(&future))),
+        Verdict::Reject
+    );
+    let fine = fleetmesh_protocol::encode(&advert(T0).sign(&other));
+    assert_eq!(
+        verdict(&gossip(&mut e, T0, Topic::Presence, identity(6).public(), fine.clone())),
+        Verdict::Reject
+    );
+    assert_eq!(verdict(&gossip(&mut e, T0, Topic::Presence, other.public(), fine)), Verdict::Accept);
+    // Many signers: the table keeps at most its bound.
+    for i in 0..(MAX_PRESENCE_PEERS as u64 + 50) {
+        let id = identity(10_000 + i);
+        let data = fleetmesh_protocol::encode(&advert(T0).sign(&id));
+        gossip(&mut e, T0, Topic::Presence, id.public(), data);
+    }
+    assert!(e.presence().len() <= MAX_PRESENCE_PEERS);
+    // Nobody re-advertises: after the time to live, the table empties.
+    e.handle(T0 + 10 * 60_000, Input::Tick);
+    assert!(e.presence().is_empty());
+}

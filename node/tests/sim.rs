@@ -1,0 +1,76 @@
+//! The deterministic simulation in CI: many seeds with every fault on, each run checked for
+//! lost tasks, results accepted twice, untrue failure reasons, wrong verified outputs,
+//! accepted hostile requests and maps beyond their bounds.
+//!
+//! `FLEETMESH_SIM_SEEDS=N` runs N seeds (default 24), from `FLEETMESH_SIM_SEED_BASE`
+//! (default 1). A failing seed prints the command that replays it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use fleetmesh_node::sim::{self, SimConfig};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn check(c: SimConfig) -> sim::SimReport {
+    let (seed, vehicles, tasks, k) = (c.seed, c.vehicles, c.tasks, c.redundancy);
+    let r = sim::run(c).unwrap();
+    assert!(
+        r.violations.is_empty(),
+        "seed {seed} broke {} properties; replay: fleetmesh sim --vehicles {vehicles} --tasks {tasks} --redundancy {k} --faults --seed {seed}\n{}",
+        r.violations.len(),
+        r.summary()
+    );
+    assert_eq!(r.lost, 0);
+    assert_eq!(r.duplicates_accepted, 0);
+    r
+}
+
+#[test]
+fn many_seeds_with_every_fault_keep_every_property() {
+    let seeds = env("FLEETMESH_SIM_SEEDS", 24);
+    let base = env("FLEETMESH_SIM_SEED_BASE", 1);
+    let (mut tasks, mut verified, mut crashes, mut partitions, mut hostile) = (0, 0, 0, 0, 0);
+    for seed in base..base + seeds {
+        let c =
+            SimConfig { vehicles: 25, tasks: 100, seed, redundancy: 2, ..SimConfig::default() }.with_faults();
+        let r = check(c);
+        tasks += r.tasks;
+        verified += r.verified;
+        crashes += r.crashes;
+        partitions += r.partitions;
+        hostile += r.hostile_sent;
+    }
+    println!("{seeds} seeds: {tasks} tasks, {verified} verified, {crashes} crashes, {partitions} partitions, {hostile} hostile requests");
+    // The faults really happened, and most tasks still made it.
+    assert!(crashes >= seeds as u32 && partitions >= seeds as u32 && hostile > 0);
+    assert!(verified * 10 >= tasks * 9, "{verified} of {tasks} verified");
+}
+
+#[test]
+fn a_larger_fleet_with_k3_and_faults() {
+    let c =
+        SimConfig { vehicles: 150, tasks: 60, seed: 42, redundancy: 3, ..SimConfig::default() }.with_faults();
+    let r = check(c);
+    assert!(r.verified > 0);
+}
+
+#[test]
+fn the_same_seed_replays_the_same_run() {
+    let c = || SimConfig { vehicles: 20, tasks: 40, seed: 9, ..SimConfig::default() }.with_faults();
+    let a = sim::run(c()).unwrap();
+    let b = sim::run(c()).unwrap();
+    let strip =
+        |r: &sim::SimReport| serde_json::to_string(&sim::SimReport { wall_s: 0.0, ..r.clone() }).unwrap();
+    assert_eq!(strip(&a), strip(&b));
+}
+
+#[test]
+fn with_k1_a_liar_can_win_and_the_report_says_so() {
+    // One worker per task cannot catch a liar: the simulation must see it, not hide it.
+    let c = SimConfig { vehicles: 10, tasks: 60, seed: 3, redundancy: 1, liars: 4, ..SimConfig::default() };
+    let r = sim::run(c).unwrap();
+    assert!(r.violations.is_empty(), "{}", r.summary());
+    assert!(r.wrong_verified > 0, "{}", r.summary());
+}
