@@ -101,6 +101,15 @@ impl PublicKey {
         bs58::encode(bytes).into_string()
     }
 
+    /// The key inside a libp2p peer id string (the inverse of [`PublicKey::peer_id`]);
+    /// `None` for anything that is not an ed25519 peer id.
+    pub fn from_peer_id(peer_id: &str) -> Option<Self> {
+        let bytes = bs58::decode(peer_id).into_vec().ok()?;
+        let key = bytes.strip_prefix(&[0x00, 36, 0x08, 0x01, 0x12, 32][..])?;
+        let key: [u8; 32] = key.try_into().ok()?;
+        Self::from_bytes(&key).ok()
+    }
+
     pub(crate) fn verify_raw(&self, msg: &[u8], sig: &Signature) -> bool {
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         self.0.verify_strict(msg, &sig).is_ok()
@@ -217,6 +226,17 @@ mod tests {
         let dbg = format!("{id:?}");
         assert!(!dbg.contains(&hex::encode([7u8; 32])));
         assert!(dbg.contains(&id.public().fmt_short()));
+    }
+
+    #[test]
+    fn peer_ids_round_trip_and_garbage_is_refused() {
+        let pk = Identity::from_secret_bytes(&[3; 32]).public();
+        let id = pk.peer_id();
+        assert!(id.starts_with("12D3KooW"), "{id}");
+        assert_eq!(PublicKey::from_peer_id(&id), Some(pk));
+        for bad in ["", "12D3KooW", "not base58 0OIl", "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"] {
+            assert_eq!(PublicKey::from_peer_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -6,38 +6,35 @@
 //!   bids, award, verify) and worker (bid, execute, return results). It takes inputs and the
 //!   time and returns actions; the event loop performs them (persisting before acknowledging
 //!   anything), so the lifecycle is tested without sockets.
+//! * [`sim`] runs many engines over a simulated network in virtual time, from one seed.
 //! * [`executor`] runs models with tract-onnx; [`digits`] is the embedded default model.
-//! * [`api`] is the local HTTP JSON API; [`demo`] runs a whole mesh in one process.
+//! * [`local`] starts a whole mesh in one process (tests, the demo, the benchmarks).
 //!
-//! libp2p types stay inside this crate; `crypto` and `protocol` know nothing of them.
+//! This is the engine library: no CLI, HTTP server, HTTP client or plotting (those live in
+//! the `fleetmesh` binary crate, `cli/`). libp2p types stay inside this crate; `crypto`,
+//! `protocol`, `api` and `trace` know nothing of them.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod api;
 mod behaviour;
-pub mod bench;
 mod codec;
 pub mod config;
-pub mod demo;
 pub mod digits;
 #[deny(clippy::arithmetic_side_effects)]
 pub mod engine;
 pub mod executor;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
+pub mod local;
 mod metrics;
 mod node;
 pub mod sim;
-pub mod state;
 mod store;
-pub mod trace;
+#[cfg(feature = "test-hooks")]
+pub mod testing;
+pub mod tracer;
 
 pub use codec::Frame;
 pub use config::{ConfigError, NodeConfig, TaskDefaults};
-pub use node::{Client, ClientError, Node, NodeError, PeerInfo, SubmitRequest};
-pub use state::{Phase, TaskView};
+pub use fleetmesh_api::{NodeStats, PeerInfo, Phase, SubmitRequest, TaskView};
+pub use node::{Client, ClientError, Node, NodeError};
 pub use store::StoreError;
-
-/// The libp2p peer id (as a string) of a fleetmesh public key.
-pub fn peer_id_string(key: &fleetmesh_crypto::PublicKey) -> String {
-    node::peer_id_of(key).to_string()
-}

@@ -22,7 +22,6 @@ use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, mdns, Multiaddr, PeerId, Swarm};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, BehaviourParams};
@@ -34,8 +33,8 @@ use crate::engine::{
 };
 use crate::executor::{ExecError, ModelStore};
 use crate::metrics::Metrics;
-use crate::state::TaskView;
 use crate::store::Store;
+use fleetmesh_api::TaskView;
 
 const TICK: Duration = Duration::from_millis(50);
 const COMMAND_QUEUE: usize = 256;
@@ -74,15 +73,7 @@ pub enum NodeError {
     Network(String),
     /// The trace files could not be created.
     #[error(transparent)]
-    Trace(#[from] crate::trace::TraceError),
-    /// The local API could not bind.
-    #[error("cannot start the API on {addr}: {message}")]
-    Api {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        message: String,
-    },
+    Trace(#[from] crate::tracer::TraceError),
 }
 
 /// Why a client call failed.
@@ -103,38 +94,7 @@ pub enum ClientError {
     Timeout,
 }
 
-pub use crate::engine::SubmitRequest;
-
-/// A connected or known peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerInfo {
-    /// libp2p peer id.
-    pub peer_id: String,
-    /// Whether a connection is open now.
-    pub connected: bool,
-    /// Models in its last presence advert (hex).
-    pub models: Vec<String>,
-    /// Free slots in its last presence advert.
-    pub free_slots: Option<u32>,
-}
-
-/// Counters for the demo and the status command.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeStats {
-    /// Jobs this node executed and got a receipt for.
-    pub jobs_receipted: u64,
-    /// Jobs this node executed.
-    pub jobs_executed: u64,
-    /// Bids this node sent.
-    pub bids_sent: u64,
-    /// Requested tasks held in memory (unfinished plus the most recent finished).
-    pub tasks_in_memory: u64,
-    /// Served jobs held in memory (unfinished plus the most recent finished).
-    pub jobs_in_memory: u64,
-    /// Trace events this node had to drop because its trace writer fell behind.
-    #[serde(default)]
-    pub trace_events_dropped: u64,
-}
+use fleetmesh_api::{NodeStats, PeerInfo, SubmitRequest};
 
 pub(crate) enum Command {
     Submit(Box<SubmitRequest>, oneshot::Sender<Result<TaskId, ClientError>>),
@@ -272,8 +232,6 @@ pub struct Node {
     /// The handle.
     pub client: Client,
     task: tokio::task::JoinHandle<()>,
-    /// Where the local API listens, if enabled.
-    pub api_addr: Option<std::net::SocketAddr>,
 }
 
 impl Node {
@@ -340,7 +298,7 @@ impl Node {
         }
         let identity = Arc::new(identity);
         let tracer = match &config.trace {
-            Some(path) => Some(crate::trace::Tracer::open(path, identity.clone(), *swarm.local_peer_id())?),
+            Some(path) => Some(crate::tracer::Tracer::open(path, identity.clone(), *swarm.local_peer_id())?),
             None => None,
         };
         for topic in TOPICS {
@@ -382,11 +340,7 @@ impl Node {
         let (exec_tx, exec_rx) = mpsc::channel(EXEC_QUEUE);
         let registry = Arc::new(Mutex::new(registry));
         let client = Client { tx, peer_id, public, metrics: registry };
-        let api_addr = match config.api_addr {
-            Some(addr) => Some(crate::api::serve(addr, client.clone()).await?),
-            None => None,
-        };
-        let span = tracer.as_ref().map_or_else(tracing::Span::none, crate::trace::Tracer::span);
+        let span = tracer.as_ref().map_or_else(tracing::Span::none, crate::tracer::Tracer::span);
         let now = now_ms();
         let engine = Engine::new(
             identity.clone(),
@@ -412,7 +366,7 @@ impl Node {
         };
         event_loop.resume()?;
         let task = tokio::spawn(tracing::Instrument::instrument(event_loop.run(), span));
-        Ok(Self { client, task, api_addr })
+        Ok(Self { client, task })
     }
 
     /// Shuts the node down and waits for its event loop to end.
@@ -509,7 +463,7 @@ struct EventLoop {
     store: Store,
     models: Arc<ModelStore>,
     /// Gossip and task traces, when the node was started with a trace path.
-    tracer: Option<crate::trace::Tracer>,
+    tracer: Option<crate::tracer::Tracer>,
     metrics: Metrics,
     p2p_metrics: libp2p::metrics::Metrics,
     commands: mpsc::Receiver<Command>,
@@ -868,7 +822,7 @@ impl EventLoop {
                     jobs_receipted: w.jobs_receipted,
                     jobs_executed: w.jobs_executed,
                     bids_sent: w.bids_sent,
-                    trace_events_dropped: self.tracer.as_ref().map_or(0, crate::trace::Tracer::dropped),
+                    trace_events_dropped: self.tracer.as_ref().map_or(0, crate::tracer::Tracer::dropped),
                     tasks_in_memory: self.engine.requester.len() as u64,
                     jobs_in_memory: w.len() as u64,
                 };

@@ -60,7 +60,7 @@ async fn late_joiner_finds_the_task_through_the_dht_alone() {
 
     let boot = nodes[2].client.listen_addrs().await.unwrap();
     let boot_id = nodes[2].client.peer_id();
-    let mut cfg = fleetmesh_node::demo::loopback_config(dir.path().join("late"));
+    let mut cfg = fleetmesh_node::local::loopback_config(dir.path().join("late"));
     cfg.bootstrap = vec![format!("{}/p2p/{boot_id}", boot[0])];
     cfg.ignore_task_gossip = true;
     cfg.dht_scan_interval_ms = 500;
@@ -199,7 +199,7 @@ async fn requester_restarted_mid_task_still_gets_its_result() {
     requester.kill();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
-    let mut cfg = fleetmesh_node::demo::loopback_config(dir.path().join("node3"));
+    let mut cfg = fleetmesh_node::local::loopback_config(dir.path().join("node3"));
     // Same TCP port (peers remember it); a fresh QUIC port, as the old UDP socket may linger.
     cfg.listen = addrs.into_iter().filter(|a| a.contains("/tcp/")).collect();
     cfg.bootstrap = {
@@ -234,7 +234,7 @@ async fn restarted_worker_does_not_run_an_accepted_task_twice() {
     let w = nodes.remove(1);
     let addrs: Vec<String> = w.client.listen_addrs().await.unwrap().iter().map(|a| a.to_string()).collect();
     w.stop().await;
-    let mut cfg = fleetmesh_node::demo::loopback_config(dir.path().join("node1"));
+    let mut cfg = fleetmesh_node::local::loopback_config(dir.path().join("node1"));
     cfg.listen = addrs.into_iter().filter(|a| a.contains("/tcp/")).collect();
     let a = nodes[0].client.listen_addrs().await.unwrap();
     cfg.bootstrap = vec![format!("{}/p2p/{}", a[0], nodes[0].client.peer_id())];

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fleetmesh_node::demo::Percentiles;
-use fleetmesh_node::{Phase, TaskView};
+use fleetmesh_api::client::ApiClient;
+use fleetmesh_api::{Percentiles, Phase, SubmitBody, SubmitRequest, TaskView};
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser)]
@@ -182,25 +182,18 @@ struct Report {
     wall_s: f64,
 }
 
-async fn submit(http: &reqwest::Client, api: &str, sample: usize, k: u8) -> Result<(String, Option<u8>)> {
-    let body = serde_json::json!({ "digits_sample": sample, "redundancy": k });
-    let r = http.post(format!("{api}/v1/tasks")).json(&body).send().await?;
-    let status = r.status();
-    let text = r.text().await?;
-    if status.as_u16() != 202 {
-        bail!("{status}: {text}");
-    }
-    let s: fleetmesh_node::api::Submitted = serde_json::from_str(&text)?;
+async fn submit(api: &ApiClient, sample: usize, k: u8) -> Result<(String, Option<u8>)> {
+    let body = SubmitBody {
+        params: SubmitRequest { redundancy: Some(k), ..SubmitRequest::default() },
+        digits_sample: Some(sample),
+        ..SubmitBody::default()
+    };
+    let s = api.submit(&body).await?;
     Ok((s.task_id, s.expected_label))
 }
 
-async fn status(http: &reqwest::Client, api: &str, id: &str) -> Result<Option<TaskView>> {
-    let r = http.get(format!("{api}/v1/tasks/{id}")).send().await?;
-    match r.status().as_u16() {
-        200 => Ok(Some(r.json().await?)),
-        404 => Ok(None),
-        s => bail!("status {s}"),
-    }
+async fn status(api: &ApiClient, id: &str) -> Result<Option<TaskView>> {
+    Ok(api.status(id).await?)
 }
 
 #[tokio::main]
@@ -217,7 +210,8 @@ async fn main() -> Result<()> {
     if apis.is_empty() {
         bail!("the topology has no requester API");
     }
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let clients: Vec<ApiClient> =
+        apis.iter().map(|a| ApiClient::new(a.clone(), Duration::from_secs(5))).collect::<Result<_, _>>()?;
     let start = Instant::now();
     let mut report = Report { scenario: args.scenario.clone(), ..Report::default() };
 
@@ -250,7 +244,7 @@ async fn main() -> Result<()> {
         // A requester that is restarting is retried for up to a minute; nothing is dropped.
         let give_up = Instant::now() + Duration::from_secs(60);
         loop {
-            match submit(&http, &apis[requester], (i * 37) % 450, args.redundancy).await {
+            match submit(&clients[requester], (i * 37) % 450, args.redundancy).await {
                 Ok((task_id, label)) => {
                     tracked.push(Tracked { requester, task_id, label });
                     break;
@@ -278,7 +272,7 @@ async fn main() -> Result<()> {
             if views.get(&t.task_id).is_some_and(|v| v.phase.is_terminal()) {
                 continue;
             }
-            match status(&http, &apis[t.requester], &t.task_id).await {
+            match status(&clients[t.requester], &t.task_id).await {
                 Ok(Some(v)) => {
                     views.insert(t.task_id.clone(), v);
                 }

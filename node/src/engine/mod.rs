@@ -31,12 +31,11 @@ use std::sync::Arc;
 use fleetmesh_crypto::{Identity, ModelId, PublicKey, SignedEnvelope, TaskId};
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{ids, Announcement, Presence, Signed};
-use serde::{Deserialize, Serialize};
 
 use crate::config::{NodeConfig, TaskDefaults};
-use crate::state::TaskView;
-use crate::trace::TaskRecord;
 use bounded::{BoundedMap, BoundedSet};
+use fleetmesh_api::TaskView;
+use fleetmesh_trace::TaskRecord;
 pub use requester::{ReqTask, Requester};
 pub use worker::{Job, Worker};
 
@@ -89,26 +88,7 @@ pub enum Verdict {
     Ignore,
 }
 
-/// A task to submit.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SubmitRequest {
-    /// Model id (hex); the embedded digits model when absent.
-    pub model: Option<String>,
-    /// Input bytes.
-    #[serde(skip)]
-    pub input: Vec<u8>,
-    /// Workers (k); the node's default when absent.
-    pub redundancy: Option<u8>,
-    /// Max price per worker; the node's default when absent.
-    pub max_price: Option<u64>,
-    /// Bid window, ms.
-    pub bid_window_ms: Option<u32>,
-    /// Execution timeout, ms.
-    pub exec_timeout_ms: Option<u32>,
-    /// Overall deadline from now, ms.
-    pub deadline_ms: Option<u64>,
-}
+pub use fleetmesh_api::SubmitRequest;
 
 /// Why a submit was refused; the message says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

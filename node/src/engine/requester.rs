@@ -33,9 +33,9 @@ use super::{
     record, Action, Ctx, EngineConfig, Metric, Outgoing, SendFailure, SendTag, StoreOp, SubmitError,
     SubmitRequest, Table, Topic,
 };
-use crate::state::{Phase, TaskView, Timings, WorkerView};
-use crate::trace::timeline::event;
-use crate::trace::TaskRecord;
+use fleetmesh_api::{Phase, TaskView, Timings, WorkerView};
+use fleetmesh_trace::timeline::event;
+use fleetmesh_trace::TaskRecord;
 
 /// Extra workers a task may take on beyond k (after failures or disagreement).
 pub const MAX_EXTRA_WORKERS: usize = 6;

@@ -362,7 +362,7 @@ fn finding_11_a_requester_without_peers_burns_no_rounds() {
     }
     assert!(tries <= 30_000 / ANNOUNCE_RETRY_MS as usize + 1, "{tries} announcements: retries back off");
     let task = r.requester.get(&id).unwrap();
-    assert_eq!(task.phase, crate::state::Phase::Bidding, "{:?}", task.failure);
+    assert_eq!(task.phase, fleetmesh_api::Phase::Bidding, "{:?}", task.failure);
     assert_eq!(task.empty_rounds, 0);
     // Now a peer hears it and bids: the task runs.
     let mut w = engine(2);
@@ -375,7 +375,7 @@ fn finding_11_a_requester_without_peers_burns_no_rounds() {
     let (_, bid) = announce_and_bid(&mut r, &mut w, t, &tick);
     r.handle(t + 10, Input::Request { reply: 1, from: w.public(), request: TaskRequest::Bid { bid } });
     r.handle(t + 10_000, Input::Tick);
-    assert_eq!(r.requester.get(&id).unwrap().phase, crate::state::Phase::Running);
+    assert_eq!(r.requester.get(&id).unwrap().phase, fleetmesh_api::Phase::Running);
 }
 
 #[test]

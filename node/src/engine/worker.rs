@@ -28,8 +28,8 @@ use super::{
     record, Action, Ctx, EngineConfig, ExecOutput, Lookup, Metric, Outgoing, SendFailure, SendTag, StoreOp,
     Table,
 };
-use crate::trace::timeline::event;
-use crate::trace::TaskRecord;
+use fleetmesh_trace::timeline::event;
+use fleetmesh_trace::TaskRecord;
 
 /// How long past its result deadline a worker keeps trying to deliver a result.
 pub const DELIVERY_GRACE_MS: u64 = 120_000;

@@ -43,8 +43,8 @@ use crate::engine::{
     Action, Engine, EngineConfig, ExecOutput, Input, Job, Outgoing, ReqTask, SendFailure, SendTag,
     SubmitRequest, Table, Topic,
 };
-use crate::state::Phase;
-use crate::trace::timeline::{event, ChainWriter};
+use fleetmesh_api::Phase;
+use fleetmesh_trace::timeline::{event, ChainWriter};
 
 /// The virtual clock starts here (Unix ms, 2027-01-15), so deadlines look like real ones.
 const EPOCH_MS: u64 = 1_800_000_000_000;

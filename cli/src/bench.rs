@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::demo::{spawn_local_mesh, wait_for_mesh, Percentiles};
-use crate::node::SubmitRequest;
-use crate::state::Phase;
+use fleetmesh_api::{Percentiles, Phase, SubmitRequest};
+use fleetmesh_node::local::{spawn_local_mesh, wait_for_mesh};
 
 /// Which parts to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +126,7 @@ pub async fn run(
     let (quick, trace_dir) = (opts.quick, opts.trace_dir.as_deref());
     let traced = |part: &'static str| {
         let dir = trace_dir.map(|d| d.join(part));
-        move |i: usize, c: &mut crate::NodeConfig| {
+        move |i: usize, c: &mut fleetmesh_node::NodeConfig| {
             c.trace = dir.as_ref().map(|d| d.join(format!("node-{i}.jsonl")))
         }
     };
@@ -153,14 +152,14 @@ pub async fn run(
 async fn overhead(
     report: &mut BenchReport,
     tasks: usize,
-    configure: impl FnMut(usize, &mut crate::NodeConfig),
+    configure: impl FnMut(usize, &mut fleetmesh_node::NodeConfig),
 ) -> BenchResult<()> {
     let dir = tempfile::tempdir()?;
     let nodes = spawn_local_mesh(dir.path(), 5, configure).await?;
     wait_for_mesh(&nodes, 4, Duration::from_secs(30)).await?;
-    let direct_store = crate::executor::ModelStore::open(&dir.path().join("direct"))?;
-    let model = crate::digits::model_id();
-    let samples = crate::digits::test_set();
+    let direct_store = fleetmesh_node::executor::ModelStore::open(&dir.path().join("direct"))?;
+    let model = fleetmesh_node::digits::model_id();
+    let samples = fleetmesh_node::digits::test_set();
     let (mut e2e, mut direct, mut over) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..tasks {
         let input = samples[i % samples.len()].to_input();
@@ -196,7 +195,7 @@ async fn overhead(
 async fn throughput(
     report: &mut BenchReport,
     quick: bool,
-    mut configure: impl FnMut(usize, &mut crate::NodeConfig),
+    mut configure: impl FnMut(usize, &mut fleetmesh_node::NodeConfig),
 ) -> BenchResult<()> {
     let dir = tempfile::tempdir()?;
     let nodes = spawn_local_mesh(dir.path(), 10, |i, c| {
@@ -205,7 +204,7 @@ async fn throughput(
     })
     .await?;
     wait_for_mesh(&nodes, 9, Duration::from_secs(30)).await?;
-    let samples = std::sync::Arc::new(crate::digits::test_set());
+    let samples = std::sync::Arc::new(fleetmesh_node::digits::test_set());
     let window = Duration::from_secs(if quick { 2 } else { 6 });
     let levels: &[usize] = if quick { &[4, 16] } else { &[8, 32, 128, 256] };
     let mut best: Option<(usize, f64, f64)> = None;
@@ -349,7 +348,7 @@ async fn memory(report: &mut BenchReport, mesh_nodes: usize, exe: &std::path::Pa
 }
 
 async fn gossip(report: &mut BenchReport, n: usize) -> BenchResult<()> {
-    use crate::trace::analyze;
+    use fleetmesh_trace::analyze;
     let dir = tempfile::tempdir()?;
     let traces = dir.path().join("traces");
     let nodes = spawn_local_mesh(dir.path(), n, |i, c| {
@@ -397,7 +396,7 @@ async fn gossip(report: &mut BenchReport, n: usize) -> BenchResult<()> {
         node.stop().await;
     }
     let inputs = analyze::load(std::slice::from_ref(&traces))?;
-    let a = analyze::analyze(&inputs, Some(crate::trace::TASKS_TOPIC));
+    let a = analyze::analyze(&inputs, Some(fleetmesh_trace::TASKS_TOPIC));
     report.gossip_nodes = Some(n);
     report.gossip_messages = Some(a.publishes);
     report.gossip_delivery_ratio = a.delivery_ratio;

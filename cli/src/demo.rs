@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::{ClientError, Node, NodeError, SubmitRequest};
-use crate::state::{Phase, TaskView};
-use crate::NodeConfig;
+use fleetmesh_api::{Percentiles, Phase, SubmitRequest, TaskView};
+use fleetmesh_node::local::{spawn_local_mesh, wait_for_mesh};
 
 /// Demo parameters.
 #[derive(Debug, Clone)]
@@ -41,31 +40,6 @@ impl Default for DemoOptions {
             progress: true,
             trace: None,
         }
-    }
-}
-
-/// p50 and p99 of a latency, ms.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Percentiles {
-    /// Median.
-    pub p50: f64,
-    /// 99th percentile.
-    pub p99: f64,
-}
-
-impl Percentiles {
-    /// Nearest-rank percentiles of `values`.
-    pub fn of(values: &[u64]) -> Self {
-        let mut v = values.to_vec();
-        v.sort_unstable();
-        let pick = |q: f64| -> f64 {
-            if v.is_empty() {
-                return 0.0;
-            }
-            let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-            v[rank - 1] as f64
-        };
-        Self { p50: pick(0.50), p99: pick(0.99) }
     }
 }
 
@@ -106,72 +80,6 @@ pub struct DemoReport {
     pub failures: Vec<String>,
 }
 
-/// A node config for a loopback mesh member.
-pub fn loopback_config(data_dir: std::path::PathBuf) -> NodeConfig {
-    NodeConfig {
-        data_dir,
-        listen: vec!["/ip4/127.0.0.1/tcp/0".into(), "/ip4/127.0.0.1/udp/0/quic-v1".into()],
-        mdns: false,
-        api_addr: None,
-        presence_interval_ms: 1_000,
-        dht_scan_interval_ms: 2_000,
-        ..NodeConfig::default()
-    }
-}
-
-/// Starts `n` nodes on loopback, node 0 the bootstrap of the others (TCP for even nodes,
-/// QUIC for odd ones). `configure` may change each node's config.
-pub async fn spawn_local_mesh(
-    root: &std::path::Path,
-    n: usize,
-    mut configure: impl FnMut(usize, &mut NodeConfig),
-) -> Result<Vec<Node>, NodeError> {
-    let mut nodes: Vec<Node> = Vec::with_capacity(n);
-    let mut boot: Vec<String> = Vec::new();
-    for i in 0..n {
-        let mut cfg = loopback_config(root.join(format!("node{i}")));
-        if i > 0 {
-            let pick = if i % 2 == 0 { "/tcp/" } else { "/quic-v1" };
-            cfg.bootstrap = boot.iter().filter(|a| a.contains(pick)).cloned().collect();
-            if cfg.bootstrap.is_empty() {
-                // Node 0 does not listen on that transport: use whatever it has.
-                cfg.bootstrap = boot.clone();
-            }
-        }
-        configure(i, &mut cfg);
-        let node = Node::spawn(cfg).await?;
-        if i == 0 {
-            let id = node.client.peer_id();
-            let addrs = node.client.listen_addrs().await.map_err(|e| NodeError::Network(e.to_string()))?;
-            boot = addrs.iter().map(|a| format!("{a}/p2p/{id}")).collect();
-        }
-        nodes.push(node);
-    }
-    Ok(nodes)
-}
-
-/// Waits until every node sees at least `min_peers` connected peers with presence adverts.
-pub async fn wait_for_mesh(nodes: &[Node], min_peers: usize, timeout: Duration) -> Result<(), ClientError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut ready = true;
-        for n in nodes {
-            let peers = n.client.peers().await?;
-            if peers.iter().filter(|p| p.connected && !p.models.is_empty()).count() < min_peers {
-                ready = false;
-                break;
-            }
-        }
-        if ready {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(ClientError::Timeout);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Runs the demo and returns its report.
 pub async fn run(opts: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
     let nodes_n = opts.nodes.max(2);
@@ -185,7 +93,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Er
     }
     wait_for_mesh(&nodes, (nodes_n - 1).min(3), Duration::from_secs(30)).await?;
 
-    let samples = crate::digits::test_set();
+    let samples = fleetmesh_node::digits::test_set();
     let start = Instant::now();
     let mut submitted = Vec::with_capacity(opts.tasks);
     for i in 0..opts.tasks {

@@ -1,4 +1,5 @@
-//! Gossip and task traces for researchers.
+//! The live writer of a node's gossip trace and task timeline (formats, verification and
+//! analysis live in the `fleetmesh-trace` crate).
 //!
 //! A node started with a trace path writes two files:
 //!
@@ -17,11 +18,7 @@
 //! bounded channel and counts what does not fit. With no trace path there is no tracer at
 //! all, and every hook is one `Option` check.
 
-pub mod analyze;
-pub mod gossip;
 mod layer;
-pub mod plot;
-pub mod timeline;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{BufWriter, Write};
@@ -34,13 +31,10 @@ use std::time::{Duration, Instant};
 use fleetmesh_crypto::Identity;
 use libp2p::{gossipsub, PeerId};
 
+use fleetmesh_trace::gossip::{self, kind};
+pub use fleetmesh_trace::TaskRecord;
+use fleetmesh_trace::{timeline, timeline_path, unused_path};
 pub use layer::layer;
-pub use timeline::Record as TaskRecord;
-
-use gossip::kind;
-
-/// The topic task announcements travel on.
-pub const TASKS_TOPIC: &str = fleetmesh_protocol::ids::TOPIC_TASKS;
 
 /// Records the writer thread can hold before the event loop starts dropping them. The
 /// channel allocates every slot up front, so slots are kept to a pointer and a few words
@@ -51,40 +45,6 @@ const REMEMBERED_TOPICS: usize = 4096;
 /// How often the writer flushes and, if records came in, signs a head.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 const HEAD_EVERY: Duration = Duration::from_secs(1);
-
-/// The task timeline that goes with a gossip trace at `path`: `x.jsonl` gives
-/// `x.timeline.jsonl`, any other name gets `.timeline.jsonl` appended.
-pub fn timeline_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
-    path.with_file_name(format!("{stem}.timeline.jsonl"))
-}
-
-/// The gossip trace a timeline at `timeline` goes with (the inverse of [`timeline_path`]).
-pub fn gossip_path_of(timeline: &Path) -> Option<PathBuf> {
-    let name = timeline.file_name()?.to_string_lossy().into_owned();
-    let stem = name.strip_suffix(".timeline.jsonl")?;
-    let with_ext = timeline.with_file_name(format!("{stem}.jsonl"));
-    Some(if with_ext.exists() { with_ext } else { timeline.with_file_name(stem) })
-}
-
-/// `path`, or, when it or its timeline exists already (a restarted node), the first of
-/// `x-1.jsonl`, `x-2.jsonl`, ... that does not: a trace is never overwritten.
-pub fn unused_path(path: &Path) -> PathBuf {
-    let free = |p: &Path| !p.exists() && !timeline_path(p).exists();
-    if free(path) {
-        return path.to_owned();
-    }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let (stem, ext) = match name.strip_suffix(".jsonl") {
-        Some(stem) => (stem.to_owned(), ".jsonl"),
-        None => (name.clone(), ""),
-    };
-    (1u32..)
-        .map(|n| path.with_file_name(format!("{stem}-{n}{ext}")))
-        .find(|p| free(p))
-        .unwrap_or_else(|| path.to_owned())
-}
 
 /// Why tracing could not start.
 #[derive(Debug, thiserror::Error)]
@@ -498,26 +458,8 @@ mod tests {
     }
 
     #[test]
-    fn timeline_sits_beside_the_gossip_trace() {
-        assert_eq!(timeline_path(Path::new("/r/node-1.jsonl")), Path::new("/r/node-1.timeline.jsonl"));
-        assert_eq!(timeline_path(Path::new("trace")), Path::new("trace.timeline.jsonl"));
+    fn a_folder_is_no_trace_file() {
         let dir = tempfile::tempdir().unwrap();
-        let g = dir.path().join("v1-1.jsonl");
-        std::fs::write(&g, "").unwrap();
-        assert_eq!(gossip_path_of(&timeline_path(&g)), Some(g));
-        assert_eq!(gossip_path_of(Path::new("/r/trace.timeline.jsonl")), Some(PathBuf::from("/r/trace")));
-        assert_eq!(gossip_path_of(Path::new("/r/other.jsonl")), None);
-    }
-
-    #[test]
-    fn a_restarted_node_never_overwrites_its_trace() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("v1.jsonl");
-        assert_eq!(unused_path(&p), p);
-        std::fs::write(&p, "x").unwrap();
-        assert_eq!(unused_path(&p), dir.path().join("v1-1.jsonl"));
-        std::fs::write(dir.path().join("v1-1.timeline.jsonl"), "x").unwrap();
-        assert_eq!(unused_path(&p), dir.path().join("v1-2.jsonl"));
         let id = Arc::new(Identity::from_secret_bytes(&[4; 32]));
         let local = crate::node::peer_id_of(&id.public());
         let err = Tracer::open(dir.path(), id, local).err().unwrap();

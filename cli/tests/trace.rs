@@ -7,15 +7,15 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
-use fleetmesh_node::trace::gossip::kind;
-use fleetmesh_node::trace::{analyze, timeline, timeline_path};
+use fleetmesh_trace::gossip::kind;
+use fleetmesh_trace::{analyze, timeline, timeline_path};
 
 const TASKS: &str = "fleetmesh/tasks/1";
 
 fn install_trace_layer() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let _ = tracing_subscriber::registry().with(fleetmesh_node::trace::layer()).try_init();
+    let _ = tracing_subscriber::registry().with(fleetmesh_node::tracer::layer()).try_init();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -317,11 +317,7 @@ pub fn verify_lines(reader: impl BufRead) -> std::io::Result<Verdict> {
         match r.event.as_str() {
             event::START if lineno == 1 || v.node.is_none() => {
                 v.node = r.node.clone();
-                key = r
-                    .node
-                    .as_deref()
-                    .and_then(|n| n.parse().ok())
-                    .and_then(|p| crate::node::public_key_of(&p));
+                key = r.node.as_deref().and_then(PublicKey::from_peer_id);
                 if key.is_none() {
                     v.problems.push(format!("line {lineno}: start record names no valid ed25519 peer id"));
                 }
@@ -370,7 +366,7 @@ mod tests {
 
     fn chain(records: usize, final_head: bool) -> (Identity, Vec<u8>) {
         let id = Identity::from_secret_bytes(&[7; 32]);
-        let node = crate::peer_id_string(&id.public());
+        let node = id.public().peer_id();
         let mut buf = Vec::new();
         let mut w = ChainWriter::start(&mut buf, node, 1).unwrap();
         for i in 0..records {

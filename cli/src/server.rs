@@ -8,10 +8,12 @@
 //! | GET | `/v1/tasks/{id}/wait?timeout_ms=N` | waits until verified or failed (or the timeout) |
 //! | GET | `/v1/peers` | peers and their adverts |
 //! | GET | `/v1/node` | this node's ids and addresses |
+//! | GET | `/v1/stats` | this node's counters |
 //! | GET | `/healthz` | `ok` while the event loop answers |
 //! | GET | `/metrics` | Prometheus text |
 //!
-//! Errors are `{"error": "..."}` with a 4xx or 5xx status.
+//! Errors are `{"error": "..."}` with a 4xx or 5xx status. The request and answer types are
+//! the `fleetmesh-api` crate's, shared with the CLI's client and the testnet runner.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,49 +23,44 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use fleetmesh_api::{ErrorBody, NodeInfo, NodeStats, PeerInfo, SubmitBody, Submitted, TaskView};
 use fleetmesh_crypto::TaskId;
-use serde::{Deserialize, Serialize};
+use fleetmesh_node::{Client, ClientError};
+use serde::Deserialize;
 
-use crate::node::{Client, ClientError, NodeError, SubmitRequest};
-
-/// The body of `POST /v1/tasks`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SubmitBody {
-    /// Task parameters (model, redundancy, price, timeouts).
-    #[serde(flatten)]
-    pub params: SubmitRequest,
-    /// The input, base64.
-    pub input_base64: Option<String>,
-    /// Use this sample of the embedded digits test set as the input.
-    pub digits_sample: Option<usize>,
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the API on {addr}: {source}")]
+pub struct ServeError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
 }
 
-/// The answer to a submit.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Submitted {
-    /// The new task's id.
-    pub task_id: String,
-    /// For digits samples: the true label.
-    pub expected_label: Option<u8>,
+/// A running API server: its address, and a handle to stop it.
+#[must_use = "dropping the handle leaves the server running until the process ends"]
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-/// Node identity and addresses.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// libp2p peer id.
-    pub peer_id: String,
-    /// ed25519 public key (hex).
-    pub public_key: String,
-    /// Listen addresses with `/p2p/<id>` appended.
-    pub listen_addrs: Vec<String>,
+impl Server {
+    /// Stops accepting connections, lets requests in progress finish, and waits for it.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -74,6 +71,7 @@ impl From<ClientError> for ApiError {
             ClientError::Rejected(_) => StatusCode::BAD_REQUEST,
             ClientError::UnknownTask(_) => StatusCode::NOT_FOUND,
             ClientError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self(code, e.to_string())
     }
@@ -83,28 +81,32 @@ fn parse_task(id: &str) -> Result<TaskId, ApiError> {
     id.parse().map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("task id: {e}")))
 }
 
-/// Binds `addr` and serves the API in the background; returns the bound address.
-pub(crate) async fn serve(addr: SocketAddr, client: Client) -> Result<SocketAddr, NodeError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| NodeError::Api { addr, message: e.to_string() })?;
-    let bound = listener.local_addr().map_err(|e| NodeError::Api { addr, message: e.to_string() })?;
+/// Binds `addr` and serves the API in the background.
+pub async fn serve(addr: SocketAddr, client: Client) -> Result<Server, ServeError> {
+    let err = |source| ServeError { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
     let app = Router::new()
         .route("/v1/tasks", post(submit).get(list))
         .route("/v1/tasks/{id}", get(status))
         .route("/v1/tasks/{id}/wait", get(wait))
         .route("/v1/peers", get(peers))
         .route("/v1/node", get(node_info))
+        .route("/v1/stats", get(stats))
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(2 * fleetmesh_protocol::limits::MAX_INPUT_BYTES))
         .with_state(client);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let graceful = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = graceful.await {
             tracing::error!("API server stopped: {e}");
         }
     });
-    Ok(bound)
+    Ok(Server { addr: bound, stop, task })
 }
 
 async fn submit(
@@ -119,7 +121,7 @@ async fn submit(
             .decode(b64.as_bytes())
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("input_base64: {e}")))?,
         (None, Some(i)) => {
-            let set = crate::digits::test_set();
+            let set = fleetmesh_node::digits::test_set();
             let s = set.get(i).ok_or_else(|| {
                 ApiError(StatusCode::BAD_REQUEST, format!("digits_sample must be below {}", set.len()))
             })?;
@@ -137,11 +139,11 @@ async fn submit(
     Ok((StatusCode::ACCEPTED, Json(Submitted { task_id: id.to_string(), expected_label })))
 }
 
-async fn list(State(c): State<Client>) -> Result<Json<Vec<crate::TaskView>>, ApiError> {
+async fn list(State(c): State<Client>) -> Result<Json<Vec<TaskView>>, ApiError> {
     Ok(Json(c.tasks().await?))
 }
 
-async fn status(State(c): State<Client>, Path(id): Path<String>) -> Result<Json<crate::TaskView>, ApiError> {
+async fn status(State(c): State<Client>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
     let id = parse_task(&id)?;
     c.status(id).await?.map(Json).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown task {id}")))
 }
@@ -155,7 +157,7 @@ async fn wait(
     State(c): State<Client>,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
-) -> Result<Json<crate::TaskView>, ApiError> {
+) -> Result<Json<TaskView>, ApiError> {
     let id = parse_task(&id)?;
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(60_000).min(600_000));
     match tokio::time::timeout(timeout, c.wait(id)).await {
@@ -168,7 +170,7 @@ async fn wait(
     }
 }
 
-async fn peers(State(c): State<Client>) -> Result<Json<Vec<crate::PeerInfo>>, ApiError> {
+async fn peers(State(c): State<Client>) -> Result<Json<Vec<PeerInfo>>, ApiError> {
     Ok(Json(c.peers().await?))
 }
 
@@ -179,6 +181,10 @@ async fn node_info(State(c): State<Client>) -> Result<Json<NodeInfo>, ApiError> 
         public_key: c.public_key().to_string(),
         listen_addrs: addrs.into_iter().map(|a| format!("{a}/p2p/{}", c.peer_id())).collect(),
     }))
+}
+
+async fn stats(State(c): State<Client>) -> Result<Json<NodeStats>, ApiError> {
+    Ok(Json(c.stats().await?))
 }
 
 async fn health(State(c): State<Client>) -> Result<&'static str, ApiError> {

@@ -3,14 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use fleetmesh_node::bench::{run, BenchOptions, Part};
+use fleetmesh_cli::bench::{run, BenchOptions, Part};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_bench_reports_every_part() {
     {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
-        let _ = tracing_subscriber::registry().with(fleetmesh_node::trace::layer()).try_init();
+        let _ = tracing_subscriber::registry().with(fleetmesh_node::tracer::layer()).try_init();
     }
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_fleetmesh"));
     let r = tokio::time::timeout(

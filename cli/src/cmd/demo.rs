@@ -1,0 +1,55 @@
+//! `fleetmesh demo`: a mesh of N nodes in this process running M real digits tasks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use fleetmesh_cli::demo::{self, DemoOptions};
+
+#[derive(Args)]
+pub(crate) struct DemoArgs {
+    /// Nodes in the mesh.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) nodes: usize,
+    /// Tasks to run.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) tasks: usize,
+    /// Workers per task (k).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) redundancy: u8,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub(crate) timeout_secs: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Write every node's gossip trace and task timeline into this folder.
+    #[arg(long)]
+    pub(crate) trace: Option<PathBuf>,
+}
+
+pub(crate) async fn run(a: DemoArgs) -> Result<()> {
+    let report = demo::run(DemoOptions {
+        nodes: a.nodes,
+        tasks: a.tasks,
+        redundancy: a.redundancy,
+        timeout: Duration::from_secs(a.timeout_secs),
+        progress: !a.json,
+        trace: a.trace.clone(),
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
+    if a.json {
+        say!("{}", serde_json::to_string(&report)?);
+    } else {
+        say_raw!("{}", report.table());
+    }
+    if let Some(dir) = a.trace {
+        eprintln!("traces in {}; read them with: fleetmesh trace analyze {}", dir.display(), dir.display());
+    }
+    if report.tasks_verified + report.tasks_failed < report.tasks_submitted {
+        bail!("{} tasks did not finish within {} s", report.tasks_unfinished, a.timeout_secs);
+    }
+    Ok(())
+}

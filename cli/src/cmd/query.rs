@@ -1,0 +1,56 @@
+//! `fleetmesh status`, `peers`, `health`: read a running node's API.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use fleetmesh_api::client::ApiClient;
+
+/// Where the node's API is.
+#[derive(Args, Clone)]
+pub(crate) struct ApiArgs {
+    /// The node's API, e.g. http://127.0.0.1:7070
+    #[arg(long, env = "FLEETMESH_API_URL", default_value = "http://127.0.0.1:7070")]
+    pub(crate) api: String,
+}
+
+impl ApiArgs {
+    /// A client for it; each call gives up after `timeout`.
+    pub(crate) fn client(&self, timeout: Duration) -> Result<ApiClient> {
+        Ok(ApiClient::new(self.api.clone(), timeout)?)
+    }
+}
+
+/// `fleetmesh status <task>`.
+#[derive(Args)]
+pub(crate) struct StatusArgs {
+    /// Task id (hex).
+    pub(crate) task: String,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+pub(crate) async fn status(a: StatusArgs) -> Result<()> {
+    match a.api.client(Duration::from_secs(10))?.status(&a.task).await? {
+        Some(v) => say!("{}", serde_json::to_string_pretty(&v)?),
+        None => bail!("the node does not know task {}", a.task),
+    }
+    Ok(())
+}
+
+pub(crate) async fn peers(api: ApiArgs) -> Result<()> {
+    let peers = api.client(Duration::from_secs(10))?.peers().await?;
+    say!("{:<54} {:<9} {:<6} models", "peer id", "connected", "slots");
+    for p in peers {
+        let models: Vec<String> = p.models.iter().map(|m| m.chars().take(8).collect()).collect();
+        let slots = p.free_slots.map_or("-".into(), |s| s.to_string());
+        say!("{:<54} {:<9} {:<6} {}", p.peer_id, p.connected, slots, models.join(","));
+    }
+    Ok(())
+}
+
+pub(crate) async fn health(api: ApiArgs) -> Result<()> {
+    api.client(Duration::from_secs(3))?.health().await?;
+    say!("ok");
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! `fleetmesh sim`: the deterministic fleet simulation (docs/SIMULATION.md).
+
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub(crate) struct SimArgs {
+    /// Vehicles in the fleet.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) vehicles: usize,
+    /// Tasks to submit.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) tasks: usize,
+    /// The seed: the same seed replays the same run exactly.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Workers per task (k).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) redundancy: u8,
+    /// Vehicles that submit tasks (0: min(10, vehicles)).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) requesters: usize,
+    /// Turn on the fault mix CI runs: loss, partitions, crashes, skew, hostile peers, liars.
+    #[arg(long)]
+    pub(crate) faults: bool,
+    /// Chance that a message is lost, in millionths (overrides --faults).
+    #[arg(long)]
+    pub(crate) loss_ppm: Option<u32>,
+    /// Crash-and-restart episodes (overrides --faults).
+    #[arg(long)]
+    pub(crate) crashes: Option<u32>,
+    /// Partition episodes (overrides --faults).
+    #[arg(long)]
+    pub(crate) partitions: Option<u32>,
+    /// Hostile vehicles (overrides --faults).
+    #[arg(long)]
+    pub(crate) hostile: Option<usize>,
+    /// Vehicles that compute wrong outputs (overrides --faults).
+    #[arg(long)]
+    pub(crate) liars: Option<usize>,
+    /// Largest clock skew, ms (overrides --faults).
+    #[arg(long)]
+    pub(crate) skew_ms: Option<u64>,
+    /// Milliseconds between two submissions.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) submit_interval_ms: u64,
+    /// Presence adverts on or off (default: on up to 100 vehicles).
+    #[arg(long)]
+    pub(crate) presence: Option<bool>,
+    /// Write each vehicle's task timeline into this folder (read with `fleetmesh trace analyze`).
+    #[arg(long)]
+    pub(crate) trace: Option<PathBuf>,
+    /// Print the report as one JSON object (the last line).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+pub(crate) fn run(a: SimArgs) -> Result<()> {
+    use fleetmesh_node::sim::{self, SimConfig};
+    let mut c = SimConfig {
+        vehicles: a.vehicles,
+        tasks: a.tasks,
+        seed: a.seed,
+        redundancy: a.redundancy,
+        requesters: a.requesters,
+        submit_interval_ms: a.submit_interval_ms,
+        presence: a.presence,
+        trace_dir: a.trace.clone(),
+        ..SimConfig::default()
+    };
+    if a.faults {
+        c = c.with_faults();
+    }
+    c.loss_ppm = a.loss_ppm.unwrap_or(c.loss_ppm);
+    c.crashes = a.crashes.unwrap_or(c.crashes);
+    c.partitions = a.partitions.unwrap_or(c.partitions);
+    c.hostile = a.hostile.unwrap_or(c.hostile);
+    c.liars = a.liars.unwrap_or(c.liars);
+    c.max_skew_ms = a.skew_ms.unwrap_or(c.max_skew_ms);
+    let report = sim::run(c).map_err(|e| anyhow::anyhow!("sim: {e}"))?;
+    if a.json {
+        say!("{}", serde_json::to_string(&report)?);
+    } else {
+        say_raw!("{}", report.summary());
+        if let Some(dir) = &a.trace {
+            say!("timelines in {}; read them with: fleetmesh trace analyze {}", dir.display(), dir.display());
+        }
+    }
+    if !report.violations.is_empty() {
+        bail!("{} properties failed; replay with --seed {}", report.violations.len(), report.seed);
+    }
+    Ok(())
+}

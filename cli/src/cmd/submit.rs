@@ -1,0 +1,82 @@
+//! `fleetmesh submit`: send a task to a running node and print the verified result.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use fleetmesh_api::{Phase, SubmitBody, SubmitRequest};
+
+use super::query::ApiArgs;
+
+#[derive(Args)]
+pub(crate) struct SubmitArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// Model id (hex); default: the embedded digits model.
+    #[arg(long)]
+    pub(crate) model: Option<String>,
+    /// Input file (the model's input tensor as little-endian f32).
+    #[arg(long, conflicts_with = "digits_sample")]
+    pub(crate) input: Option<PathBuf>,
+    /// Use sample N of the embedded digits test set as input.
+    #[arg(long)]
+    pub(crate) digits_sample: Option<usize>,
+    /// Workers (k).
+    #[arg(long)]
+    pub(crate) redundancy: Option<u8>,
+    /// Max seconds to wait for the result.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) timeout_secs: u64,
+    /// Print the task as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+pub(crate) async fn run(args: SubmitArgs) -> Result<()> {
+    use base64::Engine;
+    let mut body = SubmitBody {
+        params: SubmitRequest {
+            model: args.model.clone(),
+            redundancy: args.redundancy,
+            ..SubmitRequest::default()
+        },
+        ..SubmitBody::default()
+    };
+    match (&args.input, args.digits_sample) {
+        (Some(path), _) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            body.input_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+        (None, Some(i)) => body.digits_sample = Some(i),
+        (None, None) => bail!("give --input FILE or --digits-sample N"),
+    }
+    let client = args.api.client(Duration::from_secs(30))?;
+    let sub = client.submit(&body).await.map_err(|e| anyhow::anyhow!("submit refused: {e}"))?;
+    eprintln!("submitted task {}", sub.task_id);
+    let view = client.wait(&sub.task_id, Duration::from_secs(args.timeout_secs)).await?;
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        say!("task     {}", view.task_id);
+        say!("phase    {:?}", view.phase);
+        if let Some(l) = view.label {
+            let expected = sub.expected_label.map(|e| format!(" (expected {e})")).unwrap_or_default();
+            say!("label    {l}{expected}");
+        }
+        if let Some(d) = &view.output_digest {
+            say!("output   blake3 {d}");
+        }
+        for w in &view.workers {
+            say!("worker   {} {}", w.peer_id, w.status);
+        }
+        if let Some(f) = &view.failure {
+            say!("failure  {f}");
+        }
+    }
+    match view.phase {
+        Phase::Verified => Ok(()),
+        Phase::Failed => bail!("task failed"),
+        _ => bail!("task not finished after {} s", args.timeout_secs),
+    }
+}
