@@ -173,6 +173,7 @@ pub struct PeerInfo {
 
 /// A node's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NodeStats {
     /// Jobs this node executed and got a receipt for.
     pub jobs_receipted: u64,
@@ -185,8 +186,22 @@ pub struct NodeStats {
     /// Served jobs held in memory (unfinished plus the most recent finished).
     pub jobs_in_memory: u64,
     /// Trace events this node had to drop because its trace writer fell behind.
-    #[serde(default)]
     pub trace_events_dropped: u64,
+    /// Peers with an open connection.
+    pub peers_connected: u64,
+    /// The configured bootstrap peers and whether they are reached.
+    pub bootstrap: Vec<BootstrapStatus>,
+}
+
+/// One bootstrap peer as the node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapStatus {
+    /// Its address, as configured.
+    pub addr: String,
+    /// Whether a connection is open now.
+    pub connected: bool,
+    /// Why the last dial failed, if it did.
+    pub last_error: Option<String>,
 }
 
 /// The body of every error answer.

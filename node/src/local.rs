@@ -43,7 +43,7 @@ pub async fn spawn_local_mesh(
         let node = Node::spawn(cfg).await?;
         if i == 0 {
             let id = node.client.peer_id();
-            let addrs = node.client.listen_addrs().await.map_err(|e| NodeError::Network(e.to_string()))?;
+            let addrs = node.client.listen_addrs().await?;
             boot = addrs.iter().map(|a| format!("{a}/p2p/{id}")).collect();
         }
         nodes.push(node);

@@ -69,8 +69,36 @@ pub enum NodeError {
         message: String,
     },
     /// The transport or a protocol failed to start.
-    #[error("network setup failed: {0}")]
-    Network(String),
+    #[error("network setup failed ({stage}): {source}")]
+    Network {
+        /// What was being set up.
+        stage: &'static str,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A listen address's port is taken by another process (libp2p listens with
+    /// SO_REUSEPORT, which would otherwise let two nodes share a port and split its
+    /// connections between them).
+    #[error(
+        "cannot listen on {addr}: the port is in use (is another node running with this address?): {source}"
+    )]
+    PortInUse {
+        /// The address as given.
+        addr: String,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listener failed to come up.
+    #[error("cannot listen: {0}")]
+    Listen(#[source] std::io::Error),
+    /// The listeners did not report their addresses within 5 s.
+    #[error("the listeners did not come up within 5 s")]
+    ListenTimeout,
+    /// The node stopped while starting.
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// The trace files could not be created.
     #[error(transparent)]
     Trace(#[from] crate::tracer::TraceError),
@@ -250,7 +278,7 @@ impl Node {
         let models = Arc::new(ModelStore::open(&config.data_dir.join("models"))?);
         let mut secret = identity.secret_bytes();
         let keypair = libp2p::identity::Keypair::ed25519_from_bytes(secret.as_mut())
-            .map_err(|e| NodeError::Network(format!("key: {e}")))?;
+            .map_err(|e| NodeError::Network { stage: "key", source: e.into() })?;
         let mut registry = prometheus_client::registry::Registry::with_prefix("fleetmesh");
         let p2p_metrics = libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p"));
         let metrics = Metrics::new(&mut registry);
@@ -262,12 +290,12 @@ impl Node {
                 libp2p::noise::Config::new,
                 libp2p::yamux::Config::default,
             )
-            .map_err(|e| NodeError::Network(e.to_string()))?
+            .map_err(|e| NodeError::Network { stage: "tcp", source: e.into() })?
             .with_quic()
             .with_dns()
-            .map_err(|e| NodeError::Network(e.to_string()))?
+            .map_err(|e| NodeError::Network { stage: "dns", source: e.into() })?
             .with_behaviour(|key| Behaviour::new(key, &params))
-            .map_err(|e| NodeError::Network(e.to_string()))?
+            .map_err(|e| NodeError::Network { stage: "behaviour", source: e.into() })?
             .with_swarm_config(|c| {
                 c.with_idle_connection_timeout(Duration::from_millis(config.idle_connection_timeout_ms))
             })
@@ -278,6 +306,7 @@ impl Node {
                 addr: addr.clone(),
                 message: e.to_string(),
             })?;
+            probe_port(&ma).map_err(|source| NodeError::PortInUse { addr: addr.clone(), source })?;
             swarm
                 .listen_on(ma)
                 .map_err(|e| NodeError::Address { addr: addr.clone(), message: format!("{e:?}") })?;
@@ -306,7 +335,7 @@ impl Node {
                 .behaviour_mut()
                 .gossipsub
                 .subscribe(&gossipsub::IdentTopic::new(topic))
-                .map_err(|e| NodeError::Network(format!("subscribe: {e}")))?;
+                .map_err(|e| NodeError::Network { stage: "subscribe", source: e.into() })?;
             if let Some(t) = &tracer {
                 t.membership(topic, true);
             }
@@ -317,21 +346,16 @@ impl Node {
         while listening < config.listen.len() {
             match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
                 Ok(SwarmEvent::NewListenAddr { .. }) => listening += 1,
-                Ok(SwarmEvent::ListenerError { error, .. }) => {
-                    return Err(NodeError::Network(error.to_string()))
-                }
+                Ok(SwarmEvent::ListenerError { error, .. }) => return Err(NodeError::Listen(error)),
                 Ok(SwarmEvent::ListenerClosed { reason: Err(error), .. }) => {
-                    return Err(NodeError::Network(error.to_string()))
+                    return Err(NodeError::Listen(error))
                 }
                 Ok(_) => {}
-                Err(_) => return Err(NodeError::Network("listeners did not come up within 5 s".into())),
+                Err(_) => return Err(NodeError::ListenTimeout),
             }
         }
         for (peer, addr) in &bootstrap {
             swarm.behaviour_mut().kad.add_address(peer, addr.clone());
-            if let Err(e) = swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, "bootstrap dial failed: {e}");
-            }
         }
 
         let public = identity.public();
@@ -362,7 +386,8 @@ impl Node {
             pending: Pending::default(),
             #[cfg(feature = "test-hooks")]
             exec_delay_ms: config.exec_delay_ms,
-            bootstrap,
+            bootstrap: bootstrap.into_iter().map(|(peer, addr)| Bootstrap::new(peer, addr)).collect(),
+            executions: tokio::task::JoinSet::new(),
         };
         event_loop.resume()?;
         let task = tokio::spawn(tracing::Instrument::instrument(event_loop.run(), span));
@@ -379,6 +404,31 @@ impl Node {
     pub fn kill(self) {
         self.task.abort();
     }
+}
+
+/// Binds a fixed TCP or UDP port of a listen address without SO_REUSEPORT, and lets it go:
+/// fails when another socket holds the port. Port 0 (any free port) is not probed.
+fn probe_port(addr: &Multiaddr) -> std::io::Result<()> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip: Option<std::net::IpAddr> = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(a.into()),
+            Protocol::Ip6(a) => ip = Some(a.into()),
+            Protocol::Tcp(port) if port != 0 => {
+                if let Some(ip) = ip {
+                    drop(std::net::TcpListener::bind((ip, port))?);
+                }
+            }
+            Protocol::Udp(port) if port != 0 => {
+                if let Some(ip) = ip {
+                    drop(std::net::UdpSocket::bind((ip, port))?);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The `/p2p/<id>` part of an address.
@@ -473,8 +523,38 @@ struct EventLoop {
     /// (tests) Sleep this long before each inference.
     #[cfg(feature = "test-hooks")]
     exec_delay_ms: u64,
-    bootstrap: Vec<(PeerId, Multiaddr)>,
+    /// Bootstrap peers, dialled until connected and again whenever the connection drops.
+    bootstrap: Vec<Bootstrap>,
+    /// Executions running on the blocking pool, awaited at shutdown.
+    executions: tokio::task::JoinSet<()>,
 }
+
+/// A bootstrap peer and how reaching it goes.
+struct Bootstrap {
+    peer: PeerId,
+    addr: Multiaddr,
+    connected: bool,
+    last_error: Option<String>,
+    next_dial: tokio::time::Instant,
+    backoff: Duration,
+}
+
+impl Bootstrap {
+    fn new(peer: PeerId, addr: Multiaddr) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            peer,
+            addr,
+            connected: false,
+            last_error: None,
+            next_dial: now,
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Longest wait between two dials of an unreachable bootstrap peer.
+const MAX_BOOTSTRAP_BACKOFF: Duration = Duration::from_secs(60);
 
 impl EventLoop {
     async fn run(mut self) {
@@ -489,6 +569,7 @@ impl EventLoop {
                 biased;
                 Some(done) = self.exec_rx.recv() => {
                     self.step(Input::Executed { task: done.task, result: done.result });
+                    while self.executions.try_join_next().is_some() {}
                 }
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Shutdown(tx)) => { let _ = tx.send(()); break; }
@@ -497,12 +578,28 @@ impl EventLoop {
                 },
                 _ = tick.tick() => {
                     self.step(Input::Tick);
+                    self.dial_bootstrap();
                     if let Some(t) = self.tracer.as_mut() {
                         t.mesh_changes(&self.swarm.behaviour().gossipsub, &TOPICS);
                     }
                 }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
             }
+        }
+        // Ordered shutdown: no new command or remote work is taken (the loop ended); the
+        // executions still running finish and their results are persisted, so a restart does
+        // not run them again. Inference is bounded by its execution timeout; 30 s at most.
+        let drain = async {
+            while let Some(joined) = self.executions.join_next().await {
+                if joined.is_ok() {
+                    while let Ok(done) = self.exec_rx.try_recv() {
+                        self.step(Input::Executed { task: done.task, result: done.result });
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+            tracing::warn!("executions still running at shutdown were abandoned; they run again on restart");
         }
         if let Some(mut tracer) = self.tracer.take() {
             // Leave the topics (peers drop this node from their meshes at once) and say so.
@@ -656,6 +753,49 @@ impl EventLoop {
         self.pending.outbound.insert(rid, Outbound::Engine { tag, peer: to });
     }
 
+    /// Dials the bootstrap peers that are due: each until it is connected, with a backoff
+    /// that doubles up to a minute, and a warning that says why it failed.
+    fn dial_bootstrap(&mut self) {
+        let now = tokio::time::Instant::now();
+        let mut dialled = false;
+        for b in self.bootstrap.iter_mut().filter(|b| !b.connected && now >= b.next_dial) {
+            b.next_dial = now + b.backoff;
+            b.backoff = (b.backoff * 2).min(MAX_BOOTSTRAP_BACKOFF);
+            if self.swarm.is_connected(&b.peer) {
+                b.connected = true;
+                continue;
+            }
+            if let Err(e) = self.swarm.dial(b.addr.clone()) {
+                tracing::warn!(addr = %b.addr, "cannot dial bootstrap peer: {e}");
+                b.last_error = Some(e.to_string());
+            }
+            dialled = true;
+        }
+        if dialled {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    fn bootstrap_event(&mut self, peer: &PeerId, connected: bool, error: Option<String>) {
+        for b in self.bootstrap.iter_mut().filter(|b| b.peer == *peer) {
+            if connected && !b.connected {
+                tracing::info!(addr = %b.addr, "connected to bootstrap peer");
+                b.backoff = Duration::from_secs(1);
+                b.last_error = None;
+            }
+            if !connected && b.connected {
+                b.next_dial = tokio::time::Instant::now() + Duration::from_secs(1);
+            }
+            b.connected = connected;
+            if let Some(e) = &error {
+                if b.last_error.is_none() {
+                    tracing::warn!(addr = %b.addr, "bootstrap peer unreachable (retrying with backoff): {e}");
+                }
+                b.last_error = Some(e.clone());
+            }
+        }
+    }
+
     /// Runs a job on the blocking pool; the engine decides how many run at once.
     fn execute(&mut self, task: TaskId, model: ModelId) {
         let input = self.store.get_raw(crate::store::JOB_INPUTS, &task);
@@ -663,7 +803,7 @@ impl EventLoop {
         let tx = self.exec_tx.clone();
         #[cfg(feature = "test-hooks")]
         let delay = Duration::from_millis(self.exec_delay_ms);
-        tokio::spawn(async move {
+        self.executions.spawn(async move {
             #[cfg(feature = "test-hooks")]
             tokio::time::sleep(delay).await;
             let result = match input {
@@ -825,6 +965,16 @@ impl EventLoop {
                     trace_events_dropped: self.tracer.as_ref().map_or(0, crate::tracer::Tracer::dropped),
                     tasks_in_memory: self.engine.requester.len() as u64,
                     jobs_in_memory: w.len() as u64,
+                    peers_connected: self.swarm.connected_peers().count() as u64,
+                    bootstrap: self
+                        .bootstrap
+                        .iter()
+                        .map(|b| fleetmesh_api::BootstrapStatus {
+                            addr: b.addr.to_string(),
+                            connected: b.connected,
+                            last_error: b.last_error.clone(),
+                        })
+                        .collect(),
                 };
                 let _ = tx.send(stats);
             }
@@ -889,14 +1039,21 @@ impl EventLoop {
             SwarmEvent::ConnectionEstablished { peer_id, num_established, .. }
                 if num_established.get() == 1 =>
             {
+                self.bootstrap_event(&peer_id, true, None);
                 if let Some(pk) = public_key_of(&peer_id) {
                     self.step(Input::Connected(pk));
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.bootstrap_event(&peer_id, false, None);
                 if let Some(pk) = public_key_of(&peer_id) {
                     self.step(Input::Disconnected(pk));
                 }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
+                if !self.swarm.is_connected(&peer) =>
+            {
+                self.bootstrap_event(&peer, false, Some(error.to_string()));
             }
             _ => {}
         }
@@ -1044,7 +1201,7 @@ impl EventLoop {
         use libp2p::kad::store::RecordStore;
         match request {
             kad::InboundRequest::PutRecord { record: Some(record), source, .. } => {
-                if crate::engine::requester::record_is_valid(&record.key.to_vec(), &record.value) {
+                if fleetmesh_protocol::records::record_is_valid(&record.key.to_vec(), &record.value) {
                     if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
                         tracing::debug!("record not stored: {e}");
                     }

@@ -134,3 +134,51 @@ fn attacker_identity(dir: &std::path::Path, i: usize) -> Identity {
     let path = dir.join(format!("node{i}")).join("node.key");
     fleetmesh_crypto::load_or_create_identity(&path).unwrap().0
 }
+
+/// Finding 14: libp2p listens with SO_REUSEPORT, so a second node on the same port took
+/// half of the first one's connections without a word. Now it refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_a_taken_port_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = fleetmesh_node::Node::spawn(fleetmesh_node::local::loopback_config(dir.path().join("a")))
+        .await
+        .unwrap();
+    for addr in first.client.listen_addrs().await.unwrap() {
+        let mut cfg = fleetmesh_node::local::loopback_config(dir.path().join("b"));
+        cfg.listen = vec![addr.to_string()];
+        let err = fleetmesh_node::Node::spawn(cfg).await.err().expect("the second node must not start");
+        assert!(err.to_string().contains("port is in use"), "{addr}: {err}");
+    }
+    first.stop().await;
+}
+
+/// Finding 15: an unreachable bootstrap address started the node without a word, and it
+/// never tried again. Now the node says why, retries with backoff, and connects once the
+/// peer is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_bootstrap_is_reported_and_retried_until_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let boot_id = Identity::from_secret_bytes(&[42; 32]);
+    let boot_addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", boot_id.public().peer_id());
+    let mut cfg = fleetmesh_node::local::loopback_config(dir.path().join("b"));
+    cfg.bootstrap = vec![boot_addr.clone()];
+    let node = fleetmesh_node::Node::spawn(cfg).await.unwrap();
+    wait_until("the node to report the bootstrap peer unreachable", async || {
+        let s = node.client.stats().await.unwrap();
+        s.bootstrap.len() == 1 && !s.bootstrap[0].connected && s.bootstrap[0].last_error.is_some()
+    })
+    .await;
+    assert_eq!(node.client.stats().await.unwrap().peers_connected, 0);
+    // The bootstrap peer comes up late, at that address: the node finds it on a retry.
+    let mut boot_cfg = fleetmesh_node::local::loopback_config(dir.path().join("boot"));
+    boot_cfg.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}")];
+    let boot = fleetmesh_node::Node::spawn_with_identity(boot_cfg, boot_id).await.unwrap();
+    wait_until("the node to reach the bootstrap peer on a retry", async || {
+        let s = node.client.stats().await.unwrap();
+        s.bootstrap[0].connected && s.bootstrap[0].last_error.is_none() && s.peers_connected == 1
+    })
+    .await;
+    node.stop().await;
+    boot.stop().await;
+}

@@ -12,6 +12,8 @@
 //! * [`wire`]: what travels on the request-response protocol.
 //! * [`winner`]: the deterministic winner rule.
 //! * [`verify`]: the checks a requester applies to a result, and the majority rule.
+//! * [`records`]: which DHT records a node stores.
+//! * [`output`]: the canonical encoding of a model's output.
 //! * [`limits`] and [`ids`]: sizes and names both sides must agree on.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -20,6 +22,7 @@ pub mod ids;
 pub mod limits;
 pub mod messages;
 pub mod output;
+pub mod records;
 pub mod verify;
 pub mod winner;
 pub mod wire;

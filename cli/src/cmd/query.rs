@@ -49,8 +49,20 @@ pub(crate) async fn peers(api: ApiArgs) -> Result<()> {
     Ok(())
 }
 
+/// Exit 0 while the node answers (container health checks); say on stderr what is wrong
+/// with its connectivity.
 pub(crate) async fn health(api: ApiArgs) -> Result<()> {
-    api.client(Duration::from_secs(3))?.health().await?;
+    let client = api.client(Duration::from_secs(3))?;
+    client.health().await?;
+    if let Ok(stats) = client.stats().await {
+        if stats.peers_connected == 0 {
+            eprintln!("warning: no peer connected (check --bootstrap, mDNS, or the firewall)");
+        }
+        for b in stats.bootstrap.iter().filter(|b| !b.connected) {
+            let why = b.last_error.as_deref().unwrap_or("not connected yet");
+            eprintln!("warning: bootstrap peer {} unreachable: {why}", b.addr);
+        }
+    }
     say!("ok");
     Ok(())
 }

@@ -229,26 +229,6 @@ impl ReqTask {
     }
 }
 
-/// Whether a DHT record may be stored: a task spec must verify and hash to its key; an
-/// open-tasks record must verify and be signed by the requester its key names.
-pub fn record_is_valid(key: &[u8], value: &[u8]) -> bool {
-    let limit = fleetmesh_protocol::limits::MAX_RECORD_BYTES;
-    match ids::RecordKey::parse(key) {
-        Some(ids::RecordKey::Task(id)) => {
-            TaskSpec::open_bytes(value, limit).is_ok_and(|(env, _)| task_id_of(&env) == id)
-        }
-        Some(ids::RecordKey::OpenTasks(model, signer)) => {
-            OpenTasks::open_bytes(value, limit).is_ok_and(|(env, o)| {
-                env.signer.to_bytes() == signer
-                    && o.model == model
-                    && o.tasks.len() <= fleetmesh_protocol::limits::MAX_OPEN_TASKS_PER_RECORD
-            })
-        }
-        // Provider keys hold provider records, never values.
-        Some(ids::RecordKey::ModelProviders(_)) | None => false,
-    }
-}
-
 /// The requester role.
 pub struct Requester {
     tasks: BTreeMap<TaskId, ReqTask>,

@@ -38,12 +38,12 @@ use fleetmesh_protocol::wire::{TaskRequest, TaskResponse};
 use fleetmesh_protocol::Signed;
 use serde::Serialize;
 
-use crate::engine::requester::record_is_valid;
 use crate::engine::{
     Action, Engine, EngineConfig, ExecOutput, Input, Job, Outgoing, ReqTask, SendFailure, SendTag,
     SubmitRequest, Table, Topic,
 };
 use fleetmesh_api::Phase;
+use fleetmesh_protocol::records::record_is_valid;
 use fleetmesh_trace::timeline::{event, ChainWriter};
 
 /// The virtual clock starts here (Unix ms, 2027-01-15), so deadlines look like real ones.
