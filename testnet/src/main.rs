@@ -112,8 +112,17 @@ fn plan(name: &str, topo: &Topology) -> Result<Plan> {
     })
 }
 
+/// Runs one docker command, bounded: a daemon that stops answering fails the fault with a
+/// clear message instead of hanging the scenario.
 fn docker(args: &[&str]) -> Result<()> {
-    let out = Command::new("docker").args(args).output().context("running docker")?;
+    let out = Command::new("timeout")
+        .args(["--kill-after=5", "60", "docker"])
+        .args(args)
+        .output()
+        .context("running docker")?;
+    if matches!(out.status.code(), Some(124 | 137)) {
+        bail!("docker {} did not answer within 60 s: the Docker daemon has stopped answering", args.join(" "));
+    }
     if !out.status.success() {
         bail!("docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
