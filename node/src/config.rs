@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use fleetmesh_engine::TaskDefaults;
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,7 +52,7 @@ pub struct NodeConfig {
     /// Misbehaviour for integration tests; absent from release builds.
     #[cfg(feature = "test-hooks")]
     #[serde(skip)]
-    pub misbehave: Option<crate::hooks::Misbehave>,
+    pub misbehave: Option<fleetmesh_engine::hooks::Misbehave>,
     /// (tests) Ignore task announcements, so only the DHT scan can find tasks.
     #[cfg(feature = "test-hooks")]
     #[serde(skip)]
@@ -59,42 +61,6 @@ pub struct NodeConfig {
     #[cfg(feature = "test-hooks")]
     #[serde(skip)]
     pub exec_delay_ms: u64,
-}
-
-/// Defaults for submitted tasks; a submit request can override each.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TaskDefaults {
-    /// Workers per task (k).
-    pub redundancy: u8,
-    /// Highest price paid per worker.
-    pub max_price: u64,
-    /// Bid round length, ms.
-    pub bid_window_ms: u32,
-    /// Time a worker has from award to result, ms.
-    pub exec_timeout_ms: u32,
-    /// Time from submit until the task fails if not verified, ms.
-    pub deadline_ms: u64,
-    /// Consecutive bid rounds without a single valid bid before the task fails.
-    pub max_rounds: u32,
-    /// Close a bid round early once every peer whose presence advert lists the model has bid
-    /// (and at least k bids are in). The award names the bid set, so this loses no
-    /// determinism; it removes the bid window from the critical path.
-    pub early_close: bool,
-}
-
-impl Default for TaskDefaults {
-    fn default() -> Self {
-        Self {
-            redundancy: 1,
-            max_price: 100,
-            bid_window_ms: 1_000,
-            exec_timeout_ms: 10_000,
-            deadline_ms: 120_000,
-            max_rounds: 6,
-            early_close: true,
-        }
-    }
 }
 
 impl Default for NodeConfig {

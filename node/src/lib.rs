@@ -6,7 +6,7 @@
 //!   bids, award, verify) and worker (bid, execute, return results). It takes inputs and the
 //!   time and returns actions; the event loop performs them (persisting before acknowledging
 //!   anything), so the lifecycle is tested without sockets.
-//! * [`sim`] runs many engines over a simulated network in virtual time, from one seed.
+//! * [`engine::sim`] runs many engines over a simulated network in virtual time, from one seed.
 //! * [`executor`] runs models with tract-onnx; [`digits`] is the embedded default model.
 //! * [`local`] starts a whole mesh in one process (tests, the demo, the benchmarks).
 //!
@@ -19,15 +19,10 @@ mod behaviour;
 mod codec;
 pub mod config;
 pub mod digits;
-#[deny(clippy::arithmetic_side_effects)]
-pub mod engine;
 pub mod executor;
-#[cfg(feature = "test-hooks")]
-pub mod hooks;
 pub mod local;
 mod metrics;
 mod node;
-pub mod sim;
 mod store;
 #[cfg(feature = "test-hooks")]
 pub mod testing;
@@ -36,5 +31,10 @@ pub mod tracer;
 pub use codec::Frame;
 pub use config::{ConfigError, NodeConfig, TaskDefaults};
 pub use fleetmesh_api::{NodeStats, PeerInfo, Phase, SubmitRequest, TaskView};
+/// The task lifecycle as a state machine, and the simulator (the `fleetmesh-engine` crate).
+pub use fleetmesh_engine as engine;
+/// Misbehaving-worker hooks for integration tests.
+#[cfg(feature = "test-hooks")]
+pub use fleetmesh_engine::hooks;
 pub use node::{Client, ClientError, Node, NodeError};
 pub use store::StoreError;

@@ -27,14 +27,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::behaviour::{Behaviour, BehaviourEvent, BehaviourParams};
 use crate::codec::Frame;
 use crate::config::NodeConfig;
-use crate::engine::{
-    Action, CallId, Engine, EngineConfig, ExecOutput, GossipId, Input, Job, Lookup, Metric, Outgoing,
-    ReplyId, ReqTask, SendFailure, SendTag, Topic, Verdict,
-};
 use crate::executor::{ExecError, ModelStore};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use fleetmesh_api::TaskView;
+use fleetmesh_engine::{
+    Action, CallId, Engine, EngineConfig, ExecOutput, GossipId, Input, Job, Lookup, Metric, Outgoing,
+    ReplyId, ReqTask, SendFailure, SendTag, Topic, Verdict,
+};
 
 const TICK: Duration = Duration::from_millis(50);
 const COMMAND_QUEUE: usize = 256;
@@ -366,12 +366,8 @@ impl Node {
         let client = Client { tx, peer_id, public, metrics: registry };
         let span = tracer.as_ref().map_or_else(tracing::Span::none, crate::tracer::Tracer::span);
         let now = now_ms();
-        let engine = Engine::new(
-            identity.clone(),
-            EngineConfig::from(&config),
-            models.list().into_iter().collect(),
-            now,
-        );
+        let engine =
+            Engine::new(identity.clone(), engine_config(&config), models.list().into_iter().collect(), now);
         let mut event_loop = EventLoop {
             swarm,
             engine,
@@ -403,6 +399,26 @@ impl Node {
     /// Ends the node abruptly, as a crash or a power cut would: no goodbye to anyone.
     pub fn kill(self) {
         self.task.abort();
+    }
+}
+
+/// The engine's settings from the node's configuration.
+fn engine_config(c: &NodeConfig) -> EngineConfig {
+    EngineConfig {
+        serve: c.serve,
+        slots: c.slots.max(1),
+        max_queue: c.max_queue,
+        max_jobs_per_requester: c.max_jobs_per_requester,
+        price_floor: c.price_floor,
+        tasks: c.tasks.clone(),
+        default_model: Some(crate::digits::model_id()),
+        presence_interval_ms: c.presence_interval_ms.max(100),
+        dht_scan_interval_ms: c.dht_scan_interval_ms.max(100),
+        max_finished_in_memory: c.max_finished_in_memory,
+        #[cfg(feature = "test-hooks")]
+        misbehave: c.misbehave,
+        #[cfg(feature = "test-hooks")]
+        ignore_task_gossip: c.ignore_task_gossip,
     }
 }
 
@@ -633,7 +649,7 @@ impl EventLoop {
 
     fn perform(&mut self, actions: Vec<Action>, follow_up: &mut VecDeque<Input>) {
         // Set once a durable write of this batch failed: what it guarded must not go out.
-        let mut failed: Option<Vec<(crate::engine::Table, TaskId)>> = None;
+        let mut failed: Option<Vec<(fleetmesh_engine::Table, TaskId)>> = None;
         for action in actions {
             match action {
                 Action::Persist(ops) => {

@@ -25,8 +25,8 @@ pub(crate) const JOBS: Table = Table(TableDefinition::new("jobs"));
 pub(crate) const JOB_INPUTS: Table = Table(TableDefinition::new("job_inputs"));
 
 /// The store table behind an engine table.
-pub(crate) fn table_of(t: crate::engine::Table) -> Table {
-    use crate::engine::Table as T;
+pub(crate) fn table_of(t: fleetmesh_engine::Table) -> Table {
+    use fleetmesh_engine::Table as T;
     match t {
         T::Requests => REQUESTS,
         T::RequestInputs => REQUEST_INPUTS,
@@ -87,7 +87,7 @@ impl Store {
     }
 
     /// Performs one engine transaction (inserts and deletes) durably.
-    pub(crate) fn apply(&self, ops: &[crate::engine::StoreOp]) -> Result<(), StoreError> {
+    pub(crate) fn apply(&self, ops: &[fleetmesh_engine::StoreOp]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         for op in ops {
             let mut t = txn.open_table(table_of(op.table).0).map_err(db_err)?;

@@ -121,7 +121,10 @@ fn docker(args: &[&str]) -> Result<()> {
         .output()
         .context("running docker")?;
     if matches!(out.status.code(), Some(124 | 137)) {
-        bail!("docker {} did not answer within 60 s: the Docker daemon has stopped answering", args.join(" "));
+        bail!(
+            "docker {} did not answer within 60 s: the Docker daemon has stopped answering",
+            args.join(" ")
+        );
     }
     if !out.status.success() {
         bail!("docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());

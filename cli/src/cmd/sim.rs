@@ -57,7 +57,7 @@ pub(crate) struct SimArgs {
 }
 
 pub(crate) fn run(a: SimArgs) -> Result<()> {
-    use fleetmesh_node::sim::{self, SimConfig};
+    use fleetmesh_engine::sim::{self, SimConfig};
     let mut c = SimConfig {
         vehicles: a.vehicles,
         tasks: a.tasks,

@@ -1,12 +1,13 @@
-//! The task lifecycle as a pure state machine ("sans-IO").
+//! The fleetmesh engine: the task lifecycle as a pure state machine ("sans-IO").
 //!
 //! [`Engine::handle`] takes the current time (Unix ms, as the wire's deadlines are) and one
 //! [`Input`], changes the engine's state, and returns the [`Action`]s the caller must perform,
-//! in order. The engine owns no socket, no clock, no thread and no file: the node's event loop
-//! feeds it swarm events, commands and timer ticks and performs what it returns; the
-//! simulator (`crate::sim`) feeds it a simulated network in virtual time; tests feed it
-//! inputs by hand. The same code runs in all three, so what a test or the simulator shows
-//! holds for the node.
+//! in order. The engine owns no socket, no clock, no thread and no file, and this crate
+//! depends on no network, runtime, database or inference library, so the compiler keeps it
+//! that way: the node (`fleetmesh-node`) feeds it swarm events, commands and timer ticks and
+//! performs what it returns; the simulator ([`sim`]) feeds it a simulated network in virtual
+//! time; tests and fuzzers feed it inputs by hand. The same code runs in all of them, so what
+//! a test or the simulator shows holds for the node.
 //!
 //! The two roles live in their own files: [`requester`] (announce, collect bids, award,
 //! verify) and [`worker`] (bid, accept an award, execute, deliver the result). This file
@@ -21,8 +22,15 @@
 //! Every map the engine keeps is bounded; all arithmetic on values a peer or a user chose is
 //! checked or saturating (`clippy::arithmetic_side_effects` is denied in this module).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![deny(clippy::arithmetic_side_effects)]
+
 pub mod bounded;
+#[cfg(feature = "test-hooks")]
+pub mod hooks;
 pub mod requester;
+#[allow(clippy::arithmetic_side_effects)] // the simulator's own clock and counters, not peer input
+pub mod sim;
 pub mod worker;
 
 use std::collections::BTreeSet;
@@ -32,11 +40,11 @@ use fleetmesh_crypto::{Identity, ModelId, PublicKey, SignedEnvelope, TaskId};
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{ids, Announcement, Presence, Signed};
 
-use crate::config::{NodeConfig, TaskDefaults};
 use bounded::{BoundedMap, BoundedSet};
 use fleetmesh_api::TaskView;
 use fleetmesh_trace::TaskRecord;
 pub use requester::{ReqTask, Requester};
+use serde::{Deserialize, Serialize};
 pub use worker::{Job, Worker};
 
 /// Presence adverts kept (one per peer).
@@ -410,6 +418,8 @@ pub struct EngineConfig {
     pub price_floor: u64,
     /// Defaults for submitted tasks.
     pub tasks: TaskDefaults,
+    /// The model a submit without one runs (the node's embedded digits model).
+    pub default_model: Option<ModelId>,
     /// Presence advert interval, ms; 0 sends none (the simulator at scale: every advert
     /// costs every vehicle a signature check).
     pub presence_interval_ms: u64,
@@ -425,29 +435,61 @@ pub struct EngineConfig {
     pub ignore_task_gossip: bool,
 }
 
-impl From<&NodeConfig> for EngineConfig {
-    fn from(c: &NodeConfig) -> Self {
+impl Default for EngineConfig {
+    /// The node's defaults (`NodeConfig::default()` gives the same).
+    fn default() -> Self {
         Self {
-            serve: c.serve,
-            slots: c.slots.max(1),
-            max_queue: c.max_queue,
-            max_jobs_per_requester: c.max_jobs_per_requester,
-            price_floor: c.price_floor,
-            tasks: c.tasks.clone(),
-            presence_interval_ms: c.presence_interval_ms.max(100),
-            dht_scan_interval_ms: c.dht_scan_interval_ms.max(100),
-            max_finished_in_memory: c.max_finished_in_memory,
+            serve: true,
+            slots: 2,
+            max_queue: 64,
+            max_jobs_per_requester: 32,
+            price_floor: 1,
+            tasks: TaskDefaults::default(),
+            default_model: None,
+            presence_interval_ms: 5_000,
+            dht_scan_interval_ms: 5_000,
+            max_finished_in_memory: 1024,
             #[cfg(feature = "test-hooks")]
-            misbehave: c.misbehave,
+            misbehave: None,
             #[cfg(feature = "test-hooks")]
-            ignore_task_gossip: c.ignore_task_gossip,
+            ignore_task_gossip: false,
         }
     }
 }
 
-impl Default for EngineConfig {
+/// Defaults for submitted tasks; a submit request can override each.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskDefaults {
+    /// Workers per task (k).
+    pub redundancy: u8,
+    /// Highest price paid per worker.
+    pub max_price: u64,
+    /// Bid round length, ms.
+    pub bid_window_ms: u32,
+    /// Time a worker has from award to result, ms.
+    pub exec_timeout_ms: u32,
+    /// Time from submit until the task fails if not verified, ms.
+    pub deadline_ms: u64,
+    /// Consecutive bid rounds without a single valid bid before the task fails.
+    pub max_rounds: u32,
+    /// Close a bid round early once every peer whose presence advert lists the model has bid
+    /// (and at least k bids are in). The award names the bid set, so this loses no
+    /// determinism; it removes the bid window from the critical path.
+    pub early_close: bool,
+}
+
+impl Default for TaskDefaults {
     fn default() -> Self {
-        Self::from(&NodeConfig::default())
+        Self {
+            redundancy: 1,
+            max_price: 100,
+            bid_window_ms: 1_000,
+            exec_timeout_ms: 10_000,
+            deadline_ms: 120_000,
+            max_rounds: 6,
+            early_close: true,
+        }
     }
 }
 

@@ -38,7 +38,7 @@ use fleetmesh_protocol::wire::{TaskRequest, TaskResponse};
 use fleetmesh_protocol::Signed;
 use serde::Serialize;
 
-use crate::engine::{
+use crate::{
     Action, Engine, EngineConfig, ExecOutput, Input, Job, Outgoing, ReqTask, SendFailure, SendTag,
     SubmitRequest, Table, Topic,
 };
@@ -308,7 +308,9 @@ impl Sim {
         }
         let mut rng = Rng(config.seed ^ 0x5eed_f1ee_75e5_0001);
         let presence = config.presence.unwrap_or(config.vehicles <= 100);
+        let model = ModelId::of(b"fleetmesh-sim-model");
         let mut engine_config = EngineConfig {
+            default_model: Some(model),
             presence_interval_ms: if presence { 5_000 } else { 0 },
             dht_scan_interval_ms: 5_000,
             ..EngineConfig::default()
@@ -317,7 +319,7 @@ impl Sim {
         engine_config.tasks.exec_timeout_ms = 5_000;
         engine_config.tasks.deadline_ms = 120_000;
         engine_config.tasks.redundancy = config.redundancy;
-        let model = crate::digits::model_id();
+
         if let Some(dir) = &config.trace_dir {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
@@ -1063,7 +1065,7 @@ impl Sim {
                             .and_then(|n| n.parse::<u32>().ok())
                             == Some(self.engine_config.tasks.max_rounds)
                     } else if reason.starts_with("gave up after ") {
-                        t.assignments.len() >= usize::from(*k) + crate::engine::requester::MAX_EXTRA_WORKERS
+                        t.assignments.len() >= usize::from(*k) + crate::requester::MAX_EXTRA_WORKERS
                     } else {
                         reason.starts_with("the task input is missing")
                     };

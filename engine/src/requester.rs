@@ -303,7 +303,10 @@ impl Requester {
                 Ok(m) => m,
                 Err(e) => return reject(format!("model id: {e}")),
             },
-            None => crate::digits::model_id(),
+            None => match ctx.config.default_model {
+                Some(m) => m,
+                None => return reject("give a model id: this node has no default model".into()),
+            },
         };
         if req.input.is_empty() {
             return reject("the input is empty".into());

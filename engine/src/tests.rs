@@ -22,14 +22,19 @@ fn identity(i: u64) -> Arc<Identity> {
     Arc::new(Identity::from_secret_bytes(&seed))
 }
 
+fn model() -> fleetmesh_crypto::ModelId {
+    fleetmesh_crypto::ModelId::of(b"test-model")
+}
+
 fn engine(i: u64) -> Engine {
     engine_with(i, |_| {})
 }
 
 fn engine_with(i: u64, f: impl FnOnce(&mut EngineConfig)) -> Engine {
-    let mut c = EngineConfig { presence_interval_ms: 0, ..EngineConfig::default() };
+    let mut c =
+        EngineConfig { presence_interval_ms: 0, default_model: Some(model()), ..EngineConfig::default() };
     f(&mut c);
-    Engine::new(identity(i), c, BTreeSet::from([crate::digits::model_id()]), T0)
+    Engine::new(identity(i), c, BTreeSet::from([model()]), T0)
 }
 
 fn submit(e: &mut Engine, now: u64, input: &[u8]) -> (TaskId, Vec<Action>) {
@@ -233,7 +238,7 @@ fn finding_3_a_result_from_a_peer_never_awarded_touches_nothing() {
         v: WIRE_VERSION,
         task_id: id,
         input_digest: InputDigest::of(&[1; 8]),
-        model: crate::digits::model_id(),
+        model: model(),
         output_digest: fleetmesh_crypto::OutputDigest::of(b"x"),
         output_size: 1,
         run_time_us: 1,
@@ -281,7 +286,7 @@ fn finding_4_announcements_must_come_from_the_spec_signer_and_replays_are_not_re
         let a = Announcement {
             v: WIRE_VERSION,
             task_id: TaskId::of(&n.to_le_bytes()),
-            model: crate::digits::model_id(),
+            model: model(),
             round: 0,
             bid_deadline_ms: T0 + 60_000,
             max_price: 100,
