@@ -163,6 +163,7 @@ impl std::fmt::Display for SendFailure {
 
 /// A DHT record lookup, to route its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(clippy::large_enum_variant)] // one per lookup in flight, at most a few hundred
 pub enum Lookup {
     /// The spec of a task announced without one (or found in an open-tasks record).
     Spec {
@@ -170,6 +171,8 @@ pub enum Lookup {
         task: TaskId,
         /// The round it takes bids for.
         round: u32,
+        /// Who announced it (or signed the open-tasks record): the spec must be theirs.
+        announcer: PublicKey,
     },
     /// One requester's open-tasks record.
     OpenTasks,
@@ -545,8 +548,9 @@ pub struct Engine {
     models: BTreeSet<ModelId>,
     presence: BoundedMap<PublicKey, PeerAdvert>,
     connected: BTreeSet<PublicKey>,
-    /// (task, round) announcements already accepted, so replays are not relayed again.
-    seen_announcements: BoundedSet<(TaskId, u32)>,
+    /// (task, round, announcer) announcements already taken, so replays are not relayed again.
+    /// Keyed by the announcer too, so a forgery cannot shadow the requester's own.
+    seen_announcements: BoundedSet<(TaskId, u32, PublicKey)>,
     /// The requester role.
     pub requester: Requester,
     /// The worker role.
@@ -720,12 +724,15 @@ impl Engine {
                 if a.bid_deadline_ms < now {
                     return Verdict::Ignore;
                 }
-                if !self.seen_announcements.insert((a.task_id, a.round)) {
+                if !self.seen_announcements.insert((a.task_id, a.round, env.signer)) {
                     return Verdict::Ignore;
                 }
+                // Without the spec nobody can tell who may announce the task: act on it here
+                // (the spec found in the DHT must be the announcer's) but do not relay it.
+                let verdict = if a.spec.is_some() { Verdict::Accept } else { Verdict::Ignore };
                 let (mut ctx, _, worker) = self.split(now, out);
                 worker.on_announcement(&mut ctx, env.signer, a);
-                Verdict::Accept
+                verdict
             }
             Topic::Presence => {
                 let Ok((env, p)) = Presence::open_bytes(data, limit) else { return Verdict::Reject };
@@ -745,6 +752,11 @@ impl Engine {
                     if old.advert.at_ms >= p.at_ms {
                         return Verdict::Ignore;
                     }
+                }
+                // Only direct neighbours' adverts are kept (they are what early round close
+                // counts): fresh keys that never connect cannot push real adverts out.
+                if !self.connected.contains(&env.signer) {
+                    return Verdict::Ignore;
                 }
                 self.presence.insert(env.signer, PeerAdvert { advert: p, received_ms: now });
                 Verdict::Accept
@@ -772,7 +784,7 @@ impl Engine {
             self.next_compaction = now.saturating_add(1_000);
             let cap = self.config.max_finished_in_memory;
             self.requester.forget_old_finished(cap);
-            self.worker.forget_old_finished(cap);
+            self.worker.forget_old_finished(cap, now);
             let ttl = self.presence_ttl_ms();
             let stale: Vec<PublicKey> = self
                 .presence

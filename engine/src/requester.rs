@@ -457,6 +457,14 @@ impl Requester {
         if b.round != t.round {
             return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::Late));
         }
+        // Only bids that can rank enter the round, so they alone can close it early.
+        let me = ctx.identity.public();
+        if let Some(reason) = winner::bid_problem(&b.task_id, &t.spec, &me, t.round, &from, &b) {
+            return TaskResponse::Refused(Refusal::BidDeclined(reason));
+        }
+        if t.assignments.iter().any(|a| a.worker == from) {
+            return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::DuplicateBidder));
+        }
         if t.bids.iter().any(|e| e.signer == bid.signer) || t.bids.len() >= MAX_BIDS_PER_ROUND {
             return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::DuplicateBidder));
         }
@@ -482,13 +490,16 @@ impl Requester {
             return false;
         }
         let needed = usize::from(t.spec.redundancy).saturating_sub(t.live_count());
-        let capable = ctx
+        let capable: BTreeSet<&PublicKey> = ctx
             .presence
             .iter()
             .filter(|(p, adv)| ctx.connected.contains(p) && adv.advert.models.contains(&t.spec.model))
             .filter(|(p, _)| !t.assignments.iter().any(|a| a.worker == **p))
-            .count();
-        t.bids.len() >= needed.max(1) && t.bids.len() >= capable
+            .map(|(p, _)| p)
+            .collect();
+        // Every capable neighbour has bid: bids from others do not stand in for theirs.
+        let capable_bids = t.bids.iter().filter(|b| capable.contains(&b.signer)).count();
+        t.bids.len() >= needed.max(1) && capable_bids >= capable.len()
     }
 
     /// Applies the winner rule to the round's bids and awards the winners.
@@ -531,10 +542,12 @@ impl Requester {
         }
         let round = t.round;
         let model = t.spec.model;
-        // Tell the bidders that lost, and why (best effort: a lost decline costs nothing).
-        for (pk, reason) in
-            decision.declined.into_iter().filter(|(pk, _)| !winners.iter().any(|(w, _)| w == pk))
-        {
+        let declined: Vec<(PublicKey, DeclineReason)> =
+            decision.declined.into_iter().filter(|(pk, _)| !winners.iter().any(|(w, _)| w == pk)).collect();
+        // The award is persisted first; then the losers hear why (best effort).
+        self.award(ctx, id, winners);
+        self.open_dirty.insert(model);
+        for (pk, reason) in declined {
             ctx.trace(TaskRecord {
                 round: Some(round),
                 peer: Some(pk.peer_id()),
@@ -548,8 +561,6 @@ impl Requester {
                 tag: SendTag::Decline,
             });
         }
-        self.award(ctx, id, winners);
-        self.open_dirty.insert(model);
     }
 
     /// Starts the next bid round (after an empty round or to replace a worker).
@@ -561,8 +572,9 @@ impl Requester {
         t.announce_pending = true;
         t.announce_in_flight = false;
         let model = t.spec.model;
-        self.announce(ctx, id);
+        // Persisted before it is announced: a restart never re-announces a round peers saw.
         self.persist(ctx, id);
+        self.announce(ctx, id);
         self.open_dirty.insert(model);
     }
 
@@ -946,13 +958,9 @@ impl Requester {
 
     pub(crate) fn on_persist_failed(&mut self, _ctx: &mut Ctx<'_>, keys: &[(Table, TaskId)]) {
         for (table, id) in keys {
-            // A task whose first write failed was never accepted (its submit was refused).
-            if *table == Table::Requests
-                && self
-                    .tasks
-                    .get(id)
-                    .is_some_and(|t| t.times.announced_ms == 0 && t.round == 0 && t.assignments.is_empty())
-            {
+            // Only a submit writes a task's input: a task whose first write failed was never
+            // accepted (its submit was refused), whatever happened to its announcement since.
+            if *table == Table::RequestInputs {
                 self.tasks.remove(id);
             }
         }

@@ -400,15 +400,94 @@ fn finding_17_presence_adverts_are_bounded_checked_and_expire() {
         verdict(&gossip(&mut e, T0, Topic::Presence, identity(6).public(), fine.clone())),
         Verdict::Reject
     );
+    // From a key that never connected: kept out, so fresh keys cannot push real adverts out.
+    assert_eq!(verdict(&gossip(&mut e, T0, Topic::Presence, other.public(), fine.clone())), Verdict::Ignore);
+    assert!(e.presence().is_empty());
+    e.handle(T0, Input::Connected(other.public()));
     assert_eq!(verdict(&gossip(&mut e, T0, Topic::Presence, other.public(), fine)), Verdict::Accept);
-    // Many signers: the table keeps at most its bound.
+    // Many connected signers: the table keeps at most its bound.
     for i in 0..(MAX_PRESENCE_PEERS as u64 + 50) {
         let id = identity(10_000 + i);
+        e.handle(T0, Input::Connected(id.public()));
         let data = fleetmesh_protocol::encode(&advert(T0).sign(&id));
         gossip(&mut e, T0, Topic::Presence, id.public(), data);
     }
-    assert!(e.presence().len() <= MAX_PRESENCE_PEERS);
+    assert_eq!(e.presence().len(), MAX_PRESENCE_PEERS);
     // Nobody re-advertises: after the time to live, the table empties.
     e.handle(T0 + 10 * 60_000, Input::Tick);
     assert!(e.presence().is_empty());
+}
+
+#[test]
+fn review_a_forged_specless_announcement_does_not_shadow_the_requesters_own() {
+    let (mut r, mut w) = (engine(1), engine(2));
+    let (id, actions) = submit(&mut r, T0, &[6; 8]);
+    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (_, a) = Announcement::open_bytes(&data, 1 << 16).unwrap();
+    // A stranger claims round 0 first, without a spec.
+    let stranger = identity(88);
+    let forged = Announcement { spec: None, ..a.clone() }.sign(&stranger);
+    let v = gossip(&mut w, T0, Topic::Tasks, stranger.public(), fleetmesh_protocol::encode(&forged));
+    assert_eq!(verdict(&v), Verdict::Ignore, "a spec-less claim is not relayed");
+    let lookup = v.iter().find_map(|a| match a {
+        Action::GetRecord { lookup, .. } => Some(*lookup),
+        _ => None,
+    });
+    // The requester's own announcement of that round still gets a bid.
+    let (_, bid) = announce_and_bid(&mut r, &mut w, T0 + 1, &actions);
+    assert_eq!(bid.signer, w.public());
+    // And the stranger's lookup, answered with the real spec, bids on nothing more.
+    let spec = fleetmesh_protocol::encode(&r.requester.get(&id).unwrap().spec_env);
+    let more = w.handle(T0 + 2, Input::Record { lookup: lookup.unwrap(), value: Some(spec) });
+    assert!(sends(&more).is_empty(), "the spec is the requester's, not the announcer's");
+}
+
+#[test]
+fn review_bids_that_cannot_rank_are_refused_and_do_not_close_the_round() {
+    let mut r = engine(1);
+    let (id, actions) = submit(&mut r, T0, &[7; 8]);
+    let (_, _, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (task, round) = ann.unwrap();
+    r.handle(T0, Input::Published { task, round, ok: true });
+    for (i, (price, promised)) in [(u64::MAX, 1), (1, u32::MAX)].into_iter().enumerate() {
+        let liar = identity(300 + i as u64);
+        let bid = fleetmesh_protocol::Bid {
+            v: WIRE_VERSION,
+            task_id: id,
+            round: 0,
+            price,
+            promised_ms: promised,
+            queue_depth: 0,
+            free_slots: 1,
+        }
+        .sign(&liar);
+        let a = r.handle(
+            T0 + 1,
+            Input::Request { reply: 1, from: liar.public(), request: TaskRequest::Bid { bid } },
+        );
+        assert!(matches!(reply(&a), TaskResponse::Refused(Refusal::BidDeclined(_))), "{:?}", reply(&a));
+    }
+    let t = r.requester.get(&id).unwrap();
+    assert_eq!(t.phase, fleetmesh_api::Phase::Bidding);
+    assert!(t.bids.is_empty() && t.empty_rounds == 0);
+}
+
+#[test]
+fn review_a_worker_remembers_only_so_many_bids_per_requester_and_forgets_them_in_time() {
+    let (mut r, mut w) = (engine_with(1, |c| c.tasks.early_close = false), engine(2));
+    let mut bids = 0;
+    let n = worker::MAX_BIDS_PER_REQUESTER as usize + 6;
+    for i in 0..n {
+        let (_, actions) = submit(&mut r, T0 + i as u64, &(i as u64).to_le_bytes());
+        let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+        bids += sends(&gossip(&mut w, T0 + i as u64, Topic::Tasks, r.public(), data)).len();
+    }
+    assert_eq!(bids, worker::MAX_BIDS_PER_REQUESTER as usize);
+    w.check_bounds().unwrap();
+    // Past the bid memory, the worker bids for that requester again.
+    let later = T0 + worker::BID_MEMORY_MS + 60_000;
+    w.handle(later, Input::Tick);
+    let (_, actions) = submit(&mut r, later, b"late");
+    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    assert_eq!(sends(&gossip(&mut w, later, Topic::Tasks, r.public(), data)).len(), 1);
 }

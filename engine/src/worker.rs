@@ -23,7 +23,7 @@ use fleetmesh_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::bounded::{BoundedMap, BoundedSet};
+use super::bounded::BoundedSet;
 use super::{
     record, Action, Ctx, EngineConfig, ExecOutput, Lookup, Metric, Outgoing, SendFailure, SendTag, StoreOp,
     Table,
@@ -36,8 +36,17 @@ pub const DELIVERY_GRACE_MS: u64 = 120_000;
 /// How much later than the spec's execution timeout a requester may set a result deadline
 /// (network and queueing slack); anything later is clamped.
 pub const AWARD_SLACK_MS: u64 = 10_000;
-/// (task, round) bids remembered, to match awards against.
+/// (task, round) bids remembered, to match awards against. When full, this node stops
+/// bidding until entries expire: it never forgets a bid it may still be awarded for.
 pub const MAX_REMEMBERED_BIDS: usize = 8192;
+/// Bids remembered per requester, so one requester cannot take the whole memory.
+pub const MAX_BIDS_PER_REQUESTER: u32 = 64;
+/// How long a bid is remembered (and so how late a standby award is still taken), ms.
+pub const BID_MEMORY_MS: u64 = 10 * 60 * 1000;
+/// Longest execution timeout this node accepts in a spec, ms.
+pub const MAX_EXEC_TIMEOUT_MS: u32 = 60 * 60 * 1000;
+/// Furthest task deadline this node accepts, from now, ms (a week, plus clock skew).
+pub const MAX_TASK_HORIZON_MS: u64 = 7 * 24 * 3600 * 1000 + 60_000;
 /// Finished jobs that left memory, remembered so a replayed award is not run again.
 pub const MAX_DONE_REMEMBERED: usize = 64 * 1024;
 /// DHT lookups of task specs at once.
@@ -112,14 +121,22 @@ impl Job {
     }
 }
 
+/// Unfinished jobs (queued, running or waiting for a receipt) a worker holds at most.
+fn max_unfinished(config: &EngineConfig) -> usize {
+    (config.max_queue as usize).saturating_mul(2).saturating_add(config.slots as usize)
+}
+
 /// The worker role.
 pub struct Worker {
     jobs: BTreeMap<TaskId, Job>,
     /// Finished jobs that left memory.
     done: BoundedSet<TaskId>,
     /// Rounds bid on, and the requester each bid went to.
-    bids: BoundedMap<(TaskId, u32), PublicKey>,
-    spec_lookups: BTreeSet<(TaskId, u32)>,
+    bids: BTreeMap<(TaskId, u32), (PublicKey, u64)>,
+    /// Remembered bids per requester.
+    bids_per_requester: BTreeMap<PublicKey, u32>,
+    /// Spec lookups in flight: (task, round, announcer).
+    spec_lookups: BTreeSet<(TaskId, u32, PublicKey)>,
     open_lookups: usize,
     provider_lookups: BTreeSet<ModelId>,
     /// Jobs executing now.
@@ -142,7 +159,8 @@ impl Worker {
         Self {
             jobs: BTreeMap::new(),
             done: BoundedSet::new(MAX_DONE_REMEMBERED),
-            bids: BoundedMap::new(MAX_REMEMBERED_BIDS),
+            bids: BTreeMap::new(),
+            bids_per_requester: BTreeMap::new(),
             spec_lookups: BTreeSet::new(),
             open_lookups: 0,
             provider_lookups: BTreeSet::new(),
@@ -185,8 +203,41 @@ impl Worker {
     }
 
     fn has_capacity(&self, config: &EngineConfig, requester: &PublicKey) -> bool {
+        let unfinished = self.jobs.values().filter(|j| !j.is_finished()).count();
         self.queued() < config.max_queue as usize
+            && unfinished < max_unfinished(config)
             && self.unfinished_from(requester) < config.max_jobs_per_requester as usize
+    }
+
+    /// Remembers a bid on (task, round) to `requester`; false when it is remembered already,
+    /// or memory for it is full (then this node does not bid).
+    fn remember_bid(&mut self, key: (TaskId, u32), requester: PublicKey, expires_ms: u64) -> bool {
+        let per = self.bids_per_requester.get(&requester).copied().unwrap_or(0);
+        if self.bids.contains_key(&key)
+            || self.bids.len() >= MAX_REMEMBERED_BIDS
+            || per >= MAX_BIDS_PER_REQUESTER
+        {
+            return false;
+        }
+        self.bids.insert(key, (requester, expires_ms));
+        self.bids_per_requester.insert(requester, per.saturating_add(1));
+        true
+    }
+
+    /// Forgets bids whose memory ran out.
+    fn expire_bids(&mut self, now: u64) {
+        let expired: Vec<(TaskId, u32)> =
+            self.bids.iter().filter(|(_, (_, until))| *until <= now).map(|(k, _)| *k).collect();
+        for k in expired {
+            if let Some((requester, _)) = self.bids.remove(&k) {
+                let left = self.bids_per_requester.get(&requester).copied().unwrap_or(0).saturating_sub(1);
+                if left == 0 {
+                    self.bids_per_requester.remove(&requester);
+                } else {
+                    self.bids_per_requester.insert(requester, left);
+                }
+            }
+        }
     }
 
     pub(crate) fn check_bounds(&self, config: &EngineConfig) -> Result<(), String> {
@@ -198,6 +249,14 @@ impl Worker {
         }
         if self.spec_lookups.len() > MAX_SPEC_LOOKUPS || self.open_lookups > MAX_OPEN_LOOKUPS {
             return Err("DHT lookups over their bound".into());
+        }
+        if self.bids.len() > MAX_REMEMBERED_BIDS
+            || self.bids_per_requester.values().any(|n| *n > MAX_BIDS_PER_REQUESTER)
+        {
+            return Err(format!("{} bids remembered", self.bids.len()));
+        }
+        if self.jobs.values().filter(|j| !j.is_finished()).count() > max_unfinished(config) {
+            return Err("unfinished jobs over their bound".into());
         }
         let unfinished = self.jobs.values().filter(|j| !j.is_finished()).count();
         let finished = self.jobs.len().saturating_sub(unfinished);
@@ -229,8 +288,8 @@ impl Worker {
         }
         match a.spec {
             // The spec came with the announcement: check it and bid without a DHT lookup.
-            Some(spec) => self.bid_on_spec(ctx, (a.task_id, a.round), &spec),
-            None => self.look_up_spec(ctx, a.task_id, a.round),
+            Some(spec) => self.bid_on_spec(ctx, (a.task_id, a.round), &spec, a.bid_deadline_ms),
+            None => self.look_up_spec(ctx, a.task_id, a.round, requester),
         }
     }
 
@@ -250,32 +309,41 @@ impl Worker {
             && ctx.models.contains(&model)
             && !self.jobs.contains_key(&task)
             && !self.done.contains(&task)
-            && !self.bids.contains(&(task, round))
-            && !self.spec_lookups.contains(&(task, round))
+            && !self.bids.contains_key(&(task, round))
             && self.queued() < ctx.config.max_queue as usize
     }
 
-    fn look_up_spec(&mut self, ctx: &mut Ctx<'_>, task: TaskId, round: u32) {
-        if self.spec_lookups.len() >= MAX_SPEC_LOOKUPS {
+    fn look_up_spec(&mut self, ctx: &mut Ctx<'_>, task: TaskId, round: u32, announcer: PublicKey) {
+        if self.spec_lookups.len() >= MAX_SPEC_LOOKUPS || !self.spec_lookups.insert((task, round, announcer))
+        {
             return;
         }
-        self.spec_lookups.insert((task, round));
         ctx.push(Action::GetRecord {
             key: ids::task_record_key(&task),
-            lookup: Lookup::Spec { task, round },
+            lookup: Lookup::Spec { task, round, announcer },
         });
     }
 
     /// Checks a signed spec (from the DHT or an announcement) and bids on it.
-    fn bid_on_spec(&mut self, ctx: &mut Ctx<'_>, (task, round): (TaskId, u32), env: &SignedEnvelope) {
+    fn bid_on_spec(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        (task, round): (TaskId, u32),
+        env: &SignedEnvelope,
+        bid_deadline_ms: u64,
+    ) {
         let Ok(spec) = TaskSpec::open(env) else { return };
+        // Remembered long enough for a standby award, never past the task's deadline.
+        let until = spec.deadline_ms.min(bid_deadline_ms.max(ctx.now).saturating_add(BID_MEMORY_MS));
         if task_id_of(env) != task
             || env.signer == ctx.identity.public()
             || spec.max_price < ctx.config.price_floor
             || spec.deadline_ms <= ctx.now
+            || spec.deadline_ms > ctx.now.saturating_add(MAX_TASK_HORIZON_MS)
+            || spec.exec_timeout_ms > MAX_EXEC_TIMEOUT_MS
             || !ctx.models.contains(&spec.model)
             || !self.has_capacity(ctx.config, &env.signer)
-            || !self.bids.insert((task, round), env.signer)
+            || !self.remember_bid((task, round), env.signer, until)
         {
             return;
         }
@@ -349,16 +417,21 @@ impl Worker {
     pub(crate) fn on_record(&mut self, ctx: &mut Ctx<'_>, lookup: Lookup, value: Option<Vec<u8>>) {
         let limit = fleetmesh_protocol::limits::MAX_RECORD_BYTES;
         match lookup {
-            Lookup::Spec { task, round } => {
-                if !self.spec_lookups.remove(&(task, round)) {
+            Lookup::Spec { task, round, announcer } => {
+                if !self.spec_lookups.remove(&(task, round, announcer)) {
                     return;
                 }
                 let Some(value) = value else {
                     tracing::debug!(%task, round, "task spec not found in the DHT");
                     return;
                 };
-                if let Ok(env) = fleetmesh_protocol::decode::<SignedEnvelope>(&value, limit) {
-                    self.bid_on_spec(ctx, (task, round), &env);
+                // Only the task's requester may announce its rounds.
+                match fleetmesh_protocol::decode::<SignedEnvelope>(&value, limit) {
+                    Ok(env) if env.signer == announcer => {
+                        let bid_deadline = ctx.now.saturating_add(BID_MEMORY_MS);
+                        self.bid_on_spec(ctx, (task, round), &env, bid_deadline);
+                    }
+                    _ => {}
                 }
             }
             Lookup::OpenTasks => {
@@ -370,7 +443,7 @@ impl Worker {
                 }
                 for t in open.tasks.into_iter().take(fleetmesh_protocol::limits::MAX_OPEN_TASKS_PER_RECORD) {
                     if self.worth_bidding(ctx, t.task_id, open.model, t.round, t.bid_deadline_ms, None) {
-                        self.look_up_spec(ctx, t.task_id, t.round);
+                        self.look_up_spec(ctx, t.task_id, t.round, env.signer);
                     }
                 }
             }
@@ -411,7 +484,7 @@ impl Worker {
             return TaskResponse::Ack;
         }
         // Only a round this node bid on, and only from the requester it bid to.
-        if self.bids.get(&(task, award.round)) != Some(&from) {
+        if self.bids.get(&(task, award.round)).map(|(requester, _)| requester) != Some(&from) {
             return TaskResponse::Refused(Refusal::NotAWinner);
         }
         if InputDigest::of(&input) != spec.input_digest || input.len() as u64 != spec.input_size {
@@ -419,6 +492,12 @@ impl Worker {
         }
         if !ctx.models.contains(&spec.model) {
             return TaskResponse::Refused(Refusal::ModelUnavailable);
+        }
+        if spec.exec_timeout_ms > MAX_EXEC_TIMEOUT_MS
+            || spec.deadline_ms > ctx.now.saturating_add(MAX_TASK_HORIZON_MS)
+        {
+            let why = "the task's timeout or deadline is beyond this node's limits";
+            return TaskResponse::Refused(Refusal::Invalid(why.into()));
         }
         if !self.has_capacity(ctx.config, &from) {
             return TaskResponse::Refused(Refusal::NoCapacity);
@@ -727,7 +806,8 @@ impl Worker {
 
     /// Drops the oldest finished jobs from memory beyond `cap`; their ids are remembered so
     /// a replayed award is acknowledged, not run again.
-    pub(crate) fn forget_old_finished(&mut self, cap: usize) {
+    pub(crate) fn forget_old_finished(&mut self, cap: usize, now: u64) {
+        self.expire_bids(now);
         let mut done: Vec<(u64, TaskId)> = self
             .jobs
             .iter()

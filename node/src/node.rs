@@ -648,17 +648,15 @@ impl EventLoop {
     }
 
     fn perform(&mut self, actions: Vec<Action>, follow_up: &mut VecDeque<Input>) {
-        // Set once a durable write of this batch failed: what it guarded must not go out.
+        // Set once a durable write of this batch failed: what follows it must not promise a
+        // peer anything. Every write is still tried, and every failed one reported.
         let mut failed: Option<Vec<(fleetmesh_engine::Table, TaskId)>> = None;
         for action in actions {
             match action {
                 Action::Persist(ops) => {
-                    if failed.is_some() {
-                        continue;
-                    }
                     if let Err(e) = self.store.apply(&ops) {
                         tracing::error!("could not persist: {e}");
-                        failed = Some(ops.iter().map(|o| (o.table, o.key)).collect());
+                        failed.get_or_insert_with(Vec::new).extend(ops.iter().map(|o| (o.table, o.key)));
                     }
                 }
                 Action::Reply { reply, response } => {
@@ -680,6 +678,11 @@ impl EventLoop {
                 Action::Send { to, request, tag } => {
                     if failed.is_none() {
                         self.send(to, request, tag, follow_up);
+                    } else {
+                        // Held back; the engine hears so, as it would of a lost request.
+                        let result =
+                            Err(SendFailure::Network("not sent: a durable write before it failed".into()));
+                        follow_up.push_back(Input::Response { tag, peer: to, result });
                     }
                 }
                 Action::Validate { msg, verdict } => self.validate(msg, verdict),

@@ -64,6 +64,30 @@ pub fn bid_set_root(sorted_digests: &[Digest]) -> Digest {
     Digest::from_bytes(*h.finalize().as_bytes())
 }
 
+/// What rules a bid out on its own, before any ranking: another task or round, the
+/// requester's own bid, a price above the maximum, a promise beyond the execution timeout.
+/// A requester applies it when a bid arrives, so a round holds only bids that can rank.
+pub fn bid_problem(
+    task_id: &TaskId,
+    spec: &TaskSpec,
+    requester: &PublicKey,
+    round: u32,
+    bidder: &PublicKey,
+    bid: &Bid,
+) -> Option<DeclineReason> {
+    if bid.task_id != *task_id || bid.round != round {
+        Some(DeclineReason::WrongTask)
+    } else if bidder == requester {
+        Some(DeclineReason::OwnTask)
+    } else if bid.price > spec.max_price {
+        Some(DeclineReason::PriceAboveMax)
+    } else if bid.promised_ms > spec.exec_timeout_ms {
+        Some(DeclineReason::TooSlow)
+    } else {
+        None
+    }
+}
+
 /// Score of one bid against the spec; lower is better.
 pub fn score(spec: &TaskSpec, bid: &Bid) -> u64 {
     let price = u64::from(u32::MAX).min(bid.price.saturating_mul(1000) / spec.max_price.max(1));
@@ -98,17 +122,7 @@ pub fn choose(
             declined.push((bidder, DeclineReason::Invalid));
             continue;
         };
-        let reason = if bid.task_id != *task_id || bid.round != round {
-            Some(DeclineReason::WrongTask)
-        } else if bidder == *requester {
-            Some(DeclineReason::OwnTask)
-        } else if bid.price > spec.max_price {
-            Some(DeclineReason::PriceAboveMax)
-        } else if bid.promised_ms > spec.exec_timeout_ms {
-            Some(DeclineReason::TooSlow)
-        } else {
-            None
-        };
+        let reason = bid_problem(task_id, spec, requester, round, &bidder, &bid);
         if let Some(reason) = reason {
             declined.push((bidder, reason));
             continue;

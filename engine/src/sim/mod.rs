@@ -303,8 +303,24 @@ impl Sim {
         if config.redundancy == 0 || config.redundancy > fleetmesh_protocol::limits::MAX_REDUNDANCY {
             return Err(format!("redundancy must be 1 to {}", fleetmesh_protocol::limits::MAX_REDUNDANCY));
         }
-        if config.hostile + config.liars >= config.vehicles {
+        if config.hostile.saturating_add(config.liars) >= config.vehicles {
             return Err("hostile vehicles and liars must leave some honest ones".into());
+        }
+        // Limits that keep virtual time and its arithmetic far from overflow.
+        const HOUR: u64 = 3_600_000;
+        if config.vehicles > 100_000 || config.tasks > 10_000_000 {
+            return Err("at most 100,000 vehicles and 10,000,000 tasks".into());
+        }
+        if config.max_skew_ms > 24 * HOUR || config.submit_interval_ms > HOUR {
+            return Err("--skew-ms must be at most a day and --submit-interval-ms at most an hour".into());
+        }
+        if config.latency_ms.1 > HOUR || config.exec_ms.1 > HOUR || config.loss_ppm > 1_000_000 {
+            return Err(
+                "latency and execution times must be at most an hour, loss at most 1,000,000 ppm".into()
+            );
+        }
+        if config.time_limit_ms > 365 * 24 * HOUR {
+            return Err("the time limit must be at most a year".into());
         }
         let mut rng = Rng(config.seed ^ 0x5eed_f1ee_75e5_0001);
         let presence = config.presence.unwrap_or(config.vehicles <= 100);
@@ -777,7 +793,7 @@ impl Sim {
         let n = self.vehicles.len();
         let identity = self.vehicles[i].identity.clone();
         let victim = self.rng.range(0, n as u64 - 1) as usize;
-        match self.rng.next() % 3 {
+        match self.rng.next() % 5 {
             // A result for a task this vehicle was never awarded.
             0 => {
                 let tasks: Vec<(TaskId, usize)> = self.accepted.iter().map(|(t, (r, _))| (*t, *r)).collect();
@@ -842,6 +858,65 @@ impl Sim {
                 .sign(&identity);
                 self.hostile_sent += 1;
                 self.send_request(i, victim, None, TaskRequest::Award { spec, award, input });
+            }
+            // A spec-less announcement of a later round of a real task, in the hostile
+            // vehicle's name: it must not stop the requester's own announcement of that round.
+            2 => {
+                let tasks: Vec<(TaskId, usize)> = self.accepted.iter().map(|(t, (r, _))| (*t, *r)).collect();
+                if tasks.is_empty() {
+                    return;
+                }
+                let (task, requester) = tasks[self.rng.range(0, tasks.len() as u64 - 1) as usize];
+                let round = self.vehicles[requester]
+                    .engine
+                    .as_ref()
+                    .and_then(|e| e.requester.get(&task))
+                    .map_or(0, |t| t.round);
+                for ahead in 1..=3 {
+                    let a = fleetmesh_protocol::Announcement {
+                        v: fleetmesh_protocol::WIRE_VERSION,
+                        task_id: task,
+                        model: self.model,
+                        round: round + ahead,
+                        bid_deadline_ms: u64::MAX,
+                        max_price: u64::MAX,
+                        spec: None,
+                    }
+                    .sign(&identity);
+                    self.hostile_sent += 1;
+                    self.broadcast(i, Topic::Tasks, &fleetmesh_protocol::encode(&a));
+                }
+            }
+            // A bid that can never win (price above any maximum) for a task taking bids:
+            // refused, so it cannot close the round early.
+            3 => {
+                let open: Vec<(TaskId, usize, u32)> = self
+                    .accepted
+                    .iter()
+                    .filter_map(|(t, (r, _))| {
+                        let task = self.vehicles[*r].engine.as_ref()?.requester.get(t)?;
+                        (task.phase == Phase::Bidding).then_some((*t, *r, task.round))
+                    })
+                    .collect();
+                if open.is_empty() {
+                    return;
+                }
+                let (task, requester, round) = open[self.rng.range(0, open.len() as u64 - 1) as usize];
+                if requester == i {
+                    return;
+                }
+                let bid = fleetmesh_protocol::Bid {
+                    v: fleetmesh_protocol::WIRE_VERSION,
+                    task_id: task,
+                    round,
+                    price: u64::MAX,
+                    promised_ms: 0,
+                    queue_depth: 0,
+                    free_slots: 99,
+                }
+                .sign(&identity);
+                self.hostile_sent += 1;
+                self.send_request(i, requester, None, TaskRequest::Bid { bid });
             }
             // An old announcement, published again.
             _ => {
