@@ -49,6 +49,7 @@ impl ApiError {
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,
+    token: Option<String>,
 }
 
 impl ApiClient {
@@ -60,7 +61,21 @@ impl ApiClient {
             .timeout(timeout)
             .build()
             .map_err(|source| ApiError::Unreachable { url: base.clone(), source })?;
-        Ok(Self { http, base })
+        Ok(Self { http, base, token: None })
+    }
+
+    /// Sends `token` as `Authorization: Bearer` with every call (an API bound beyond
+    /// loopback needs it).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    fn authorized(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
     }
 
     /// The base URL.
@@ -85,14 +100,14 @@ impl ApiClient {
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
         let url = format!("{}{path}", self.base);
-        let r = self.http.get(&url).send().await;
+        let r = self.authorized(self.http.get(&url)).send().await;
         self.answer(url, r).await
     }
 
     /// `POST /v1/tasks`.
     pub async fn submit(&self, body: &SubmitBody) -> Result<Submitted, ApiError> {
         let url = format!("{}/v1/tasks", self.base);
-        let r = self.http.post(&url).json(body).send().await;
+        let r = self.authorized(self.http.post(&url)).json(body).send().await;
         self.answer(url, r).await
     }
 
@@ -110,7 +125,11 @@ impl ApiClient {
     pub async fn wait(&self, task: &str, timeout: Duration) -> Result<TaskView, ApiError> {
         let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let url = format!("{}/v1/tasks/{task}/wait?timeout_ms={ms}", self.base);
-        let r = self.http.get(&url).timeout(timeout.saturating_add(Duration::from_secs(10))).send().await;
+        let r = self
+            .authorized(self.http.get(&url))
+            .timeout(timeout.saturating_add(Duration::from_secs(10)))
+            .send()
+            .await;
         self.answer(url, r).await
     }
 

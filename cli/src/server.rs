@@ -81,11 +81,45 @@ fn parse_task(id: &str) -> Result<TaskId, ApiError> {
     id.parse().map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("task id: {e}")))
 }
 
-/// Binds `addr` and serves the API in the background.
-pub async fn serve(addr: SocketAddr, client: Client) -> Result<Server, ServeError> {
+/// How the API protects itself.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// A bearer token every request but `/healthz` must carry (`Authorization: Bearer ...`).
+    /// Required on any bind beyond loopback; optional on loopback.
+    pub token: Option<String>,
+    /// Requests handled at once; more are answered 503 at once.
+    pub max_concurrent: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self { token: None, max_concurrent: 64 }
+    }
+}
+
+/// What every request passes through (see [`guard`]).
+#[derive(Clone)]
+struct Guard {
+    token: Option<std::sync::Arc<str>>,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Binds `addr` and serves the API in the background. A bind beyond loopback without a
+/// token is refused: anyone who can reach the port could submit work or read results.
+pub async fn serve(addr: SocketAddr, client: Client, opts: ServeOptions) -> Result<Server, ServeError> {
     let err = |source| ServeError { addr, source };
+    if !addr.ip().is_loopback() && opts.token.as_deref().is_none_or(str::is_empty) {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "an API reachable beyond loopback needs a token (--api-token-file)",
+        )));
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
     let bound = listener.local_addr().map_err(err)?;
+    let guard = Guard {
+        token: opts.token.map(std::sync::Arc::from),
+        slots: std::sync::Arc::new(tokio::sync::Semaphore::new(opts.max_concurrent.max(1))),
+    };
     let app = Router::new()
         .route("/v1/tasks", post(submit).get(list))
         .route("/v1/tasks/{id}", get(status))
@@ -95,6 +129,9 @@ pub async fn serve(addr: SocketAddr, client: Client) -> Result<Server, ServeErro
         .route("/v1/stats", get(stats))
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(guard, guard_layer))
         .layer(DefaultBodyLimit::max(2 * fleetmesh_protocol::limits::MAX_INPUT_BYTES))
         .with_state(client);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -109,11 +146,116 @@ pub async fn serve(addr: SocketAddr, client: Client) -> Result<Server, ServeErro
     Ok(Server { addr: bound, stop, task })
 }
 
+/// Whether a Host header names this machine's loopback (any port): what a browser page from
+/// elsewhere cannot send, so DNS rebinding cannot reach an API without a token.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The checks in front of every handler: a bounded number of requests at once; the token
+/// when one is set (all but `/healthz`); without a token, only loopback Host names.
+async fn guard_layer(
+    State(g): State<Guard>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_slot) = g.slots.clone().try_acquire_owned() else {
+        return ApiError(StatusCode::SERVICE_UNAVAILABLE, "too many requests at once; try again".into())
+            .into_response();
+    };
+    // Owned copies: the request itself must not be borrowed across the await below.
+    let (authorization, host, open) = {
+        let headers = request.headers();
+        let header = |name: axum::http::header::HeaderName| -> String {
+            headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+        };
+        let open = request.uri().path() == "/healthz";
+        (header(axum::http::header::AUTHORIZATION), header(axum::http::header::HOST), open)
+    };
+    match &g.token {
+        Some(token) if !open => {
+            let given = authorization;
+            let ok = given
+                .strip_prefix("Bearer ")
+                .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+            if !ok {
+                return ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong API token (send Authorization: Bearer <the token file's contents>)"
+                        .into(),
+                )
+                .into_response();
+            }
+        }
+        _ => {
+            if !loopback_host(&host) {
+                return ApiError(
+                    StatusCode::FORBIDDEN,
+                    "this API answers only requests addressed to localhost".into(),
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without stopping at the first difference, so timing does not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such endpoint (see the table in api/src/lib.rs)".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method".into())
+}
+
+/// The fields `POST /v1/tasks` knows: any other is refused, so a typo
+/// (`"redundancey": 3`) is an error instead of a silently ignored wish.
+const SUBMIT_FIELDS: [&str; 8] = [
+    "model",
+    "redundancy",
+    "max_price",
+    "bid_window_ms",
+    "exec_timeout_ms",
+    "deadline_ms",
+    "input_base64",
+    "digits_sample",
+];
+
+/// A JSON body, or the framework's rejection as the documented `{"error": ...}`.
+fn json_body(
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<serde_json::Value, ApiError> {
+    match body {
+        Ok(Json(v)) => Ok(v),
+        Err(rejection) => Err(ApiError(rejection.status(), rejection.body_text())),
+    }
+}
+
 async fn submit(
     State(c): State<Client>,
-    Json(body): Json<SubmitBody>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     use base64::Engine;
+    let value = json_body(body)?;
+    let Some(fields) = value.as_object() else {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "the body must be a JSON object".into()));
+    };
+    if let Some(unknown) = fields.keys().find(|k| !SUBMIT_FIELDS.contains(&k.as_str())) {
+        let known = SUBMIT_FIELDS.join(", ");
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("unknown field {unknown:?}; known: {known}")));
+    }
+    let body: SubmitBody = serde_json::from_value(value)
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid task: {e}")))?;
     let mut req = body.params;
     let mut expected_label = None;
     req.input = match (body.input_base64, body.digits_sample) {
@@ -156,8 +298,9 @@ struct WaitQuery {
 async fn wait(
     State(c): State<Client>,
     Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TaskView>, ApiError> {
+    let Query(q) = q.map_err(|r| ApiError(r.status(), r.body_text()))?;
     let id = parse_task(&id)?;
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(60_000).min(600_000));
     match tokio::time::timeout(timeout, c.wait(id)).await {
@@ -194,4 +337,41 @@ async fn health(State(c): State<Client>) -> Result<&'static str, ApiError> {
 
 async fn metrics(State(c): State<Client>) -> impl IntoResponse {
     ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], c.metrics_text())
+}
+
+/// Reads a token file (surrounding whitespace ignored); an empty file is an error.
+pub fn read_token(path: &std::path::Path) -> Result<String, std::io::Error> {
+    let token = std::fs::read_to_string(path)?.trim().to_owned();
+    if token.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(token)
+}
+
+/// The token in `path`, or a new random one written there with mode 0600.
+pub fn load_or_create_token(path: &std::path::Path) -> Result<String, std::io::Error> {
+    match read_token(path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+            let token = hex::encode(bytes);
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                o.mode(0o600);
+            }
+            let mut f = o.open(path)?;
+            f.write_all(token.as_bytes())?;
+            f.sync_all()?;
+            Ok(token)
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -45,8 +45,13 @@ async fn api_and_cli_submit_status_peers_metrics_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = mesh(dir.path(), 4, |_, _| {}).await;
     ready(&nodes, 3).await;
-    let server =
-        fleetmesh_cli::server::serve("127.0.0.1:0".parse().unwrap(), nodes[0].client.clone()).await.unwrap();
+    let server = fleetmesh_cli::server::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        nodes[0].client.clone(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let base = format!("http://{}", server.addr);
 
     // Submit through the API, wait, read back.
@@ -121,6 +126,95 @@ async fn api_and_cli_submit_status_peers_metrics_and_errors() {
     assert!(!ok && err.contains("unreachable"), "{err}");
     let (ok, _, err) = cli([vec!["status".into(), "0".repeat(64)], api].concat()).await;
     assert!(!ok && err.contains("does not know task"), "{err}");
+    server.shutdown().await;
+    stop_all(nodes).await;
+}
+
+/// Finding 10: the API refuses what it does not know, always answers `{"error": ...}`, only
+/// answers localhost without a token, needs a token beyond loopback, and bounds its load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_strangers_typos_and_floods_with_a_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 1, |_, _| {}).await;
+    let client = nodes[0].client.clone();
+    let opts = |token: Option<&str>, max_concurrent| fleetmesh_cli::server::ServeOptions {
+        token: token.map(str::to_owned),
+        max_concurrent,
+    };
+    let server = fleetmesh_cli::server::serve("127.0.0.1:0".parse().unwrap(), client.clone(), opts(None, 2))
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let error_of = |r: reqwest::Response| async move {
+        let code = r.status().as_u16();
+        let body: Value = r.json().await.expect("every error is a JSON body");
+        (code, body["error"].as_str().expect("with an error field").to_owned())
+    };
+    // A page elsewhere that rebinds its DNS name to 127.0.0.1 sends its own Host.
+    let r = http.get(format!("{base}/v1/peers")).header("Host", "evil.example:7070").send().await.unwrap();
+    let (code, msg) = error_of(r).await;
+    assert_eq!(code, 403, "{msg}");
+    // A typo, malformed JSON, the wrong content type, a body over the limit, an unknown route,
+    // a bad query: each a JSON error with the right status.
+    let r = http.post(format!("{base}/v1/tasks")).json(&json!({"digits_sample": 1, "redundancey": 3})).send();
+    let (code, msg) = error_of(r.await.unwrap()).await;
+    assert!(code == 400 && msg.contains("redundancey"), "{code} {msg}");
+    let r = http.post(format!("{base}/v1/tasks")).header("content-type", "application/json").body("{nope");
+    let (code, _) = error_of(r.send().await.unwrap()).await;
+    assert_eq!(code, 400);
+    let (code, _) = error_of(http.post(format!("{base}/v1/tasks")).body("{}").send().await.unwrap()).await;
+    assert_eq!(code, 415);
+    let big = vec![b'1'; 3 * fleetmesh_protocol::limits::MAX_INPUT_BYTES];
+    let r = http.post(format!("{base}/v1/tasks")).header("content-type", "application/json").body(big);
+    let (code, _) = error_of(r.send().await.unwrap()).await;
+    assert_eq!(code, 413);
+    let (code, _) = error_of(http.get(format!("{base}/v2/nothing")).send().await.unwrap()).await;
+    assert_eq!(code, 404);
+    let (code, _) = error_of(http.delete(format!("{base}/v1/peers")).send().await.unwrap()).await;
+    assert_eq!(code, 405);
+    let id = "0".repeat(64);
+    let (code, _) =
+        error_of(http.get(format!("{base}/v1/tasks/{id}/wait?timeout_ms=soon")).send().await.unwrap()).await;
+    assert_eq!(code, 400);
+    // Two requests at once are served; a third is told to come back.
+    let (req, _) = digits_task(0, 1);
+    let task = client.submit(req).await.unwrap(); // alone in the mesh: it stays open
+    let wait = |b: String| {
+        let http = http.clone();
+        tokio::spawn(
+            async move { http.get(format!("{b}/v1/tasks/{task}/wait?timeout_ms=3000")).send().await },
+        )
+    };
+    let (a, b) = (wait(base.clone()), wait(base.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (code, msg) = error_of(http.get(format!("{base}/v1/peers")).send().await.unwrap()).await;
+    assert_eq!(code, 503, "{msg}");
+    assert_eq!(a.await.unwrap().unwrap().status().as_u16(), 200);
+    assert_eq!(b.await.unwrap().unwrap().status().as_u16(), 200);
+    server.shutdown().await;
+
+    // Beyond loopback: no token, no server.
+    let err = fleetmesh_cli::server::serve("0.0.0.0:0".parse().unwrap(), client.clone(), opts(None, 8)).await;
+    assert!(err.err().unwrap().to_string().contains("token"));
+    let server =
+        fleetmesh_cli::server::serve("0.0.0.0:0".parse().unwrap(), client.clone(), opts(Some("s3cret"), 8))
+            .await
+            .unwrap();
+    let base = format!("http://127.0.0.1:{}", server.addr.port());
+    let (code, _) = error_of(http.get(format!("{base}/v1/peers")).send().await.unwrap()).await;
+    assert_eq!(code, 401);
+    let (code, _) =
+        error_of(http.get(format!("{base}/v1/peers")).bearer_auth("wrong").send().await.unwrap()).await;
+    assert_eq!(code, 401);
+    let ok =
+        http.get(format!("{base}/v1/peers")).bearer_auth("s3cret").header("Host", "vehicle-7:7070").send();
+    assert_eq!(ok.await.unwrap().status().as_u16(), 200, "with the token any Host is fine");
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status().as_u16(), 200);
+    // The typed client carries the token.
+    let api = fleetmesh_api::client::ApiClient::new(base.clone(), std::time::Duration::from_secs(5)).unwrap();
+    assert_eq!(api.peers().await.unwrap_err().status(), Some(401));
+    assert!(api.with_token(Some("s3cret".into())).peers().await.is_ok());
     server.shutdown().await;
     stop_all(nodes).await;
 }

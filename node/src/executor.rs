@@ -105,10 +105,18 @@ impl ModelStore {
         let id = ModelId::of(bytes);
         let path = self.path_of(&id);
         if !path.exists() {
+            // Written, synced, renamed, and the directory synced: after a power cut the model
+            // is either whole under its name or absent (and it is hashed again when loaded).
             let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, bytes)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| ExecError::Store { path: path.clone(), message: e.to_string() })?;
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                std::fs::File::open(&self.dir)?.sync_all()
+            };
+            write().map_err(|e| ExecError::Store { path: path.clone(), message: e.to_string() })?;
         }
         if let Ok(mut held) = self.held.lock() {
             held.insert(id);

@@ -64,9 +64,14 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Deco
     Ok(value)
 }
 
+/// The error's text, cut to at most 200 characters. Cut on a character boundary: the text
+/// can quote the peer's invalid bytes, and `String::truncate` inside a character panics
+/// (found by the `decode_request` fuzz target).
 fn short<E: std::fmt::Display>(e: &E) -> String {
     let mut s = e.to_string();
-    s.truncate(200);
+    if let Some((cut, _)) = s.char_indices().nth(200) {
+        s.truncate(cut);
+    }
     s
 }
 
@@ -93,6 +98,21 @@ mod tests {
         // A byte string that claims 2^62 bytes, followed by 4 bytes.
         let bytes = [0x5b, 0x40, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
         assert!(matches!(decode::<serde_bytes::ByteBuf>(&bytes, 1024), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn an_error_quoting_multibyte_text_is_cut_on_a_character_boundary() {
+        // Inputs the fuzzer found: the error text quoted the peer's bytes and was cut in the
+        // middle of a character, which panicked.
+        for bytes in [
+            &include_bytes!("../tests/fuzz/request-utf8-truncate.bin")[..],
+            &include_bytes!("../tests/fuzz/response-utf8-truncate.bin")[..],
+        ] {
+            assert!(crate::wire::TaskRequest::from_bytes(bytes).is_err());
+            assert!(crate::wire::TaskResponse::from_bytes(bytes).is_err());
+        }
+        let long = "é".repeat(300);
+        assert_eq!(short(&long).chars().count(), 200);
     }
 
     #[test]

@@ -55,6 +55,9 @@ struct Member {
 struct Topology {
     /// The two networks every node is attached to (a partition detaches each side from one).
     networks: [String; 2],
+    /// The bearer token of the requesters' APIs (bound beyond loopback inside the containers).
+    #[serde(default)]
+    token: Option<String>,
     boots: Vec<Member>,
     requesters: Vec<Member>,
     workers: Vec<Member>,
@@ -224,6 +227,7 @@ async fn main() -> Result<()> {
     }
     let clients: Vec<ApiClient> =
         apis.iter().map(|a| ApiClient::new(a.clone(), Duration::from_secs(5))).collect::<Result<_, _>>()?;
+    let clients: Vec<ApiClient> = clients.into_iter().map(|c| c.with_token(topo.token.clone())).collect();
     let start = Instant::now();
     let mut report = Report { scenario: args.scenario.clone(), ..Report::default() };
 

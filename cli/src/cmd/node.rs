@@ -32,6 +32,13 @@ pub(crate) struct RunArgs {
     /// Local API address (loopback by default); `off` disables it.
     #[arg(long, env = "FLEETMESH_API")]
     pub(crate) api: Option<String>,
+    /// File holding the API's bearer token. An API bound beyond loopback always needs one:
+    /// without this flag the node creates `<data dir>/api.token` (mode 0600).
+    #[arg(long, env = "FLEETMESH_API_TOKEN_FILE")]
+    pub(crate) api_token_file: Option<PathBuf>,
+    /// The API's bearer token itself (for containers; prefer --api-token-file).
+    #[arg(long, env = "FLEETMESH_API_TOKEN", hide_env_values = true)]
+    pub(crate) api_token: Option<String>,
     /// Tasks run at once.
     #[arg(long, env = "FLEETMESH_SLOTS")]
     pub(crate) slots: Option<u32>,
@@ -92,7 +99,24 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
     // The API starts once the node runs, and stops first at shutdown: no request reaches a
     // node that is going away.
     let server = match cfg.api_addr {
-        Some(addr) => Some(fleetmesh_cli::server::serve(addr, node.client.clone()).await?),
+        Some(addr) => {
+            let token = match (&args.api_token, &args.api_token_file) {
+                (Some(t), _) => Some(t.trim().to_owned()),
+                (None, Some(path)) => Some(fleetmesh_cli::server::read_token(path)?),
+                (None, None) if !addr.ip().is_loopback() => {
+                    let path = cfg.data_dir.join("api.token");
+                    let token = fleetmesh_cli::server::load_or_create_token(&path)?;
+                    eprintln!(
+                        "  API token in {} (send it as: Authorization: Bearer <token>)",
+                        path.display()
+                    );
+                    Some(token)
+                }
+                (None, None) => None,
+            };
+            let opts = fleetmesh_cli::server::ServeOptions { token, ..Default::default() };
+            Some(fleetmesh_cli::server::serve(addr, node.client.clone(), opts).await?)
+        }
         None => None,
     };
     if let Some(s) = &server {

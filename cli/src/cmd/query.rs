@@ -12,12 +12,19 @@ pub(crate) struct ApiArgs {
     /// The node's API, e.g. http://127.0.0.1:7070
     #[arg(long, env = "FLEETMESH_API_URL", default_value = "http://127.0.0.1:7070")]
     pub(crate) api: String,
+    /// File holding the API token (needed when the node's API is bound beyond loopback).
+    #[arg(long, env = "FLEETMESH_API_TOKEN_FILE")]
+    pub(crate) token_file: Option<std::path::PathBuf>,
 }
 
 impl ApiArgs {
     /// A client for it; each call gives up after `timeout`.
     pub(crate) fn client(&self, timeout: Duration) -> Result<ApiClient> {
-        Ok(ApiClient::new(self.api.clone(), timeout)?)
+        let token = match (&self.token_file, std::env::var("FLEETMESH_API_TOKEN").ok()) {
+            (Some(path), _) => Some(fleetmesh_cli::server::read_token(path)?),
+            (None, token) => token.filter(|t| !t.trim().is_empty()).map(|t| t.trim().to_owned()),
+        };
+        Ok(ApiClient::new(self.api.clone(), timeout)?.with_token(token))
     }
 }
 

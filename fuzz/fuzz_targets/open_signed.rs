@@ -1,0 +1,31 @@
+//! Arbitrary payload bytes, validly signed under each kind: `open` (signature, decode, version)
+//! gives a value or an error, never a panic. This reaches the decoders past the signature,
+//! which arbitrary envelopes almost never do.
+#![no_main]
+
+use fleetmesh_crypto::{Identity, SignedEnvelope};
+use fleetmesh_protocol::{
+    Announcement, Award, Bid, Decline, OpenTasks, Presence, Receipt, ResultHeader, Signed, TaskSpec,
+};
+use libfuzzer_sys::fuzz_target;
+
+fn open<T: Signed>(id: &Identity, data: &[u8]) {
+    let env = SignedEnvelope::sign(id, T::KIND, data.to_vec());
+    let _ = T::open(&env);
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, payload)) = data.split_first() else { return };
+    let id = Identity::from_secret_bytes(&[7; 32]);
+    match which % 9 {
+        0 => open::<TaskSpec>(&id, payload),
+        1 => open::<Announcement>(&id, payload),
+        2 => open::<Bid>(&id, payload),
+        3 => open::<Award>(&id, payload),
+        4 => open::<Decline>(&id, payload),
+        5 => open::<ResultHeader>(&id, payload),
+        6 => open::<Receipt>(&id, payload),
+        7 => open::<Presence>(&id, payload),
+        _ => open::<OpenTasks>(&id, payload),
+    }
+});
