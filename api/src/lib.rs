@@ -159,7 +159,7 @@ pub struct NodeInfo {
 }
 
 /// A connected or known peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerInfo {
     /// libp2p peer id.
     pub peer_id: String,
@@ -169,6 +169,9 @@ pub struct PeerInfo {
     pub models: Vec<String>,
     /// Free slots in its last presence advert.
     pub free_slots: Option<u32>,
+    /// Its gossip score at this node (negative after invalid messages), when connected.
+    #[serde(default)]
+    pub score: Option<f64>,
 }
 
 /// A node's counters.

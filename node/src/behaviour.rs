@@ -16,6 +16,10 @@ use crate::codec::TaskCodec;
 pub(crate) struct Behaviour {
     /// Caps connections so a flood of peers cannot exhaust memory or file descriptors.
     pub(crate) limits: libp2p::connection_limits::Behaviour,
+    /// Refuses new connections while the process uses more memory than allowed.
+    pub(crate) memory: libp2p::memory_connection_limits::Behaviour,
+    /// Caps connections from one IP address (loopback exempt), so one host cannot take them all.
+    pub(crate) per_ip: crate::per_ip::Behaviour,
     /// Tells peers our listen addresses and protocols; feeds their addresses into Kademlia.
     pub(crate) identify: identify::Behaviour,
     /// Keeps connections alive and measures round-trip time.
@@ -24,14 +28,20 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     /// The DHT: task specs, open-task indexes and per-model provider records.
     pub(crate) kad: kad::Behaviour<MemoryStore>,
-    /// Task announcements and presence adverts.
-    pub(crate) gossipsub: gossipsub::Behaviour,
+    /// Task announcements and presence adverts. Only our topics can be subscribed to
+    /// (a whitelist filter), and peers are scored: invalid messages cost a peer its place.
+    pub(crate) gossipsub:
+        gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>,
     /// Bids, awards, declines, results and receipts, point to point.
     pub(crate) tasks: request_response::Behaviour<TaskCodec>,
 }
 
 pub(crate) struct BehaviourParams {
     pub(crate) mdns: bool,
+    /// New connections are refused while the process uses more than this.
+    pub(crate) max_memory_bytes: usize,
+    /// Established connections from one IP address (loopback exempt).
+    pub(crate) max_connections_per_ip: usize,
 }
 
 impl Behaviour {
@@ -44,9 +54,12 @@ impl Behaviour {
         let limits = libp2p::connection_limits::Behaviour::new(
             libp2p::connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(512))
+                .with_max_established_incoming(Some(384))
                 .with_max_established_per_peer(Some(4))
-                .with_max_pending_incoming(Some(128)),
+                .with_max_pending_incoming(Some(64)),
         );
+        let memory = libp2p::memory_connection_limits::Behaviour::with_max_bytes(params.max_memory_bytes);
+        let per_ip = crate::per_ip::Behaviour::new(params.max_connections_per_ip);
 
         let identify = identify::Behaviour::new(
             identify::Config::new(ids::IDENTIFY_PROTOCOL.to_owned(), key.public())
@@ -96,20 +109,35 @@ impl Behaviour {
             })
             .build()
             .map_err(|e| format!("gossipsub config: {e}"))?;
-        let gossipsub =
-            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)
-                .map_err(|e| format!("gossipsub: {e}"))?;
+        let filter = gossipsub::WhitelistSubscriptionFilter(
+            [ids::TOPIC_TASKS, ids::TOPIC_PRESENCE]
+                .iter()
+                .map(|t| gossipsub::IdentTopic::new(*t).hash())
+                .collect(),
+        );
+        let mut gossipsub = gossipsub::Behaviour::new_with_subscription_filter(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+            filter,
+        )
+        .map_err(|e| format!("gossipsub: {e}"))?;
+        let (score_params, thresholds) = peer_scoring();
+        gossipsub.with_peer_score(score_params, thresholds).map_err(|e| format!("gossipsub scoring: {e}"))?;
 
         let tasks = request_response::Behaviour::with_codec(
             TaskCodec,
             [(StreamProtocol::new(ids::TASK_PROTOCOL), request_response::ProtocolSupport::Full)],
             request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(30))
-                .with_max_concurrent_streams(256),
+                // Control messages are small and answered at once; 32 streams at a time per
+                // connection is plenty, and bounds what one peer makes the node buffer.
+                .with_max_concurrent_streams(32),
         );
 
         Ok(Self {
             limits,
+            memory,
+            per_ip,
             identify,
             ping: ping::Behaviour::default(),
             mdns: mdns.into(),
@@ -118,4 +146,51 @@ impl Behaviour {
             tasks,
         })
     }
+}
+
+/// Score below which a peer is graylisted (its messages ignored) and disconnected.
+pub(crate) const GRAYLIST_SCORE: f64 = -80.0;
+/// Application score given to bootstrap peers: enough to pass the PX threshold, so peer
+/// exchange is taken from them only.
+pub(crate) const BOOTSTRAP_APP_SCORE: f64 = 20.0;
+
+/// Gossipsub peer scoring for fleetmesh's traffic: few messages, every one validated by the
+/// application. What counts is invalid messages (weight -10, squared: one costs 10, three
+/// cost 90 and graylist the sender); the delivery-rate penalties of the defaults are off,
+/// because a quiet mesh would punish honest peers for having nothing to forward; IP
+/// colocation is off, because vehicles behind one carrier NAT, and in-process test meshes,
+/// share addresses. Peer exchange is accepted only from peers with a score of 10, which only
+/// bootstrap peers reach (their application score).
+fn peer_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 600.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: 0.5,
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..gossipsub::TopicScoreParams::default()
+    };
+    let params = gossipsub::PeerScoreParams {
+        topics: [ids::TOPIC_TASKS, ids::TOPIC_PRESENCE]
+            .iter()
+            .map(|t| (gossipsub::IdentTopic::new(*t).hash(), topic.clone()))
+            .collect(),
+        app_specific_weight: 1.0,
+        ip_colocation_factor_weight: 0.0,
+        ..gossipsub::PeerScoreParams::default()
+    };
+    let thresholds = gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: GRAYLIST_SCORE,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 5.0,
+    };
+    (params, thresholds)
 }

@@ -45,9 +45,16 @@ impl libp2p::request_response::Codec for TaskCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Frame> {
-        let (buf, over) = read_bounded(io, limits::MAX_REQUEST_BYTES).await?;
-        if over {
-            return Ok(Frame::Malformed(format!("request exceeds {} bytes", limits::MAX_REQUEST_BYTES)));
+        // The first bytes name the kind of request; only awards and results, which carry an
+        // input or an output, may be large. Everything else is read under the control limit,
+        // so a peer cannot make the node buffer a megabyte per stream for a bid.
+        let (head, _) = read_bounded(&mut *io, 32).await?;
+        let limit = limits::request_limit(&head);
+        let (rest, _) = read_bounded(&mut *io, limit.saturating_sub(head.len())).await?;
+        let mut buf = head;
+        buf.extend_from_slice(&rest);
+        if buf.len() > limit {
+            return Ok(Frame::Malformed(format!("request exceeds {limit} bytes for its kind")));
         }
         Ok(match TaskRequest::from_bytes(&buf) {
             Ok(req) => Frame::Request(req),

@@ -43,6 +43,11 @@ pub struct NodeConfig {
     pub dht_scan_interval_ms: u64,
     /// How long an idle connection is kept, ms.
     pub idle_connection_timeout_ms: u64,
+    /// New connections are refused while the node's process uses more memory than this.
+    pub max_memory_bytes: usize,
+    /// Established connections accepted from one IP address (loopback is exempt). Vehicles
+    /// behind one carrier NAT share an address, so this is not 1.
+    pub max_connections_per_ip: usize,
     /// Finished tasks (requested and served) kept in memory; older ones are read from the
     /// store on demand, so memory stays bounded however long the node runs.
     pub max_finished_in_memory: usize,
@@ -81,6 +86,8 @@ impl Default for NodeConfig {
             dht_scan_interval_ms: 5_000,
             idle_connection_timeout_ms: 120_000,
             max_finished_in_memory: 1024,
+            max_memory_bytes: 1 << 30,
+            max_connections_per_ip: 16,
             trace: None,
             #[cfg(feature = "test-hooks")]
             misbehave: None,

@@ -23,6 +23,7 @@ pub mod executor;
 pub mod local;
 mod metrics;
 mod node;
+mod per_ip;
 mod store;
 #[cfg(feature = "test-hooks")]
 pub mod testing;

@@ -20,12 +20,13 @@ pub(crate) struct Metrics {
     pub(crate) malformed_requests: Counter,
     pub(crate) records_refused: Counter,
     pub(crate) gossip_rejected: Counter,
+    pub(crate) peers_graylisted: Counter,
 }
 
 impl Metrics {
     pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
-        let entries: [(&str, &str, &Counter); 14] = [
+        let entries: [(&str, &str, &Counter); 15] = [
             ("tasks_submitted", "Tasks submitted to this node", &m.tasks_submitted),
             ("tasks_verified", "Tasks this node requested that were verified", &m.tasks_verified),
             ("tasks_failed", "Tasks this node requested that failed", &m.tasks_failed),
@@ -40,6 +41,11 @@ impl Metrics {
             ("malformed_requests", "Task-protocol requests that did not decode", &m.malformed_requests),
             ("records_refused", "DHT records refused by validation", &m.records_refused),
             ("gossip_rejected", "Gossip messages rejected by validation", &m.gossip_rejected),
+            (
+                "peers_graylisted",
+                "Peers disconnected for invalid gossip (score below the graylist)",
+                &m.peers_graylisted,
+            ),
         ];
         for (name, help, c) in entries {
             registry.register(name, help, c.clone());

@@ -282,7 +282,11 @@ impl Node {
         let mut registry = prometheus_client::registry::Registry::with_prefix("fleetmesh");
         let p2p_metrics = libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p"));
         let metrics = Metrics::new(&mut registry);
-        let params = BehaviourParams { mdns: config.mdns };
+        let params = BehaviourParams {
+            mdns: config.mdns,
+            max_memory_bytes: config.max_memory_bytes,
+            max_connections_per_ip: config.max_connections_per_ip,
+        };
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -595,6 +599,7 @@ impl EventLoop {
                 _ = tick.tick() => {
                     self.step(Input::Tick);
                     self.dial_bootstrap();
+                    self.disconnect_graylisted();
                     if let Some(t) = self.tracer.as_mut() {
                         t.mesh_changes(&self.swarm.behaviour().gossipsub, &TOPICS);
                     }
@@ -795,8 +800,32 @@ impl EventLoop {
         }
     }
 
+    /// Disconnects peers whose gossip score fell below the graylist threshold (they sent
+    /// invalid messages): gossipsub already ignores them; this frees their connection too.
+    /// Their score is kept for an hour, so reconnecting does not clean the slate.
+    fn disconnect_graylisted(&mut self) {
+        let gs = &self.swarm.behaviour().gossipsub;
+        let bad: Vec<PeerId> = self
+            .swarm
+            .connected_peers()
+            .filter(|p| gs.peer_score(p).is_some_and(|s| s < crate::behaviour::GRAYLIST_SCORE))
+            .copied()
+            .collect();
+        for peer in bad {
+            tracing::warn!(%peer, "disconnecting a peer that sent invalid gossip (score below the graylist)");
+            self.metrics.peers_graylisted.inc();
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
     fn bootstrap_event(&mut self, peer: &PeerId, connected: bool, error: Option<String>) {
         for b in self.bootstrap.iter_mut().filter(|b| b.peer == *peer) {
+            if connected {
+                // Bootstrap peers are trusted for peer exchange (their app score passes
+                // the PX threshold); nobody else is.
+                let gs = &mut self.swarm.behaviour_mut().gossipsub;
+                gs.set_application_score(peer, crate::behaviour::BOOTSTRAP_APP_SCORE);
+            }
             if connected && !b.connected {
                 tracing::info!(addr = %b.addr, "connected to bootstrap peer");
                 b.backoff = Duration::from_secs(1);
@@ -955,6 +984,7 @@ impl EventLoop {
                                 .map(|a| a.models.iter().map(|m| m.to_string()).collect())
                                 .unwrap_or_default(),
                             free_slots: adv.map(|a| a.free_slots),
+                            score: self.swarm.behaviour().gossipsub.peer_score(p),
                         }
                     })
                     .collect();

@@ -182,3 +182,42 @@ async fn an_unreachable_bootstrap_is_reported_and_retried_until_it_answers() {
     node.stop().await;
     boot.stop().await;
 }
+
+/// Finding 5: a peer that published 17 invalid messages stayed connected and in the mesh.
+/// Now gossipsub scores peers: invalid messages graylist the sender and the node disconnects
+/// it; the mesh keeps working without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_publishes_invalid_gossip_is_graylisted_and_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 4, |_, _| {}).await;
+    ready(&nodes, 3).await;
+    let attacker = &nodes[3].client;
+    let victims = &nodes[..3];
+    for i in 0..17u8 {
+        attacker
+            .publish_raw(fleetmesh_protocol::ids::TOPIC_TASKS, vec![0xff, i, 0x13])
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let graylisted = || -> Vec<u64> {
+        victims.iter().map(|n| counter(&n.client, "fleetmesh_peers_graylisted_total")).collect()
+    };
+    wait_until_with(
+        "every victim to graylist and disconnect the attacker",
+        async || graylisted().iter().all(|&g| g >= 1),
+        || format!("(graylisted per victim: {:?})", graylisted()),
+    )
+    .await;
+    for v in victims {
+        let peers = v.client.peers().await.unwrap();
+        if let Some(p) = peers.iter().find(|p| p.peer_id == attacker.peer_id().to_string()) {
+            assert!(p.score.is_none_or(|s| s < 0.0), "the attacker's score: {:?}", p.score);
+        }
+    }
+    // The mesh still runs tasks.
+    let (req, label) = digits_task(4, 2);
+    let task = nodes[0].client.submit(req).await.unwrap();
+    assert_verified(&wait_done(&nodes[0].client, task).await, label);
+    stop_all(nodes).await;
+}

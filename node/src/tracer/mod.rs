@@ -270,7 +270,11 @@ impl Tracer {
     }
 
     /// Compares the mesh with the last look and traces GRAFT/PRUNE for the changes.
-    pub(crate) fn mesh_changes(&mut self, gs: &gossipsub::Behaviour, topics: &[&str]) {
+    pub(crate) fn mesh_changes<D, F>(&mut self, gs: &gossipsub::Behaviour<D, F>, topics: &[&str])
+    where
+        D: gossipsub::DataTransform + Send + 'static,
+        F: gossipsub::TopicSubscriptionFilter + Send + 'static,
+    {
         for name in topics {
             let hash = gossipsub::IdentTopic::new(*name).hash();
             let now: BTreeSet<PeerId> = gs.mesh_peers(&hash).copied().collect();

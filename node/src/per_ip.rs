@@ -1,0 +1,163 @@
+//! A connection limit per remote IP address: libp2p's `connection_limits` counts totals,
+//! per peer and pending, but one host with many keys is many peers. Inbound connections from
+//! an address that already holds `max` established ones are denied before the handshake.
+//! Loopback is exempt (in-process meshes and local tools). Vehicles behind one carrier NAT
+//! share an address, so `max` is not small (16 by default).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::task::{Context, Poll};
+
+use libp2p::core::transport::PortUse;
+use libp2p::core::Endpoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{
+    dummy, ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId};
+
+/// Why a connection was denied.
+#[derive(Debug, thiserror::Error)]
+#[error("{ip} already holds {max} connections")]
+pub(crate) struct TooManyFromIp {
+    ip: IpAddr,
+    max: usize,
+}
+
+/// The behaviour (no protocol of its own; it only answers the swarm's questions).
+pub(crate) struct Behaviour {
+    max: usize,
+    established: HashMap<IpAddr, usize>,
+    by_connection: HashMap<ConnectionId, IpAddr>,
+}
+
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(a) => Some(IpAddr::V4(a)),
+        Protocol::Ip6(a) => Some(IpAddr::V6(a)),
+        _ => None,
+    })
+}
+
+impl Behaviour {
+    pub(crate) fn new(max: usize) -> Self {
+        Self { max: max.max(1), established: HashMap::new(), by_connection: HashMap::new() }
+    }
+
+    fn check(&self, remote: &Multiaddr) -> Result<(), ConnectionDenied> {
+        match ip_of(remote) {
+            Some(ip) if !ip.is_loopback() && self.established.get(&ip).copied().unwrap_or(0) >= self.max => {
+                Err(ConnectionDenied::new(TooManyFromIp { ip, max: self.max }))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn add(&mut self, id: ConnectionId, remote: &Multiaddr) {
+        if let Some(ip) = ip_of(remote).filter(|ip| !ip.is_loopback()) {
+            *self.established.entry(ip).or_default() += 1;
+            self.by_connection.insert(id, ip);
+        }
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.check(remote)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.check(remote)?;
+        self.add(id, remote);
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        _: PeerId,
+        addr: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        // Our own dials are not limited, but they count.
+        self.add(id, addr);
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) = event {
+            if let Some(ip) = self.by_connection.remove(&connection_id) {
+                if let Some(n) = self.established.get_mut(&ip) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.established.remove(&ip);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_connection_handler_event(&mut self, _: PeerId, _: ConnectionId, event: THandlerOutEvent<Self>) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_refused_once_it_holds_the_maximum_and_loopback_never() {
+        let mut b = Behaviour::new(2);
+        let far: Multiaddr = "/ip4/198.51.100.7/tcp/4001".parse().unwrap();
+        let other: Multiaddr = "/ip4/198.51.100.8/tcp/4001".parse().unwrap();
+        let local: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
+        let ids: Vec<ConnectionId> = (0..4).map(|_| ConnectionId::new_unchecked(rand_id())).collect();
+        b.add(ids[0], &far);
+        b.add(ids[1], &far);
+        assert!(b.check(&far).is_err());
+        assert!(b.check(&other).is_ok());
+        for _ in 0..10 {
+            b.add(ConnectionId::new_unchecked(rand_id()), &local);
+        }
+        assert!(b.check(&local).is_ok());
+        b.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+            peer_id: PeerId::random(),
+            connection_id: ids[0],
+            endpoint: &libp2p::core::ConnectedPoint::Listener {
+                local_addr: far.clone(),
+                send_back_addr: far.clone(),
+            },
+            cause: None,
+            remaining_established: 0,
+        }));
+        assert!(b.check(&far).is_ok(), "a closed connection frees its place");
+    }
+
+    fn rand_id() -> usize {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(1_000_000);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+}
