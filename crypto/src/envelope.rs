@@ -35,6 +35,8 @@ pub enum MessageKind {
     OpenTasks,
     /// A node's signature over the head of its task-timeline hash chain (a trace file).
     TraceHead,
+    /// A worker telling a requester it cannot run a task, and why.
+    Unable,
 }
 
 impl MessageKind {
@@ -51,6 +53,7 @@ impl MessageKind {
             Self::Presence => b"presence",
             Self::OpenTasks => b"open-tasks",
             Self::TraceHead => b"trace-head",
+            Self::Unable => b"unable",
         }
     }
 

@@ -124,6 +124,8 @@ pub enum SendTag {
     },
     /// A receipt we sent.
     Receipt,
+    /// An `Unable` report we sent.
+    Unable,
 }
 
 /// A request to send; an award's input is filled in by the driver from the store, so the
@@ -297,6 +299,13 @@ pub enum Input {
         /// The lookup has ended.
         last: bool,
     },
+    /// An [`Action::SelfTest`] finished: whether the model ran.
+    SelfTested {
+        /// The model.
+        model: ModelId,
+        /// It ran without a fault.
+        ok: bool,
+    },
     /// An [`Action::Execute`] finished.
     Executed {
         /// The task.
@@ -378,6 +387,12 @@ pub enum Action {
         /// The model.
         model: ModelId,
     },
+    /// Run a model once on a test input (after repeated failures, before bidding on it
+    /// again); answered by [`Input::SelfTested`].
+    SelfTest {
+        /// The model.
+        model: ModelId,
+    },
     /// Run a model on a job's stored input; answered by [`Input::Executed`].
     Execute {
         /// The job.
@@ -423,6 +438,9 @@ pub struct EngineConfig {
     pub tasks: TaskDefaults,
     /// The model a submit without one runs (the node's embedded digits model).
     pub default_model: Option<ModelId>,
+    /// Input sizes (bytes) of the models whose input tensor this node knows: a submit whose
+    /// input does not fit is refused, and a worker tells the requester instead of bidding.
+    pub model_inputs: std::collections::BTreeMap<ModelId, u64>,
     /// Presence advert interval, ms; 0 sends none (the simulator at scale: every advert
     /// costs every vehicle a signature check).
     pub presence_interval_ms: u64,
@@ -449,6 +467,7 @@ impl Default for EngineConfig {
             price_floor: 1,
             tasks: TaskDefaults::default(),
             default_model: None,
+            model_inputs: std::collections::BTreeMap::new(),
             presence_interval_ms: 5_000,
             dht_scan_interval_ms: 5_000,
             max_finished_in_memory: 1024,
@@ -679,7 +698,7 @@ impl Engine {
                             requester.on_award_response(&mut ctx, task, w, result)
                         }
                         SendTag::Result { task } => worker.on_result_response(&mut ctx, task, peer, result),
-                        SendTag::Bid | SendTag::Decline | SendTag::Receipt => {}
+                        SendTag::Bid | SendTag::Decline | SendTag::Receipt | SendTag::Unable => {}
                     },
                     Input::Published { task, round, ok } => requester.on_published(&mut ctx, task, round, ok),
                     Input::Record { lookup, value } => worker.on_record(&mut ctx, lookup, value),
@@ -687,6 +706,7 @@ impl Engine {
                         worker.on_providers(&mut ctx, model, providers, last)
                     }
                     Input::Executed { task, result } => worker.on_executed(&mut ctx, task, result),
+                    Input::SelfTested { model, ok } => worker.on_self_tested(model, ok),
                     Input::PersistFailed { keys } => {
                         requester.on_persist_failed(&mut ctx, &keys);
                         worker.on_persist_failed(&mut ctx, &keys);
@@ -862,6 +882,7 @@ fn on_request(
         TaskRequest::Award { spec, award, input } => worker.on_award(ctx, from, spec, award, input),
         TaskRequest::Decline { decline } => worker.on_decline(ctx, from, decline),
         TaskRequest::Receipt { receipt } => worker.on_receipt(ctx, from, receipt),
+        TaskRequest::Unable { report } => requester.on_unable(ctx, from, report),
         _ => TaskResponse::Refused(Refusal::Invalid("unsupported request".into())),
     }
 }

@@ -24,7 +24,7 @@ use fleetmesh_protocol::verify::{agreement, check_result, Agreement};
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{
     ids, task_id_of, winner, Announcement, Award, Decline, DeclineReason, OpenTask, OpenTasks, Receipt,
-    RejectReason, Signed, TaskSpec, WIRE_VERSION,
+    RejectReason, Signed, TaskSpec, Unable, UnableReason, WIRE_VERSION,
 };
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,8 @@ use fleetmesh_trace::TaskRecord;
 pub const MAX_EXTRA_WORKERS: usize = 6;
 /// Bids taken into one round; more are declined as duplicates of a full round.
 pub const MAX_BIDS_PER_ROUND: usize = 256;
+/// `Unable` reports kept per round.
+pub const MAX_UNABLE_PER_ROUND: usize = 16;
 /// Receipts of finished tasks that left memory, kept to answer workers that re-send.
 pub const MAX_CLOSED_REMEMBERED: usize = 4096;
 /// After an announcement reached no peer, wait this long before the next try, ms.
@@ -123,6 +125,9 @@ pub struct ReqTask {
     pub verified: Option<(OutputDigest, Vec<PublicKey>)>,
     /// Receipts signed.
     pub receipts: Vec<(PublicKey, SignedEnvelope)>,
+    /// Workers that said, in the current round, that they cannot run the task.
+    #[serde(default)]
+    pub unable: Vec<(PublicKey, UnableReason)>,
     /// Why it failed.
     pub failure: Option<String>,
     /// Milestones.
@@ -318,6 +323,15 @@ impl Requester {
                 req.input.len()
             ));
         }
+        if let Some(&expected) = ctx.config.model_inputs.get(&model) {
+            if req.input.len() as u64 != expected {
+                return reject(format!(
+                    "the input has {} bytes but model {model} takes {expected} ({} little-endian f32)",
+                    req.input.len(),
+                    expected / 4
+                ));
+            }
+        }
         let k = req.redundancy.unwrap_or(d.redundancy);
         let max_k = fleetmesh_protocol::limits::MAX_REDUNDANCY;
         if k == 0 || k > max_k {
@@ -368,6 +382,7 @@ impl Requester {
             rejections: Vec::new(),
             verified: None,
             receipts: Vec::new(),
+            unable: Vec::new(),
             failure: None,
             times: Timings { submitted_ms: now, ..Timings::default() },
             announce_pending: true,
@@ -513,6 +528,13 @@ impl Requester {
         let decision = winner::choose(id, &t.spec, &me, t.round, &bids);
         let needed = usize::from(t.spec.redundancy).saturating_sub(t.live_count()).max(1);
         let now = ctx.now;
+        if decision.ranked.is_empty() && !t.unable.is_empty() {
+            // No valid bid, and workers that hold the model said why they cannot run it:
+            // that is the true reason, known now.
+            let (n, first) = (t.unable.len(), t.unable[0].1.to_string());
+            self.fail(ctx, id, format!("no worker can run this task: {first} (said by {n} worker(s))"));
+            return;
+        }
         if decision.ranked.is_empty() {
             // Only consecutive rounds without a single valid bid count towards giving up;
             // re-auctions after a worker failed are not "no bids".
@@ -569,6 +591,7 @@ impl Requester {
         t.phase = Phase::Bidding;
         t.round = t.round.saturating_add(1);
         t.bids.clear();
+        t.unable.clear();
         t.announce_pending = true;
         t.announce_in_flight = false;
         let model = t.spec.model;
@@ -617,6 +640,47 @@ impl Requester {
                 tag: SendTag::Award { task: *id, worker },
             });
         }
+    }
+
+    /// A worker says it cannot run a task: a failed run replaces it at once; a wrong input
+    /// is remembered for the round, and fails the task with that reason if no valid bid
+    /// comes (a worker's word never outweighs a bid).
+    pub(crate) fn on_unable(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: PublicKey,
+        report: SignedEnvelope,
+    ) -> TaskResponse {
+        let Ok(u) = Unable::open(&report) else {
+            return TaskResponse::Refused(Refusal::Invalid("report does not verify".into()));
+        };
+        if report.signer != from {
+            return TaskResponse::Refused(Refusal::Invalid("report signed by another peer".into()));
+        }
+        let Some(t) = self.tasks.get_mut(&u.task_id) else {
+            return TaskResponse::Refused(Refusal::UnknownTask);
+        };
+        if t.phase.is_terminal() {
+            return TaskResponse::Ack;
+        }
+        let awarded = t.assignments.iter().any(|a| a.worker == from && a.waiting());
+        let fresh = !t.unable.iter().any(|(w, _)| *w == from);
+        let in_round = t.phase == Phase::Bidding && u.round == t.round;
+        match &u.reason {
+            UnableReason::ExecutionFailed { .. } if awarded => {
+                ctx.trace(TaskRecord {
+                    peer: Some(from.peer_id()),
+                    reason: Some(u.reason.to_string()),
+                    ..record(event::RESULT_REJECTED, &u.task_id)
+                });
+                self.worker_failed(ctx, &u.task_id, &from, u.reason.to_string());
+            }
+            UnableReason::InputSize { .. } if in_round && fresh && t.unable.len() < MAX_UNABLE_PER_ROUND => {
+                t.unable.push((from, u.reason));
+            }
+            _ => {}
+        }
+        TaskResponse::Ack
     }
 
     pub(crate) fn on_award_response(

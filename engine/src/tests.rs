@@ -491,3 +491,106 @@ fn review_a_worker_remembers_only_so_many_bids_per_requester_and_forgets_them_in
     let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
     assert_eq!(sends(&gossip(&mut w, later, Topic::Tasks, r.public(), data)).len(), 1);
 }
+
+/// Finding 12: a worker that knows the model's input size tells the requester, signed, that
+/// the input does not fit, instead of bidding; the requester fails the task at once with that
+/// reason (not after six empty rounds with "does any node hold model ...?").
+#[test]
+fn finding_12_a_wrong_size_input_fails_at_once_with_the_true_reason() {
+    // The requester does not hold the model, so it cannot check the size at submit.
+    let mut r = engine_with(1, |c| c.default_model = Some(model()));
+    let mut w = engine_with(2, |c| {
+        c.model_inputs.insert(model(), 16);
+    });
+    let (id, actions) = submit(&mut r, T0, &[1; 8]);
+    let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (task, round) = ann.unwrap();
+    r.handle(T0, Input::Published { task, round, ok: true });
+    let wa = gossip(&mut w, T0 + 1, Topic::Tasks, r.public(), data);
+    let sent = sends(&wa);
+    assert_eq!(sent.len(), 1, "one report, no bid");
+    let Outgoing::Request(TaskRequest::Unable { report }) = sent[0].1.clone() else {
+        panic!("{:?}", sent[0])
+    };
+    let a = r.handle(
+        T0 + 2,
+        Input::Request { reply: 1, from: w.public(), request: TaskRequest::Unable { report } },
+    );
+    assert_eq!(reply(&a), TaskResponse::Ack);
+    r.handle(T0 + 60_000, Input::Tick);
+    let t = r.requester.get(&id).unwrap();
+    assert_eq!(t.phase, fleetmesh_api::Phase::Failed);
+    let why = t.failure.clone().unwrap();
+    assert!(why.contains("the input has 8 bytes but the model takes 16"), "{why}");
+    assert_eq!(t.round, 0, "failed in the first round, not after {} empty ones", t.round);
+    // A requester that knows the model refuses such an input at submit.
+    let mut knows = engine_with(3, |c| {
+        c.model_inputs.insert(model(), 16);
+    });
+    let request = SubmitRequest { input: vec![1; 8], ..SubmitRequest::default() };
+    let a = knows.handle(T0, Input::Submit { call: 1, request, nonce: 1 });
+    let err = a.iter().find_map(|a| match a {
+        Action::Submitted { result: Err(e), .. } => Some(e.to_string()),
+        _ => None,
+    });
+    assert!(err.unwrap().contains("takes 16"));
+}
+
+/// Finding 13: a worker whose inference fails tells the requester at once, which replaces it
+/// at once; after three failures in a row the worker stops bidding on the model until a
+/// self-test passes.
+#[test]
+fn finding_13_a_failed_run_is_reported_at_once_and_repeated_failures_stop_bidding() {
+    let (mut r, mut w) = (engine(1), engine(2));
+    for n in 0..worker::MAX_MODEL_FAILURES {
+        let t0 = T0 + u64::from(n) * 1000;
+        let (id, actions) = submit(&mut r, t0, &n.to_le_bytes());
+        let (_, bid) = announce_and_bid(&mut r, &mut w, t0, &actions);
+        let b = r
+            .handle(t0 + 1, Input::Request { reply: 1, from: w.public(), request: TaskRequest::Bid { bid } });
+        let (spec, award) = sends(&b)
+            .into_iter()
+            .find_map(|(_, out, _)| match out {
+                Outgoing::Award { spec, award, .. } => Some((spec, award)),
+                _ => None,
+            })
+            .expect("awarded at once (early close)");
+        let input = n.to_le_bytes().to_vec();
+        let a = w.handle(
+            t0 + 2,
+            Input::Request { reply: 2, from: r.public(), request: TaskRequest::Award { spec, award, input } },
+        );
+        assert_eq!(reply(&a), TaskResponse::Ack);
+        let done = w.handle(t0 + 3, Input::Executed { task: id, result: Err("illegal instruction".into()) });
+        let report = sends(&done)
+            .into_iter()
+            .find_map(|(_, out, _)| match out {
+                Outgoing::Request(TaskRequest::Unable { report }) => Some(report),
+                _ => None,
+            })
+            .expect("the failure is reported");
+        let self_test = done.iter().any(|a| matches!(a, Action::SelfTest { .. }));
+        assert_eq!(self_test, n + 1 == worker::MAX_MODEL_FAILURES, "self-test after the third failure only");
+        r.handle(
+            t0 + 4,
+            Input::Request { reply: 3, from: w.public(), request: TaskRequest::Unable { report } },
+        );
+        let t = r.requester.get(&id).unwrap();
+        assert!(
+            t.assignments.iter().any(|a| matches!(&a.status, requester::AssignStatus::Failed(why) if why.contains("illegal instruction"))),
+            "the worker is marked failed at once: {:?}",
+            t.assignments
+        );
+        assert_eq!(t.round, 1, "and a new round opened to replace it");
+    }
+    // Quarantined: no bid on the model now.
+    assert!(w.worker.quarantined().contains(&model()));
+    let (_, actions) = submit(&mut r, T0 + 10_000, b"after");
+    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    assert!(sends(&gossip(&mut w, T0 + 10_000, Topic::Tasks, r.public(), data.clone())).is_empty());
+    // The self-test passes: bidding resumes.
+    w.handle(T0 + 10_001, Input::SelfTested { model: model(), ok: true });
+    let (_, actions) = submit(&mut r, T0 + 10_002, b"after the test");
+    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    assert_eq!(sends(&gossip(&mut w, T0 + 10_002, Topic::Tasks, r.public(), data)).len(), 1);
+}

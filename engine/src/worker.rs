@@ -19,7 +19,7 @@ use fleetmesh_crypto::{InputDigest, ModelId, PublicKey, SignedEnvelope, TaskId};
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{
     ids, task_id_of, Announcement, Award, Bid, Decline, OpenTasks, Receipt, RejectReason, ResultHeader,
-    Signed, TaskSpec, WIRE_VERSION,
+    Signed, TaskSpec, Unable, UnableReason, WIRE_VERSION,
 };
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +53,11 @@ pub const MAX_DONE_REMEMBERED: usize = 64 * 1024;
 pub const MAX_SPEC_LOOKUPS: usize = 64;
 /// DHT lookups of open-tasks records at once.
 pub const MAX_OPEN_LOOKUPS: usize = 256;
+/// Failed executions of one model in a row before this node stops bidding on it until a
+/// self-test passes.
+pub const MAX_MODEL_FAILURES: u32 = 3;
+/// (task, round) pairs this node told a requester it cannot run, remembered to say it once.
+const MAX_UNABLE_REMEMBERED: usize = 4096;
 /// Providers asked per model and scan.
 const MAX_PROVIDERS_PER_SCAN: usize = 64;
 
@@ -143,6 +148,12 @@ pub struct Worker {
     running: u32,
     /// Queued jobs waiting for a slot, oldest first.
     queue: VecDeque<TaskId>,
+    /// (task, round) pairs already answered with an `Unable` report.
+    unable_sent: BoundedSet<(TaskId, u32)>,
+    /// Failed executions in a row, per model.
+    failures: BTreeMap<ModelId, u32>,
+    /// Models not bid on until a self-test passes.
+    quarantined: BTreeSet<ModelId>,
     /// Bids sent, for the stats.
     pub bids_sent: u64,
     /// Jobs executed.
@@ -166,6 +177,9 @@ impl Worker {
             provider_lookups: BTreeSet::new(),
             running: 0,
             queue: VecDeque::new(),
+            unable_sent: BoundedSet::new(MAX_UNABLE_REMEMBERED),
+            failures: BTreeMap::new(),
+            quarantined: BTreeSet::new(),
             bids_sent: 0,
             jobs_executed: 0,
             jobs_receipted: 0,
@@ -307,6 +321,7 @@ impl Worker {
             && bid_deadline_ms > ctx.now
             && max_price.is_none_or(|p| p >= ctx.config.price_floor)
             && ctx.models.contains(&model)
+            && !self.quarantined.contains(&model)
             && !self.jobs.contains_key(&task)
             && !self.done.contains(&task)
             && !self.bids.contains_key(&(task, round))
@@ -333,6 +348,20 @@ impl Worker {
         bid_deadline_ms: u64,
     ) {
         let Ok(spec) = TaskSpec::open(env) else { return };
+        // An input that cannot fit the model: say so, once, instead of bidding.
+        if let Some(&expected) = ctx.config.model_inputs.get(&spec.model) {
+            if spec.input_size != expected
+                && task_id_of(env) == task
+                && env.signer != ctx.identity.public()
+                && self.unable_sent.insert((task, round))
+            {
+                let reason = UnableReason::InputSize { expected, got: spec.input_size };
+                self.send_unable(ctx, env.signer, task, round, reason);
+            }
+            if spec.input_size != expected {
+                return;
+            }
+        }
         // Remembered long enough for a standby award, never past the task's deadline.
         let until = spec.deadline_ms.min(bid_deadline_ms.max(ctx.now).saturating_add(BID_MEMORY_MS));
         if task_id_of(env) != task
@@ -569,8 +598,19 @@ impl Worker {
         match result {
             Err(e) => {
                 tracing::warn!(%task, "execution failed: {e}");
+                let (requester, model) = (job.requester, job.spec.model);
+                let message: String = e.chars().take(200).collect();
                 job.state = JobState::Abandoned(e);
                 ctx.push(Action::Persist(vec![job.op(&task), drop_input]));
+                // Tell the requester now, so it replaces this worker instead of waiting.
+                let reason = UnableReason::ExecutionFailed { message };
+                self.send_unable(ctx, requester, task, 0, reason);
+                let n = self.failures.entry(model).or_insert(0);
+                *n = n.saturating_add(1);
+                if *n >= MAX_MODEL_FAILURES && self.quarantined.insert(model) {
+                    tracing::warn!(%model, "{MAX_MODEL_FAILURES} failed runs in a row: not bidding on this model until a self-test passes");
+                    ctx.push(Action::SelfTest { model });
+                }
             }
             Ok(exec) => {
                 #[allow(unused_mut)]
@@ -612,6 +652,7 @@ impl Worker {
                     },
                     _ => {}
                 }
+                self.failures.remove(&job.spec.model);
                 job.state = JobState::Done { header: signed, output };
                 job.next_send_ms = 0;
                 ctx.push(Action::Persist(vec![job.op(&task), drop_input]));
@@ -626,6 +667,38 @@ impl Worker {
             }
         }
         self.start_queued(ctx);
+    }
+
+    fn send_unable(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        to: PublicKey,
+        task: TaskId,
+        round: u32,
+        reason: UnableReason,
+    ) {
+        let report = Unable { v: WIRE_VERSION, task_id: task, round, reason }.sign(ctx.identity);
+        ctx.push(Action::Send {
+            to,
+            request: Outgoing::Request(TaskRequest::Unable { report }),
+            tag: SendTag::Unable,
+        });
+    }
+
+    /// A self-test of a quarantined model ended: bid on it again if it ran, or test again later.
+    pub(crate) fn on_self_tested(&mut self, model: ModelId, ok: bool) {
+        if ok {
+            self.quarantined.remove(&model);
+            self.failures.remove(&model);
+            tracing::info!(%model, "self-test passed; bidding on the model again");
+        } else {
+            tracing::warn!(%model, "self-test failed; the model stays out of bidding");
+        }
+    }
+
+    /// Models that failed their last runs and wait for a passing self-test.
+    pub fn quarantined(&self) -> &BTreeSet<ModelId> {
+        &self.quarantined
     }
 
     fn send_result(&mut self, ctx: &mut Ctx<'_>, task: TaskId) {

@@ -4,6 +4,7 @@
 
 use fleetmesh_protocol::{
     decode, Announcement, Award, Bid, Decline, OpenTasks, Presence, Receipt, ResultHeader, Signed, TaskSpec,
+    Unable,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -21,5 +22,6 @@ fuzz_target!(|data: &[u8]| {
     payload::<Receipt>(data);
     payload::<Presence>(data);
     payload::<OpenTasks>(data);
+    payload::<Unable>(data);
     let _ = fleetmesh_protocol::output::ModelOutput::from_bytes(data);
 });

@@ -164,6 +164,19 @@ impl ModelStore {
         Ok((plan, elems))
     }
 
+    /// The size in bytes of `model`'s input (its input tensor as little-endian f32); loads and
+    /// caches the model's plan.
+    pub fn input_bytes(&self, model: &ModelId) -> Result<u64, ExecError> {
+        let (_, elems) = self.plan(model)?;
+        Ok((elems as u64).saturating_mul(4))
+    }
+
+    /// Runs `model` once on an all-zero input: whether the runtime works on this machine.
+    pub fn self_test(&self, model: &ModelId) -> Result<(), ExecError> {
+        let (_, elems) = self.plan(model)?;
+        self.run(model, &vec![0u8; elems.saturating_mul(4)]).map(|_| ())
+    }
+
     /// Runs `model` on `input` on the calling thread (blocking).
     pub fn run(&self, model: &ModelId, input: &[u8]) -> Result<Inference, ExecError> {
         let (plan, elems) = self.plan(model)?;

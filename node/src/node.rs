@@ -370,8 +370,16 @@ impl Node {
         let client = Client { tx, peer_id, public, metrics: registry };
         let span = tracer.as_ref().map_or_else(tracing::Span::none, crate::tracer::Tracer::span);
         let now = now_ms();
-        let engine =
-            Engine::new(identity.clone(), engine_config(&config), models.list().into_iter().collect(), now);
+        let mut settings = engine_config(&config);
+        for model in models.list() {
+            match models.input_bytes(&model) {
+                Ok(bytes) => {
+                    settings.model_inputs.insert(model, bytes);
+                }
+                Err(e) => tracing::warn!(%model, "cannot read the model's input size: {e}"),
+            }
+        }
+        let engine = Engine::new(identity.clone(), settings, models.list().into_iter().collect(), now);
         let mut event_loop = EventLoop {
             swarm,
             engine,
@@ -416,6 +424,7 @@ fn engine_config(c: &NodeConfig) -> EngineConfig {
         price_floor: c.price_floor,
         tasks: c.tasks.clone(),
         default_model: Some(crate::digits::model_id()),
+        model_inputs: Default::default(),
         presence_interval_ms: c.presence_interval_ms.max(100),
         dht_scan_interval_ms: c.dht_scan_interval_ms.max(100),
         max_finished_in_memory: c.max_finished_in_memory,
@@ -501,12 +510,6 @@ enum Query {
     Providers(ModelId),
 }
 
-/// A finished (or failed) execution, back from the blocking pool.
-struct ExecDone {
-    task: TaskId,
-    result: Result<ExecOutput, String>,
-}
-
 /// Everything waiting for an answer, by the id the engine or libp2p gave it.
 #[derive(Default)]
 struct Pending {
@@ -537,8 +540,9 @@ struct EventLoop {
     metrics: Metrics,
     p2p_metrics: libp2p::metrics::Metrics,
     commands: mpsc::Receiver<Command>,
-    exec_tx: mpsc::Sender<ExecDone>,
-    exec_rx: mpsc::Receiver<ExecDone>,
+    /// Finished executions and self-tests, back from the blocking pool as engine inputs.
+    exec_tx: mpsc::Sender<Input>,
+    exec_rx: mpsc::Receiver<Input>,
     pending: Pending,
     /// (tests) Sleep this long before each inference.
     #[cfg(feature = "test-hooks")]
@@ -588,7 +592,7 @@ impl EventLoop {
                 // Local work first: finished executions and commands before new remote work.
                 biased;
                 Some(done) = self.exec_rx.recv() => {
-                    self.step(Input::Executed { task: done.task, result: done.result });
+                    self.step(done);
                     while self.executions.try_join_next().is_some() {}
                 }
                 cmd = self.commands.recv() => match cmd {
@@ -614,7 +618,7 @@ impl EventLoop {
             while let Some(joined) = self.executions.join_next().await {
                 if joined.is_ok() {
                     while let Ok(done) = self.exec_rx.try_recv() {
-                        self.step(Input::Executed { task: done.task, result: done.result });
+                        self.step(done);
                     }
                 }
             }
@@ -719,6 +723,15 @@ impl EventLoop {
                     self.pending.queries.insert(qid, Query::Providers(model));
                 }
                 Action::Execute { task, model } => self.execute(task, model),
+                Action::SelfTest { model } => {
+                    let (models, tx) = (self.models.clone(), self.exec_tx.clone());
+                    self.executions.spawn(async move {
+                        let ok = tokio::task::spawn_blocking(move || models.self_test(&model))
+                            .await
+                            .is_ok_and(|r| r.is_ok());
+                        let _ = tx.send(Input::SelfTested { model, ok }).await;
+                    });
+                }
                 Action::Trace(record) => {
                     if let Some(t) = self.tracer.as_mut() {
                         t.task(*record);
@@ -870,7 +883,7 @@ impl EventLoop {
                 Ok(None) => Err("input missing from the store".to_owned()),
                 Err(e) => Err(format!("input unreadable: {e}")),
             };
-            let _ = tx.send(ExecDone { task, result }).await;
+            let _ = tx.send(Input::Executed { task, result }).await;
         });
     }
 

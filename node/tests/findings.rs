@@ -221,3 +221,17 @@ async fn a_peer_that_publishes_invalid_gossip_is_graylisted_and_disconnected() {
     assert_verified(&wait_done(&nodes[0].client, task).await, label);
     stop_all(nodes).await;
 }
+
+/// Finding 12: an input of the wrong size was accepted (202) and failed 61 s later with a
+/// misleading reason. A node that holds the model refuses it at submit, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_that_does_not_fit_the_model_is_refused_at_submit() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 1, |_, _| {}).await;
+    let (mut req, _) = digits_task(0, 1);
+    let right = req.input.len();
+    req.input.truncate(right - 4);
+    let err = nodes[0].client.submit(req).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("takes {right}")), "{err}");
+    stop_all(nodes).await;
+}

@@ -231,6 +231,56 @@ pub struct Decline {
 }
 signed!(Decline, MessageKind::Decline, 1024);
 
+/// Why a worker cannot run a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum UnableReason {
+    /// The input's size does not fit the model's input tensor.
+    InputSize {
+        /// Bytes the model takes.
+        expected: u64,
+        /// Bytes the spec says the input has.
+        got: u64,
+    },
+    /// Inference failed on this worker (a runtime fault); the message says how.
+    ExecutionFailed {
+        /// The executor's error, at most 200 characters.
+        message: String,
+    },
+}
+
+impl std::fmt::Display for UnableReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::InputSize { expected, got } => {
+                write!(
+                    f,
+                    "the input has {got} bytes but the model takes {expected} ({} little-endian f32)",
+                    expected / 4
+                )
+            }
+            Self::ExecutionFailed { message } => write!(f, "inference failed at the worker: {message}"),
+        }
+    }
+}
+
+/// A worker telling a requester, signed, that it cannot run a task: so the requester fails it
+/// at once with the true reason (a wrong input) or replaces the worker at once (a failed run)
+/// instead of waiting out a timeout. It is the worker's word: a requester never lets it
+/// outweigh a valid bid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unable {
+    /// Message version.
+    pub v: u16,
+    /// The task.
+    pub task_id: TaskId,
+    /// The round the worker saw.
+    pub round: u32,
+    /// Why.
+    pub reason: UnableReason,
+}
+signed!(Unable, MessageKind::Unable, 1024);
+
 /// How the output was produced, for reproducibility reports.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]

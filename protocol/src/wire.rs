@@ -42,6 +42,12 @@ pub enum TaskRequest {
         /// The receipt.
         receipt: SignedEnvelope,
     },
+    /// A signed [`crate::Unable`]: the worker cannot run the task, and why. Nodes that do
+    /// not know this variant answer `Refused(Invalid)`, which costs the sender nothing.
+    Unable {
+        /// The report.
+        report: SignedEnvelope,
+    },
     /// A signed [`crate::ResultHeader`] with the output bytes.
     Result {
         /// The task whose award this answers. The requester checks the header against this

@@ -678,6 +678,17 @@ impl Sim {
                     }
                 }
                 Action::Finished(_) => {}
+                Action::SelfTest { model } => {
+                    let at = self.now + self.latency();
+                    self.schedule(
+                        at,
+                        Event::Deliver {
+                            to: i,
+                            life: Some(life),
+                            input: Input::SelfTested { model, ok: true },
+                        },
+                    );
+                }
             }
         }
     }
