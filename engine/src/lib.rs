@@ -313,6 +313,8 @@ pub enum Input {
         /// The output, or why inference failed.
         result: Result<ExecOutput, String>,
     },
+    /// The data disk is (or no longer is) nearly full: no new work is taken while it is.
+    DiskLow(bool),
     /// A connection to a peer opened.
     Connected(PublicKey),
     /// The last connection to a peer closed.
@@ -320,7 +322,8 @@ pub enum Input {
     /// An [`Action::Persist`] failed; the keys it wrote are not durable.
     PersistFailed {
         /// What the transaction wrote.
-        keys: Vec<(Table, TaskId)>,
+        /// (table, key, whether it was a write rather than a delete) of each operation.
+        keys: Vec<(Table, TaskId, bool)>,
     },
     /// Time passed: timers fire.
     Tick,
@@ -539,6 +542,8 @@ pub struct Ctx<'a> {
     pub presence: &'a BoundedMap<PublicKey, PeerAdvert>,
     /// Peers with an open connection.
     pub connected: &'a BTreeSet<PublicKey>,
+    /// The data disk is nearly full: take no new work.
+    pub disk_low: bool,
     /// The actions produced so far.
     pub out: &'a mut Vec<Action>,
 }
@@ -567,6 +572,7 @@ pub struct Engine {
     models: BTreeSet<ModelId>,
     presence: BoundedMap<PublicKey, PeerAdvert>,
     connected: BTreeSet<PublicKey>,
+    disk_low: bool,
     /// (task, round, announcer) announcements already taken, so replays are not relayed again.
     /// Keyed by the announcer too, so a forgery cannot shadow the requester's own.
     seen_announcements: BoundedSet<(TaskId, u32, PublicKey)>,
@@ -590,6 +596,7 @@ impl Engine {
             models,
             presence: BoundedMap::new(MAX_PRESENCE_PEERS),
             connected: BTreeSet::new(),
+            disk_low: false,
             seen_announcements: BoundedSet::new(MAX_SEEN_ANNOUNCEMENTS),
             next_presence: now,
             next_scan: now.saturating_add(1_000),
@@ -641,6 +648,7 @@ impl Engine {
             models: &self.models,
             presence: &self.presence,
             connected: &self.connected,
+            disk_low: self.disk_low,
             out,
         };
         (ctx, &mut self.requester, &mut self.worker)
@@ -675,6 +683,7 @@ impl Engine {
             Input::Connected(peer) => {
                 self.connected.insert(peer);
             }
+            Input::DiskLow(low) => self.disk_low = low,
             Input::Disconnected(peer) => {
                 self.connected.remove(&peer);
                 self.presence.remove(&peer);
@@ -711,7 +720,11 @@ impl Engine {
                         requester.on_persist_failed(&mut ctx, &keys);
                         worker.on_persist_failed(&mut ctx, &keys);
                     }
-                    Input::Gossip { .. } | Input::Connected(_) | Input::Disconnected(_) | Input::Tick => {}
+                    Input::Gossip { .. }
+                    | Input::Connected(_)
+                    | Input::Disconnected(_)
+                    | Input::DiskLow(_)
+                    | Input::Tick => {}
                 }
             }
         }

@@ -316,6 +316,9 @@ impl Requester {
         if req.input.is_empty() {
             return reject("the input is empty".into());
         }
+        if ctx.disk_low {
+            return reject("this node's data disk is nearly full; free some space before submitting".into());
+        }
         let max_input = fleetmesh_protocol::limits::MAX_INPUT_BYTES;
         if req.input.len() > max_input {
             return reject(format!(
@@ -905,7 +908,9 @@ impl Requester {
             }
         }
         let model = t.spec.model;
-        ctx.push(Action::Persist(vec![t.persist(id)]));
+        // Finished: its input is not needed again.
+        let drop_input = StoreOp { table: Table::RequestInputs, key: *id, value: None };
+        ctx.push(Action::Persist(vec![t.persist(id), drop_input]));
         ctx.count(Metric::TasksVerified);
         ctx.trace(TaskRecord {
             digest: Some(digest.to_string()),
@@ -937,7 +942,8 @@ impl Requester {
         t.times.finished_ms = ctx.now;
         t.bids.clear();
         let model = t.spec.model;
-        ctx.push(Action::Persist(vec![t.persist(id)]));
+        let drop_input = StoreOp { table: Table::RequestInputs, key: *id, value: None };
+        ctx.push(Action::Persist(vec![t.persist(id), drop_input]));
         ctx.count(Metric::TasksFailed);
         self.open_dirty.insert(model);
         ctx.push(Action::Finished(*id));
@@ -1002,7 +1008,13 @@ impl Requester {
 
     pub(crate) fn restore(&mut self, ctx: &mut Ctx<'_>, tasks: Vec<(TaskId, ReqTask)>) {
         for (id, mut t) in tasks {
-            if !t.phase.is_terminal() {
+            // A finished task stays in the store (status reads it there); memory keeps only
+            // its receipts, to answer workers that re-send.
+            if t.phase.is_terminal() {
+                self.closed.insert(id, t.receipts);
+                continue;
+            }
+            {
                 self.open_dirty.insert(t.spec.model);
                 if t.phase == Phase::Bidding {
                     t.round = t.round.saturating_add(1);
@@ -1020,11 +1032,11 @@ impl Requester {
         }
     }
 
-    pub(crate) fn on_persist_failed(&mut self, _ctx: &mut Ctx<'_>, keys: &[(Table, TaskId)]) {
-        for (table, id) in keys {
+    pub(crate) fn on_persist_failed(&mut self, _ctx: &mut Ctx<'_>, keys: &[(Table, TaskId, bool)]) {
+        for (table, id, written) in keys {
             // Only a submit writes a task's input: a task whose first write failed was never
             // accepted (its submit was refused), whatever happened to its announcement since.
-            if *table == Table::RequestInputs {
+            if *table == Table::RequestInputs && *written {
                 self.tasks.remove(id);
             }
         }

@@ -594,3 +594,32 @@ fn finding_13_a_failed_run_is_reported_at_once_and_repeated_failures_stop_biddin
     let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
     assert_eq!(sends(&gossip(&mut w, T0 + 10_002, Topic::Tasks, r.public(), data)).len(), 1);
 }
+
+/// Finding 9 (disk): with the data disk nearly full the node takes no new work (no submit, no
+/// bid, no award), and takes it again once there is room.
+#[test]
+fn finding_9_a_nearly_full_disk_takes_no_new_work() {
+    let (mut r, mut w) = (engine(1), engine(2));
+    let (_, actions) = submit(&mut r, T0, &[2; 8]);
+    let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (task, round) = ann.unwrap();
+    r.handle(T0, Input::Published { task, round, ok: true });
+    w.handle(T0, Input::DiskLow(true));
+    assert!(sends(&gossip(&mut w, T0 + 1, Topic::Tasks, r.public(), data.clone())).is_empty(), "no bid");
+    r.handle(T0, Input::DiskLow(true));
+    let request = SubmitRequest { input: vec![3; 8], ..SubmitRequest::default() };
+    let a = r.handle(T0 + 2, Input::Submit { call: 9, request: request.clone(), nonce: 2 });
+    let err = a.iter().find_map(|a| match a {
+        Action::Submitted { result: Err(e), .. } => Some(e.to_string()),
+        _ => None,
+    });
+    assert!(err.unwrap().contains("nearly full"));
+    r.handle(T0, Input::DiskLow(false));
+    let a = r.handle(T0 + 3, Input::Submit { call: 10, request, nonce: 3 });
+    assert!(a.iter().any(|a| matches!(a, Action::Submitted { result: Ok(_), .. })));
+    w.handle(T0, Input::DiskLow(false));
+    let fresh = Announcement::open_bytes(&data, 1 << 16).unwrap().1;
+    let again = Announcement { round: fresh.round + 1, ..fresh }.sign(&identity(1));
+    let bids = sends(&gossip(&mut w, T0 + 4, Topic::Tasks, r.public(), fleetmesh_protocol::encode(&again)));
+    assert_eq!(bids.len(), 1, "bids again once there is room");
+}

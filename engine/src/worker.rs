@@ -318,6 +318,7 @@ impl Worker {
         max_price: Option<u64>,
     ) -> bool {
         ctx.config.serve
+            && !ctx.disk_low
             && bid_deadline_ms > ctx.now
             && max_price.is_none_or(|p| p >= ctx.config.price_floor)
             && ctx.models.contains(&model)
@@ -530,6 +531,9 @@ impl Worker {
         }
         if !self.has_capacity(ctx.config, &from) {
             return TaskResponse::Refused(Refusal::NoCapacity);
+        }
+        if ctx.disk_low {
+            return TaskResponse::Refused(Refusal::Unavailable);
         }
         let result_deadline_ms = award
             .result_deadline_ms
@@ -861,12 +865,12 @@ impl Worker {
         self.start_queued(ctx);
     }
 
-    pub(crate) fn on_persist_failed(&mut self, _ctx: &mut Ctx<'_>, keys: &[(Table, TaskId)]) {
-        for (table, id) in keys {
+    pub(crate) fn on_persist_failed(&mut self, _ctx: &mut Ctx<'_>, keys: &[(Table, TaskId, bool)]) {
+        for (table, id, written) in keys {
             // A job whose first write failed was never accepted: the award was answered
             // `Unavailable` and its execution never started.
             let fresh = self.jobs.get(id).is_some_and(|j| matches!(j.state, JobState::Queued));
-            if *table == Table::JobInputs && fresh {
+            if *table == Table::JobInputs && *written && fresh {
                 if let Some(job) = self.jobs.remove(id) {
                     if job.running {
                         self.running = self.running.saturating_sub(1);

@@ -417,7 +417,17 @@ impl Harness {
                         _ => {}
                     }
                 }
-                let accepted: BTreeSet<TaskId> = self.engine.requester.tasks().map(|(id, _)| *id).collect();
+                // Every task held before the crash is in the store; the unfinished ones come back.
+                for (id, _) in self.engine.requester.tasks() {
+                    assert!(self.store.contains_key(&(0, *id)), "an accepted task was never persisted");
+                }
+                let accepted: BTreeSet<TaskId> = self
+                    .engine
+                    .requester
+                    .tasks()
+                    .filter(|(_, t)| !t.phase.is_terminal())
+                    .map(|(id, _)| *id)
+                    .collect();
                 self.engine = Engine::new(self.me.clone(), config(), BTreeSet::from([model()]), self.now);
                 self.sends.clear();
                 self.executes.clear();

@@ -43,6 +43,12 @@ pub struct NodeConfig {
     pub dht_scan_interval_ms: u64,
     /// How long an idle connection is kept, ms.
     pub idle_connection_timeout_ms: u64,
+    /// Below this much free space on the data disk the node takes no new work (submits,
+    /// bids, awards) until space is freed; bytes.
+    pub min_free_disk_bytes: u64,
+    /// Finished tasks and jobs are deleted from the store this many days after they
+    /// finished; 0 keeps them forever.
+    pub retention_days: u32,
     /// New connections are refused while the node's process uses more memory than this.
     pub max_memory_bytes: usize,
     /// Established connections accepted from one IP address (loopback is exempt). Vehicles
@@ -87,6 +93,8 @@ impl Default for NodeConfig {
             idle_connection_timeout_ms: 120_000,
             max_finished_in_memory: 1024,
             max_memory_bytes: 1 << 30,
+            min_free_disk_bytes: 512 << 20,
+            retention_days: 7,
             max_connections_per_ip: 16,
             trace: None,
             #[cfg(feature = "test-hooks")]

@@ -396,6 +396,15 @@ impl Node {
             exec_delay_ms: config.exec_delay_ms,
             bootstrap: bootstrap.into_iter().map(|(peer, addr)| Bootstrap::new(peer, addr)).collect(),
             executions: tokio::task::JoinSet::new(),
+            housekeeping: Housekeeping {
+                data_dir: config.data_dir.clone(),
+                min_free_disk_bytes: config.min_free_disk_bytes,
+                retention_ms: (config.retention_days > 0)
+                    .then(|| u64::from(config.retention_days).saturating_mul(24 * 3600 * 1000)),
+                disk_low: false,
+                next_disk_check: tokio::time::Instant::now(),
+                next_sweep: tokio::time::Instant::now(),
+            },
         };
         event_loop.resume()?;
         let task = tokio::spawn(tracing::Instrument::instrument(event_loop.run(), span));
@@ -551,6 +560,30 @@ struct EventLoop {
     bootstrap: Vec<Bootstrap>,
     /// Executions running on the blocking pool, awaited at shutdown.
     executions: tokio::task::JoinSet<()>,
+    /// Disk space checks and the retention sweep.
+    housekeeping: Housekeeping,
+}
+
+/// The node's periodic care of its data dir.
+struct Housekeeping {
+    data_dir: std::path::PathBuf,
+    min_free_disk_bytes: u64,
+    retention_ms: Option<u64>,
+    disk_low: bool,
+    next_disk_check: tokio::time::Instant,
+    next_sweep: tokio::time::Instant,
+}
+
+/// Free bytes on the disk that holds `dir` (the mount point with the longest matching path).
+fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    let disks = sysinfo::Disks::new_with_refreshed_list();
+    disks
+        .list()
+        .iter()
+        .filter(|d| dir.starts_with(d.mount_point()))
+        .max_by_key(|d| d.mount_point().as_os_str().len())
+        .map(|d| d.available_space())
 }
 
 /// A bootstrap peer and how reaching it goes.
@@ -604,6 +637,7 @@ impl EventLoop {
                     self.step(Input::Tick);
                     self.dial_bootstrap();
                     self.disconnect_graylisted();
+                    self.housekeeping();
                     if let Some(t) = self.tracer.as_mut() {
                         t.mesh_changes(&self.swarm.behaviour().gossipsub, &TOPICS);
                     }
@@ -659,13 +693,15 @@ impl EventLoop {
     fn perform(&mut self, actions: Vec<Action>, follow_up: &mut VecDeque<Input>) {
         // Set once a durable write of this batch failed: what follows it must not promise a
         // peer anything. Every write is still tried, and every failed one reported.
-        let mut failed: Option<Vec<(fleetmesh_engine::Table, TaskId)>> = None;
+        let mut failed: Option<Vec<(fleetmesh_engine::Table, TaskId, bool)>> = None;
         for action in actions {
             match action {
                 Action::Persist(ops) => {
                     if let Err(e) = self.store.apply(&ops) {
                         tracing::error!("could not persist: {e}");
-                        failed.get_or_insert_with(Vec::new).extend(ops.iter().map(|o| (o.table, o.key)));
+                        failed
+                            .get_or_insert_with(Vec::new)
+                            .extend(ops.iter().map(|o| (o.table, o.key, o.value.is_some())));
                     }
                 }
                 Action::Reply { reply, response } => {
@@ -810,6 +846,42 @@ impl EventLoop {
         }
         if dialled {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    /// Every 10 s: is the data disk nearly full? (no new work while it is). Every hour, and
+    /// at start: delete finished tasks and jobs older than the retention period.
+    fn housekeeping(&mut self) {
+        let now = tokio::time::Instant::now();
+        let h = &mut self.housekeeping;
+        if now >= h.next_disk_check {
+            h.next_disk_check = now + Duration::from_secs(10);
+            let free = free_disk_bytes(&h.data_dir);
+            let low = free.is_some_and(|f| f < h.min_free_disk_bytes);
+            if low != h.disk_low {
+                h.disk_low = low;
+                if low {
+                    tracing::warn!(
+                        free = free.unwrap_or(0),
+                        min = h.min_free_disk_bytes,
+                        "the data disk is nearly full: taking no new work until space is freed"
+                    );
+                } else {
+                    tracing::info!("the data disk has room again: taking new work");
+                }
+                self.step(Input::DiskLow(low));
+            }
+        }
+        let h = &mut self.housekeeping;
+        if let Some(retention) = h.retention_ms.filter(|_| now >= h.next_sweep) {
+            h.next_sweep = now + Duration::from_secs(3600);
+            match self.store.sweep_finished(now_ms().saturating_sub(retention)) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(records = n, "deleted finished tasks and jobs past the retention period")
+                }
+                Err(e) => tracing::warn!("retention sweep failed: {e}"),
+            }
         }
     }
 

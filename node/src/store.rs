@@ -122,6 +122,32 @@ impl Store {
         Ok(t.get(key.as_bytes().as_slice()).map_err(db_err)?.map(|v| v.value().to_vec()))
     }
 
+    /// Deletes finished tasks and jobs (with their inputs) that finished before `cutoff_ms`;
+    /// returns how many records went. Unfinished ones are never touched.
+    pub(crate) fn sweep_finished(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        use fleetmesh_engine::{Job, ReqTask, StoreOp, Table as T};
+        let mut ops = Vec::new();
+        let (reqs, _) = self.load_all::<ReqTask>(REQUESTS)?;
+        for (id, t) in reqs {
+            if t.phase.is_terminal() && t.times.finished_ms < cutoff_ms {
+                ops.push(StoreOp { table: T::Requests, key: id, value: None });
+                ops.push(StoreOp { table: T::RequestInputs, key: id, value: None });
+            }
+        }
+        let (jobs, _) = self.load_all::<Job>(JOBS)?;
+        for (id, j) in jobs {
+            if j.is_finished() && j.result_deadline_ms < cutoff_ms {
+                ops.push(StoreOp { table: T::Jobs, key: id, value: None });
+                ops.push(StoreOp { table: T::JobInputs, key: id, value: None });
+            }
+        }
+        let n = ops.len() / 2;
+        if !ops.is_empty() {
+            self.apply(&ops)?;
+        }
+        Ok(n)
+    }
+
     /// Every value in a table that decodes; the ones that do not are returned by key.
     pub(crate) fn load_all<T: DeserializeOwned>(&self, table: Table) -> Result<Loaded<T>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
@@ -159,6 +185,46 @@ mod tests {
         assert_eq!(all, vec![(id, vec![1, 2, 3])]);
         assert!(bad.is_empty());
         assert_eq!(s.get_raw(JOB_INPUTS, &id).unwrap().unwrap(), b"input");
+    }
+
+    #[test]
+    fn the_retention_sweep_deletes_only_old_finished_records() {
+        use fleetmesh_engine::{Action, Engine, EngineConfig, Input, StoreOp, SubmitRequest};
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = std::sync::Arc::new(fleetmesh_crypto::Identity::from_secret_bytes(&[5; 32]));
+        let model = fleetmesh_crypto::ModelId::of(b"m");
+        let config = EngineConfig { default_model: Some(model), ..EngineConfig::default() };
+        let mut e = Engine::new(id, config, Default::default(), 1_000);
+        // Two tasks; one fails at its deadline (finished at 10 s), one is still open.
+        let mut persisted: Vec<StoreOp> = Vec::new();
+        for (n, deadline) in [(1u8, 5_000u64), (2, 10_000_000)] {
+            let request = SubmitRequest {
+                input: vec![n; 4],
+                deadline_ms: Some(deadline),
+                bid_window_ms: Some(10),
+                exec_timeout_ms: Some(10),
+                ..SubmitRequest::default()
+            };
+            for a in e.handle(1_000, Input::Submit { call: 1, request, nonce: u64::from(n) }) {
+                if let Action::Persist(ops) = a {
+                    persisted.extend(ops);
+                }
+            }
+        }
+        for a in e.handle(10_000, Input::Tick) {
+            if let Action::Persist(ops) = a {
+                persisted.extend(ops);
+            }
+        }
+        s.apply(&persisted).unwrap();
+        let (all, _) = s.load_all::<fleetmesh_engine::ReqTask>(REQUESTS).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(s.sweep_finished(9_000).unwrap(), 0, "nothing finished before 9 s");
+        assert_eq!(s.sweep_finished(20_000).unwrap(), 1, "the failed task goes");
+        let (left, _) = s.load_all::<fleetmesh_engine::ReqTask>(REQUESTS).unwrap();
+        assert_eq!(left.len(), 1);
+        assert!(!left[0].1.phase.is_terminal(), "the open task stays");
     }
 
     #[test]

@@ -235,3 +235,17 @@ async fn an_input_that_does_not_fit_the_model_is_refused_at_submit() {
     assert!(err.contains(&format!("takes {right}")), "{err}");
     stop_all(nodes).await;
 }
+
+/// Finding 9 (disk): a node whose data disk is nearly full refuses new work, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_disk_refuses_new_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 1, |_, c| c.min_free_disk_bytes = u64::MAX).await;
+    let (req, _) = digits_task(0, 1);
+    let c = nodes[0].client.clone();
+    wait_until("the node to see its disk as nearly full", async || {
+        c.submit(req.clone()).await.is_err_and(|e| e.to_string().contains("nearly full"))
+    })
+    .await;
+    stop_all(nodes).await;
+}

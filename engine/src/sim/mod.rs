@@ -270,6 +270,12 @@ pub struct Sim {
     accepted: BTreeMap<TaskId, (usize, u8)>,
     by_peer: BTreeMap<String, usize>,
     verified_events: BTreeMap<TaskId, usize>,
+    /// Tasks a requester reported finished (verified or failed).
+    finished: BTreeSet<TaskId>,
+    /// The input of every accepted task, to check verified outputs against.
+    inputs: BTreeMap<TaskId, Vec<u8>>,
+    /// The input of the submit being handled.
+    pending_input: Option<Vec<u8>>,
     receipts: BTreeMap<(TaskId, PublicKey), usize>,
     participants: BTreeMap<TaskId, BTreeSet<usize>>,
     messages: u64,
@@ -410,6 +416,9 @@ impl Sim {
             next_id: 0,
             accepted: BTreeMap::new(),
             verified_events: BTreeMap::new(),
+            finished: BTreeSet::new(),
+            inputs: BTreeMap::new(),
+            pending_input: None,
             receipts: BTreeMap::new(),
             participants: BTreeMap::new(),
             messages: 0,
@@ -670,6 +679,9 @@ impl Sim {
                     }
                 }
                 Action::Submitted { result, .. } => {
+                    if let (Ok(task), Some(input)) = (&result, &self.pending_input) {
+                        self.inputs.insert(*task, input.clone());
+                    }
                     if let Ok(task) = result {
                         if let Some(t) = self.vehicles[i].engine.as_ref().and_then(|e| e.requester.get(&task))
                         {
@@ -677,7 +689,9 @@ impl Sim {
                         }
                     }
                 }
-                Action::Finished(_) => {}
+                Action::Finished(task) => {
+                    self.finished.insert(task);
+                }
                 Action::SelfTest { model } => {
                     let at = self.now + self.latency();
                     self.schedule(
@@ -951,10 +965,12 @@ impl Sim {
         let mut input = vec![0u8; 64];
         input[..8].copy_from_slice(&n.to_le_bytes());
         input[8..16].copy_from_slice(&self.rng.next().to_le_bytes());
+        self.pending_input = Some(input.clone());
         let request = SubmitRequest { input, ..SubmitRequest::default() };
         let nonce = self.rng.next();
         let call = self.id();
         self.input(i, Input::Submit { call, request, nonce });
+        self.pending_input = None;
     }
 
     fn crash(&mut self, i: usize) {
@@ -1004,14 +1020,7 @@ impl Sim {
     }
 
     fn all_done(&self) -> bool {
-        self.submitted >= self.config.tasks
-            && self.accepted.iter().all(|(task, (r, _))| {
-                self.vehicles[*r]
-                    .engine
-                    .as_ref()
-                    .and_then(|e| e.requester.get(task))
-                    .is_some_and(|t| t.phase.is_terminal())
-            })
+        self.submitted >= self.config.tasks && self.accepted.keys().all(|task| self.finished.contains(task))
     }
 
     /// Runs until every accepted task is finished (or the time limit), then checks the
@@ -1127,10 +1136,10 @@ impl Sim {
                         }
                     }
                     // The honest output of the requester's own input.
-                    let honest = v
-                        .store
-                        .get(&(1, *task))
-                        .map(|input| fleetmesh_crypto::OutputDigest::of(&honest_output(input)));
+                    // The honest output of the requester's own input (the sim keeps the inputs
+                    // it made: a requester deletes a task's input once it is finished).
+                    let honest =
+                        self.inputs.get(task).map(|input| fleetmesh_crypto::OutputDigest::of(&honest_output(input)));
                     if honest.as_ref() != Some(digest) {
                         r.wrong_verified += 1;
                         if *k >= 2 {
