@@ -1135,11 +1135,12 @@ impl Sim {
                             self.violations.push(format!("task {task} verified by a worker never awarded"));
                         }
                     }
-                    // The honest output of the requester's own input.
                     // The honest output of the requester's own input (the sim keeps the inputs
                     // it made: a requester deletes a task's input once it is finished).
-                    let honest =
-                        self.inputs.get(task).map(|input| fleetmesh_crypto::OutputDigest::of(&honest_output(input)));
+                    let honest = self
+                        .inputs
+                        .get(task)
+                        .map(|input| fleetmesh_crypto::OutputDigest::of(&honest_output(input)));
                     if honest.as_ref() != Some(digest) {
                         r.wrong_verified += 1;
                         if *k >= 2 {
