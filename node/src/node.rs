@@ -384,18 +384,19 @@ impl Node {
             swarm,
             engine,
             store,
-            models,
             tracer,
-            metrics,
-            p2p_metrics,
+            meters: Meters { node: metrics, p2p: p2p_metrics },
             commands: rx,
-            exec_tx,
-            exec_rx,
+            executor: Executor {
+                models,
+                tx: exec_tx,
+                rx: exec_rx,
+                running: tokio::task::JoinSet::new(),
+                #[cfg(feature = "test-hooks")]
+                delay_ms: config.exec_delay_ms,
+            },
             pending: Pending::default(),
-            #[cfg(feature = "test-hooks")]
-            exec_delay_ms: config.exec_delay_ms,
             bootstrap: bootstrap.into_iter().map(|(peer, addr)| Bootstrap::new(peer, addr)).collect(),
-            executions: tokio::task::JoinSet::new(),
             housekeeping: Housekeeping {
                 data_dir: config.data_dir.clone(),
                 min_free_disk_bytes: config.min_free_disk_bytes,
@@ -542,26 +543,86 @@ struct EventLoop {
     swarm: Swarm<Behaviour>,
     /// The protocol logic: requester and worker.
     engine: Engine,
+    /// The durable store (redb).
     store: Store,
-    models: Arc<ModelStore>,
     /// Gossip and task traces, when the node was started with a trace path.
     tracer: Option<crate::tracer::Tracer>,
-    metrics: Metrics,
-    p2p_metrics: libp2p::metrics::Metrics,
+    /// The node's and libp2p's counters.
+    meters: Meters,
+    /// Commands from `Client` handles.
     commands: mpsc::Receiver<Command>,
-    /// Finished executions and self-tests, back from the blocking pool as engine inputs.
-    exec_tx: mpsc::Sender<Input>,
-    exec_rx: mpsc::Receiver<Input>,
+    /// Model runs on the blocking pool.
+    executor: Executor,
+    /// What waits for an answer: requests, replies, gossip verdicts, DHT queries, callers.
     pending: Pending,
-    /// (tests) Sleep this long before each inference.
-    #[cfg(feature = "test-hooks")]
-    exec_delay_ms: u64,
     /// Bootstrap peers, dialled until connected and again whenever the connection drops.
     bootstrap: Vec<Bootstrap>,
-    /// Executions running on the blocking pool, awaited at shutdown.
-    executions: tokio::task::JoinSet<()>,
     /// Disk space checks and the retention sweep.
     housekeeping: Housekeeping,
+}
+
+/// The node's and libp2p's counters, in one Prometheus registry.
+struct Meters {
+    node: Metrics,
+    p2p: libp2p::metrics::Metrics,
+}
+
+/// Runs models on the blocking pool (the engine decides how many at once) and hands each
+/// result back to the event loop as an engine input.
+struct Executor {
+    models: Arc<ModelStore>,
+    tx: mpsc::Sender<Input>,
+    rx: mpsc::Receiver<Input>,
+    /// Runs in progress, awaited at shutdown.
+    running: tokio::task::JoinSet<()>,
+    /// (tests) Sleep this long before each inference.
+    #[cfg(feature = "test-hooks")]
+    delay_ms: u64,
+}
+
+impl Executor {
+    /// Runs `model` on `input` (read from the store by the caller).
+    fn execute(
+        &mut self,
+        task: TaskId,
+        model: ModelId,
+        input: Result<Option<Vec<u8>>, crate::store::StoreError>,
+    ) {
+        let (models, tx) = (self.models.clone(), self.tx.clone());
+        #[cfg(feature = "test-hooks")]
+        let delay = Duration::from_millis(self.delay_ms);
+        self.running.spawn(async move {
+            #[cfg(feature = "test-hooks")]
+            tokio::time::sleep(delay).await;
+            let result = match input {
+                Ok(Some(input)) => tokio::task::spawn_blocking(move || {
+                    models
+                        .run(&model, &input)
+                        .map(|i| ExecOutput {
+                            output: i.output,
+                            run_time_us: i.run_time_us,
+                            runtime: crate::executor::runtime_profile(),
+                        })
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("executor task failed: {e}"))),
+                Ok(None) => Err("input missing from the store".to_owned()),
+                Err(e) => Err(format!("input unreadable: {e}")),
+            };
+            let _ = tx.send(Input::Executed { task, result }).await;
+        });
+    }
+
+    /// Runs `model` once on an all-zero input.
+    fn self_test(&mut self, model: ModelId) {
+        let (models, tx) = (self.models.clone(), self.tx.clone());
+        self.running.spawn(async move {
+            let ok =
+                tokio::task::spawn_blocking(move || models.self_test(&model)).await.is_ok_and(|r| r.is_ok());
+            let _ = tx.send(Input::SelfTested { model, ok }).await;
+        });
+    }
 }
 
 /// The node's periodic care of its data dir.
@@ -624,9 +685,9 @@ impl EventLoop {
             tokio::select! {
                 // Local work first: finished executions and commands before new remote work.
                 biased;
-                Some(done) = self.exec_rx.recv() => {
+                Some(done) = self.executor.rx.recv() => {
                     self.step(done);
-                    while self.executions.try_join_next().is_some() {}
+                    while self.executor.running.try_join_next().is_some() {}
                 }
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Shutdown(tx)) => { let _ = tx.send(()); break; }
@@ -649,9 +710,9 @@ impl EventLoop {
         // executions still running finish and their results are persisted, so a restart does
         // not run them again. Inference is bounded by its execution timeout; 30 s at most.
         let drain = async {
-            while let Some(joined) = self.executions.join_next().await {
+            while let Some(joined) = self.executor.running.join_next().await {
                 if joined.is_ok() {
-                    while let Ok(done) = self.exec_rx.try_recv() {
+                    while let Ok(done) = self.executor.rx.try_recv() {
                         self.step(done);
                     }
                 }
@@ -758,16 +819,11 @@ impl EventLoop {
                     let qid = self.swarm.behaviour_mut().kad.get_providers(key);
                     self.pending.queries.insert(qid, Query::Providers(model));
                 }
-                Action::Execute { task, model } => self.execute(task, model),
-                Action::SelfTest { model } => {
-                    let (models, tx) = (self.models.clone(), self.exec_tx.clone());
-                    self.executions.spawn(async move {
-                        let ok = tokio::task::spawn_blocking(move || models.self_test(&model))
-                            .await
-                            .is_ok_and(|r| r.is_ok());
-                        let _ = tx.send(Input::SelfTested { model, ok }).await;
-                    });
+                Action::Execute { task, model } => {
+                    let input = self.store.get_raw(crate::store::JOB_INPUTS, &task);
+                    self.executor.execute(task, model, input);
                 }
+                Action::SelfTest { model } => self.executor.self_test(model),
                 Action::Trace(record) => {
                     if let Some(t) = self.tracer.as_mut() {
                         t.task(*record);
@@ -783,7 +839,7 @@ impl EventLoop {
     }
 
     fn count(&self, m: Metric) {
-        let c = &self.metrics;
+        let c = &self.meters.node;
         let counter = match m {
             Metric::TasksSubmitted => &c.tasks_submitted,
             Metric::TasksVerified => &c.tasks_verified,
@@ -898,7 +954,7 @@ impl EventLoop {
             .collect();
         for peer in bad {
             tracing::warn!(%peer, "disconnecting a peer that sent invalid gossip (score below the graylist)");
-            self.metrics.peers_graylisted.inc();
+            self.meters.node.peers_graylisted.inc();
             let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
@@ -927,36 +983,6 @@ impl EventLoop {
                 b.last_error = Some(e.clone());
             }
         }
-    }
-
-    /// Runs a job on the blocking pool; the engine decides how many run at once.
-    fn execute(&mut self, task: TaskId, model: ModelId) {
-        let input = self.store.get_raw(crate::store::JOB_INPUTS, &task);
-        let models = self.models.clone();
-        let tx = self.exec_tx.clone();
-        #[cfg(feature = "test-hooks")]
-        let delay = Duration::from_millis(self.exec_delay_ms);
-        self.executions.spawn(async move {
-            #[cfg(feature = "test-hooks")]
-            tokio::time::sleep(delay).await;
-            let result = match input {
-                Ok(Some(input)) => tokio::task::spawn_blocking(move || {
-                    models
-                        .run(&model, &input)
-                        .map(|i| ExecOutput {
-                            output: i.output,
-                            run_time_us: i.run_time_us,
-                            runtime: crate::executor::runtime_profile(),
-                        })
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .unwrap_or_else(|e| Err(format!("executor task failed: {e}"))),
-                Ok(None) => Err("input missing from the store".to_owned()),
-                Err(e) => Err(format!("input unreadable: {e}")),
-            };
-            let _ = tx.send(Input::Executed { task, result }).await;
-        });
     }
 
     /// Publishes bytes; false when no peer is subscribed yet.
@@ -1138,10 +1164,10 @@ impl EventLoop {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         use libp2p::metrics::Recorder;
-        self.p2p_metrics.record(&event);
+        self.meters.p2p.record(&event);
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
-                self.p2p_metrics.record(&e);
+                self.meters.p2p.record(&e);
                 if let identify::Event::Received { peer_id, info, .. } = e {
                     if info.protocols.iter().any(|p| p.as_ref() == ids::KAD_PROTOCOL) {
                         for addr in info.listen_addrs {
@@ -1159,16 +1185,16 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => {
-                self.p2p_metrics.record(&e);
+                self.meters.p2p.record(&e);
                 self.on_kad_event(e);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => {
-                self.p2p_metrics.record(&e);
+                self.meters.p2p.record(&e);
                 if let gossipsub::Event::Message { propagation_source, message_id, message } = e {
                     self.on_gossip(propagation_source, message_id, message);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.p2p_metrics.record(&e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.meters.p2p.record(&e),
             SwarmEvent::Behaviour(BehaviourEvent::Tasks(e)) => self.on_task_event(e),
             SwarmEvent::ConnectionEstablished { peer_id, num_established, .. }
                 if num_established.get() == 1 =>
@@ -1227,7 +1253,7 @@ impl EventLoop {
                             return;
                         }
                         (Frame::Malformed(reason), _) => {
-                            self.metrics.malformed_requests.inc();
+                            self.meters.node.malformed_requests.inc();
                             tracing::debug!(%peer, %reason, "malformed request");
                             let _ = self.swarm.behaviour_mut().tasks.send_response(channel, refuse(reason));
                             return;
@@ -1340,7 +1366,7 @@ impl EventLoop {
                         tracing::debug!("record not stored: {e}");
                     }
                 } else {
-                    self.metrics.records_refused.inc();
+                    self.meters.node.records_refused.inc();
                     tracing::debug!(%source, "refused an invalid DHT record");
                 }
             }
@@ -1351,7 +1377,7 @@ impl EventLoop {
                 ) {
                     let _ = self.swarm.behaviour_mut().kad.store_mut().add_provider(record);
                 } else {
-                    self.metrics.records_refused.inc();
+                    self.meters.node.records_refused.inc();
                 }
             }
             _ => {}
