@@ -484,6 +484,12 @@ fn review_a_worker_remembers_only_so_many_bids_per_requester_and_forgets_them_in
     }
     assert_eq!(bids, worker::MAX_BIDS_PER_REQUESTER as usize);
     w.check_bounds().unwrap();
+    // Once those rounds have closed they no longer count: a busy requester keeps getting
+    // bids (the cap is on rounds open at once, not on a requester's history).
+    let soon = T0 + 5_000;
+    let (_, actions) = submit(&mut r, soon, b"soon");
+    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    assert_eq!(sends(&gossip(&mut w, soon, Topic::Tasks, r.public(), data)).len(), 1);
     // Past the bid memory, the worker bids for that requester again.
     let later = T0 + worker::BID_MEMORY_MS + 60_000;
     w.handle(later, Input::Tick);

@@ -36,11 +36,15 @@ pub const DELIVERY_GRACE_MS: u64 = 120_000;
 /// How much later than the spec's execution timeout a requester may set a result deadline
 /// (network and queueing slack); anything later is clamped.
 pub const AWARD_SLACK_MS: u64 = 10_000;
-/// (task, round) bids remembered, to match awards against. When full, this node stops
-/// bidding until entries expire: it never forgets a bid it may still be awarded for.
+/// (task, round) bids remembered, to match awards against. When full, the round whose
+/// bidding closed longest ago is forgotten; when every round is still open, this node does
+/// not bid.
 pub const MAX_REMEMBERED_BIDS: usize = 8192;
-/// Bids remembered per requester, so one requester cannot take the whole memory.
+/// Rounds still open for bids that this node bid on, per requester: one requester cannot
+/// take the whole memory with announcements.
 pub const MAX_BIDS_PER_REQUESTER: u32 = 64;
+/// However far a round's announced close lies, it counts as open for at most this long, ms.
+const MAX_OPEN_ROUND_MS: u64 = 60_000;
 /// How long a bid is remembered (and so how late a standby award is still taken), ms.
 pub const BID_MEMORY_MS: u64 = 10 * 60 * 1000;
 /// Longest execution timeout this node accepts in a spec, ms.
@@ -131,15 +135,88 @@ fn max_unfinished(config: &EngineConfig) -> usize {
     (config.max_queue as usize).saturating_mul(2).saturating_add(config.slots as usize)
 }
 
+/// One remembered bid.
+#[derive(Debug, Clone)]
+struct BidRecord {
+    requester: PublicKey,
+    /// When bidding on the round closes (capped), Unix ms.
+    closes_ms: u64,
+    /// Forgotten after this (standby awards come later than the close), Unix ms.
+    until_ms: u64,
+}
+
+/// The rounds this worker bid on: an award is taken only for one of them, from the
+/// requester the bid went to. Bounded in all, and per requester for rounds still open.
+#[derive(Debug, Default)]
+struct BidMemory {
+    bids: BTreeMap<(TaskId, u32), BidRecord>,
+    /// Every remembered round by its close, to find the one closed longest ago.
+    by_close: BTreeSet<(u64, TaskId, u32)>,
+    /// Per requester, the remembered rounds that may still be open.
+    open: BTreeMap<PublicKey, BTreeSet<(u64, TaskId, u32)>>,
+}
+
+impl BidMemory {
+    /// Remembers a bid; false when it was remembered already or there is no room for it.
+    fn remember(
+        &mut self,
+        key: (TaskId, u32),
+        requester: PublicKey,
+        closes_ms: u64,
+        until_ms: u64,
+        now: u64,
+    ) -> bool {
+        if self.bids.contains_key(&key) {
+            return false;
+        }
+        let closes_ms = closes_ms.min(now.saturating_add(MAX_OPEN_ROUND_MS));
+        let open = self.open.entry(requester).or_default();
+        // Rounds closed by now no longer count against the requester.
+        *open = open.split_off(&(now, TaskId::from_bytes([0; 32]), 0));
+        if open.len() >= MAX_BIDS_PER_REQUESTER as usize {
+            return false;
+        }
+        if self.bids.len() >= MAX_REMEMBERED_BIDS {
+            match self.by_close.first().copied() {
+                Some((closed, task, round)) if closed <= now => self.forget(&(task, round)),
+                _ => return false,
+            }
+        }
+        self.bids.insert(key, BidRecord { requester, closes_ms, until_ms });
+        self.by_close.insert((closes_ms, key.0, key.1));
+        self.open.entry(requester).or_default().insert((closes_ms, key.0, key.1));
+        true
+    }
+
+    fn forget(&mut self, key: &(TaskId, u32)) {
+        if let Some(b) = self.bids.remove(key) {
+            self.by_close.remove(&(b.closes_ms, key.0, key.1));
+            if let Some(open) = self.open.get_mut(&b.requester) {
+                open.remove(&(b.closes_ms, key.0, key.1));
+                if open.is_empty() {
+                    self.open.remove(&b.requester);
+                }
+            }
+        }
+    }
+
+    /// Forgets the bids whose memory ran out.
+    fn expire(&mut self, now: u64) {
+        let expired: Vec<(TaskId, u32)> =
+            self.bids.iter().filter(|(_, b)| b.until_ms <= now).map(|(k, _)| *k).collect();
+        for k in expired {
+            self.forget(&k);
+        }
+    }
+}
+
 /// The worker role.
 pub struct Worker {
     jobs: BTreeMap<TaskId, Job>,
     /// Finished jobs that left memory.
     done: BoundedSet<TaskId>,
-    /// Rounds bid on, and the requester each bid went to.
-    bids: BTreeMap<(TaskId, u32), (PublicKey, u64)>,
-    /// Remembered bids per requester.
-    bids_per_requester: BTreeMap<PublicKey, u32>,
+    /// Rounds bid on, and to whom.
+    bids: BidMemory,
     /// Spec lookups in flight: (task, round, announcer).
     spec_lookups: BTreeSet<(TaskId, u32, PublicKey)>,
     open_lookups: usize,
@@ -170,8 +247,7 @@ impl Worker {
         Self {
             jobs: BTreeMap::new(),
             done: BoundedSet::new(MAX_DONE_REMEMBERED),
-            bids: BTreeMap::new(),
-            bids_per_requester: BTreeMap::new(),
+            bids: BidMemory::default(),
             spec_lookups: BTreeSet::new(),
             open_lookups: 0,
             provider_lookups: BTreeSet::new(),
@@ -223,37 +299,6 @@ impl Worker {
             && self.unfinished_from(requester) < config.max_jobs_per_requester as usize
     }
 
-    /// Remembers a bid on (task, round) to `requester`; false when it is remembered already,
-    /// or memory for it is full (then this node does not bid).
-    fn remember_bid(&mut self, key: (TaskId, u32), requester: PublicKey, expires_ms: u64) -> bool {
-        let per = self.bids_per_requester.get(&requester).copied().unwrap_or(0);
-        if self.bids.contains_key(&key)
-            || self.bids.len() >= MAX_REMEMBERED_BIDS
-            || per >= MAX_BIDS_PER_REQUESTER
-        {
-            return false;
-        }
-        self.bids.insert(key, (requester, expires_ms));
-        self.bids_per_requester.insert(requester, per.saturating_add(1));
-        true
-    }
-
-    /// Forgets bids whose memory ran out.
-    fn expire_bids(&mut self, now: u64) {
-        let expired: Vec<(TaskId, u32)> =
-            self.bids.iter().filter(|(_, (_, until))| *until <= now).map(|(k, _)| *k).collect();
-        for k in expired {
-            if let Some((requester, _)) = self.bids.remove(&k) {
-                let left = self.bids_per_requester.get(&requester).copied().unwrap_or(0).saturating_sub(1);
-                if left == 0 {
-                    self.bids_per_requester.remove(&requester);
-                } else {
-                    self.bids_per_requester.insert(requester, left);
-                }
-            }
-        }
-    }
-
     pub(crate) fn check_bounds(&self, config: &EngineConfig) -> Result<(), String> {
         if self.running > config.slots {
             return Err(format!("{} executions running on {} slots", self.running, config.slots));
@@ -264,10 +309,10 @@ impl Worker {
         if self.spec_lookups.len() > MAX_SPEC_LOOKUPS || self.open_lookups > MAX_OPEN_LOOKUPS {
             return Err("DHT lookups over their bound".into());
         }
-        if self.bids.len() > MAX_REMEMBERED_BIDS
-            || self.bids_per_requester.values().any(|n| *n > MAX_BIDS_PER_REQUESTER)
+        if self.bids.bids.len() > MAX_REMEMBERED_BIDS
+            || self.bids.open.values().any(|s| s.len() > MAX_BIDS_PER_REQUESTER as usize)
         {
-            return Err(format!("{} bids remembered", self.bids.len()));
+            return Err(format!("{} bids remembered", self.bids.bids.len()));
         }
         if self.jobs.values().filter(|j| !j.is_finished()).count() > max_unfinished(config) {
             return Err("unfinished jobs over their bound".into());
@@ -325,7 +370,7 @@ impl Worker {
             && !self.quarantined.contains(&model)
             && !self.jobs.contains_key(&task)
             && !self.done.contains(&task)
-            && !self.bids.contains_key(&(task, round))
+            && !self.bids.bids.contains_key(&(task, round))
             && self.queued() < ctx.config.max_queue as usize
     }
 
@@ -373,7 +418,7 @@ impl Worker {
             || spec.exec_timeout_ms > MAX_EXEC_TIMEOUT_MS
             || !ctx.models.contains(&spec.model)
             || !self.has_capacity(ctx.config, &env.signer)
-            || !self.remember_bid((task, round), env.signer, until)
+            || !self.bids.remember((task, round), env.signer, bid_deadline_ms, until, ctx.now)
         {
             return;
         }
@@ -458,7 +503,8 @@ impl Worker {
                 // Only the task's requester may announce its rounds.
                 match fleetmesh_protocol::decode::<SignedEnvelope>(&value, limit) {
                     Ok(env) if env.signer == announcer => {
-                        let bid_deadline = ctx.now.saturating_add(BID_MEMORY_MS);
+                        // The round's close is not known here: count it open for a while.
+                        let bid_deadline = ctx.now.saturating_add(MAX_OPEN_ROUND_MS / 2);
                         self.bid_on_spec(ctx, (task, round), &env, bid_deadline);
                     }
                     _ => {}
@@ -514,7 +560,7 @@ impl Worker {
             return TaskResponse::Ack;
         }
         // Only a round this node bid on, and only from the requester it bid to.
-        if self.bids.get(&(task, award.round)).map(|(requester, _)| requester) != Some(&from) {
+        if self.bids.bids.get(&(task, award.round)).map(|b| &b.requester) != Some(&from) {
             return TaskResponse::Refused(Refusal::NotAWinner);
         }
         if InputDigest::of(&input) != spec.input_digest || input.len() as u64 != spec.input_size {
@@ -884,7 +930,7 @@ impl Worker {
     /// Drops the oldest finished jobs from memory beyond `cap`; their ids are remembered so
     /// a replayed award is acknowledged, not run again.
     pub(crate) fn forget_old_finished(&mut self, cap: usize, now: u64) {
-        self.expire_bids(now);
+        self.bids.expire(now);
         let mut done: Vec<(u64, TaskId)> = self
             .jobs
             .iter()

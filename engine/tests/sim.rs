@@ -74,3 +74,15 @@ fn with_k1_a_liar_can_win_and_the_report_says_so() {
     assert!(r.violations.is_empty(), "{}", r.summary());
     assert!(r.wrong_verified > 0, "{}", r.summary());
 }
+
+#[test]
+fn one_busy_requester_keeps_getting_bids() {
+    // 300 tasks from a single requester in 3 s: the workers' bid memory caps rounds open at
+    // once per requester, not a requester's history (a cap on history failed a tenth of the
+    // testnet's churn tasks with "no valid bids").
+    let c =
+        SimConfig { vehicles: 10, tasks: 300, requesters: 1, submit_interval_ms: 10, ..SimConfig::default() };
+    let r = check(c);
+    assert_eq!(r.failed, 0, "{}", r.summary());
+    assert_eq!(r.verified, 300);
+}

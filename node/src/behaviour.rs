@@ -81,13 +81,16 @@ impl Behaviour {
             // Records are validated before they are stored (see `EventLoop::on_kad_inbound`).
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             .set_record_ttl(Some(Duration::from_secs(6 * 3600)))
-            .set_provider_record_ttl(Some(Duration::from_secs(6 * 3600)))
+            // Provider records are short-lived and republished often: a key whose provider
+            // list fake providers filled frees itself in minutes, not hours.
+            .set_provider_record_ttl(Some(Duration::from_secs(15 * 60)))
+            .set_provider_publication_interval(Some(Duration::from_secs(5 * 60)))
             .set_publication_interval(Some(Duration::from_secs(600)))
             .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
         let store_config = kad::store::MemoryStoreConfig {
             max_records: 16 * 1024,
             max_value_bytes: fleetmesh_protocol::limits::MAX_RECORD_BYTES,
-            max_providers_per_key: 64,
+            max_providers_per_key: 256,
             max_provided_keys: 4096,
         };
         let mut kad =

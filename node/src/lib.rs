@@ -18,6 +18,7 @@
 mod behaviour;
 mod codec;
 pub mod config;
+mod dht;
 pub mod digits;
 pub mod executor;
 pub mod local;

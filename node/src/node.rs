@@ -397,6 +397,7 @@ impl Node {
             },
             pending: Pending::default(),
             bootstrap: bootstrap.into_iter().map(|(peer, addr)| Bootstrap::new(peer, addr)).collect(),
+            dht_guard: crate::dht::PutBudget::default(),
             housekeeping: Housekeeping {
                 data_dir: config.data_dir.clone(),
                 min_free_disk_bytes: config.min_free_disk_bytes,
@@ -557,8 +558,10 @@ struct EventLoop {
     pending: Pending,
     /// Bootstrap peers, dialled until connected and again whenever the connection drops.
     bootstrap: Vec<Bootstrap>,
-    /// Disk space checks and the retention sweep.
+    /// Disk space checks, the retention sweep, and the DHT's per-peer write budget.
     housekeeping: Housekeeping,
+    /// How many DHT records each peer stored here lately.
+    dht_guard: crate::dht::PutBudget,
 }
 
 /// The node's and libp2p's counters, in one Prometheus registry.
@@ -1170,7 +1173,10 @@ impl EventLoop {
                 self.meters.p2p.record(&e);
                 if let identify::Event::Received { peer_id, info, .. } = e {
                     if info.protocols.iter().any(|p| p.as_ref() == ids::KAD_PROTOCOL) {
-                        for addr in info.listen_addrs {
+                        // A peer's own claims about where it listens: only addresses others
+                        // could dial, at most a few, enter the routing table.
+                        let local = self.swarm.listeners().any(crate::dht::is_loopback);
+                        for addr in crate::dht::routable(info.listen_addrs, local) {
                             self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                         }
                     }
@@ -1360,8 +1366,18 @@ impl EventLoop {
     fn on_kad_inbound(&mut self, request: kad::InboundRequest) {
         use libp2p::kad::store::RecordStore;
         match request {
-            kad::InboundRequest::PutRecord { record: Some(record), source, .. } => {
-                if fleetmesh_protocol::records::record_is_valid(&record.key.to_vec(), &record.value) {
+            kad::InboundRequest::PutRecord { record: Some(mut record), source, .. } => {
+                if !self.dht_guard.allow(source, tokio::time::Instant::now()) {
+                    self.meters.node.records_refused.inc();
+                    tracing::debug!(%source, "refused a DHT record: the peer stores too many");
+                } else if fleetmesh_protocol::records::record_is_valid(&record.key.to_vec(), &record.value) {
+                    // A task spec is kept until its task's deadline at most, not the store's 6 h.
+                    if let Some(until) =
+                        crate::dht::spec_expiry(&record.key.to_vec(), &record.value, now_ms())
+                    {
+                        let at = std::time::Instant::now() + until;
+                        record.expires = Some(record.expires.map_or(at, |e| e.min(at)));
+                    }
                     if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
                         tracing::debug!("record not stored: {e}");
                     }
@@ -1371,7 +1387,9 @@ impl EventLoop {
                 }
             }
             kad::InboundRequest::AddProvider { record: Some(record) } => {
-                if matches!(
+                if !self.dht_guard.allow(record.provider, tokio::time::Instant::now()) {
+                    self.meters.node.records_refused.inc();
+                } else if matches!(
                     ids::RecordKey::parse(&record.key.to_vec()),
                     Some(ids::RecordKey::ModelProviders(_))
                 ) {

@@ -249,3 +249,29 @@ async fn a_nearly_full_disk_refuses_new_work() {
     .await;
     stop_all(nodes).await;
 }
+
+/// Finding 8: anyone could fill the 16k-record DHT store with valid self-signed specs. Now
+/// each peer may store at most 64 records a minute at a node (and a spec lives only until its
+/// task's deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_fill_the_dht_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 3, |_, _| {}).await;
+    ready(&nodes, 2).await;
+    let attacker = &nodes[2].client;
+    let key_of = attacker_identity(dir.path(), 2);
+    for n in 0..100u64 {
+        let spec = spec_for(&key_of, &n.to_le_bytes());
+        let key = fleetmesh_protocol::ids::task_record_key(&fleetmesh_protocol::task_id_of(&spec));
+        attacker.put_raw_record(key, fleetmesh_protocol::encode(&spec)).await.unwrap().unwrap();
+    }
+    let refused =
+        || -> u64 { nodes[..2].iter().map(|n| counter(&n.client, "fleetmesh_records_refused_total")).sum() };
+    wait_until_with(
+        "the victims to refuse the records over the budget",
+        async || refused() >= 36,
+        || format!("(refused: {})", refused()),
+    )
+    .await;
+    stop_all(nodes).await;
+}

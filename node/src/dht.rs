@@ -1,0 +1,141 @@
+//! What the node lets into its DHT: a write budget per peer, task specs kept no longer than
+//! their task lives, and only dialable addresses from a peer's own claims (identify).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+
+/// Records (and provider records) one peer may store here per minute.
+pub(crate) const PUTS_PER_MINUTE: u32 = 64;
+/// Peers whose budget is tracked at once; beyond it the oldest windows are dropped.
+const MAX_TRACKED: usize = 4096;
+/// Addresses taken from one identify message.
+pub(crate) const MAX_ADDRS_PER_PEER: usize = 8;
+
+/// A per-peer budget of DHT writes in a one-minute window, so no peer fills the store.
+#[derive(Default)]
+pub(crate) struct PutBudget {
+    windows: HashMap<PeerId, (tokio::time::Instant, u32)>,
+}
+
+impl PutBudget {
+    /// Counts one write by `peer`; false once it spent its budget for this minute.
+    pub(crate) fn allow(&mut self, peer: PeerId, now: tokio::time::Instant) -> bool {
+        if self.windows.len() >= MAX_TRACKED && !self.windows.contains_key(&peer) {
+            self.windows.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        }
+        let w = self.windows.entry(peer).or_insert((now, 0));
+        if now.duration_since(w.0) >= Duration::from_secs(60) {
+            *w = (now, 0);
+        }
+        w.1 = w.1.saturating_add(1);
+        w.1 <= PUTS_PER_MINUTE
+    }
+}
+
+/// For a task spec record: how long until its task's deadline (at least a minute, so a
+/// record put just before the deadline is still readable).
+pub(crate) fn spec_expiry(key: &[u8], value: &[u8], now_ms: u64) -> Option<Duration> {
+    use fleetmesh_protocol::Signed;
+    match fleetmesh_protocol::ids::RecordKey::parse(key)? {
+        fleetmesh_protocol::ids::RecordKey::Task(_) => {
+            let (_, spec) =
+                fleetmesh_protocol::TaskSpec::open_bytes(value, fleetmesh_protocol::limits::MAX_RECORD_BYTES)
+                    .ok()?;
+            Some(Duration::from_millis(spec.deadline_ms.saturating_sub(now_ms).max(60_000)))
+        }
+        _ => None,
+    }
+}
+
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(a) => Some(a.into()),
+        Protocol::Ip6(a) => Some(a.into()),
+        _ => None,
+    })
+}
+
+/// Whether an address is on loopback.
+pub(crate) fn is_loopback(addr: &Multiaddr) -> bool {
+    ip_of(addr).is_some_and(|ip| ip.is_loopback())
+}
+
+/// The addresses from a peer's identify message worth dialling: no unspecified or multicast
+/// addresses, loopback only when this node itself listens on loopback (an in-process mesh),
+/// and at most [`MAX_ADDRS_PER_PEER`]. DNS names pass (the testnet uses them).
+pub(crate) fn routable(addrs: Vec<Multiaddr>, local_loopback: bool) -> Vec<Multiaddr> {
+    addrs
+        .into_iter()
+        .filter(|a| match ip_of(a) {
+            Some(ip) if ip.is_unspecified() || ip.is_multicast() => false,
+            Some(ip) if ip.is_loopback() => local_loopback,
+            _ => true,
+        })
+        .take(MAX_ADDRS_PER_PEER)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_gets_a_budget_of_writes_per_minute() {
+        let mut b = PutBudget::default();
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..PUTS_PER_MINUTE {
+            assert!(b.allow(p, t0));
+        }
+        assert!(!b.allow(p, t0), "over budget");
+        assert!(b.allow(q, t0), "another peer has its own");
+        assert!(b.allow(p, t0 + Duration::from_secs(61)), "a new minute, a new budget");
+    }
+
+    #[test]
+    fn only_dialable_addresses_from_identify_enter_the_routing_table() {
+        let a = |s: &str| -> Multiaddr { s.parse().unwrap() };
+        let claims = vec![
+            a("/ip4/0.0.0.0/tcp/4001"),
+            a("/ip4/224.0.0.1/udp/5353"),
+            a("/ip4/127.0.0.1/tcp/4001"),
+            a("/ip4/192.0.2.7/tcp/4001"),
+            a("/dns4/boot1/tcp/4001"),
+        ];
+        assert_eq!(
+            routable(claims.clone(), false),
+            vec![a("/ip4/192.0.2.7/tcp/4001"), a("/dns4/boot1/tcp/4001")]
+        );
+        assert_eq!(routable(claims, true).len(), 3, "loopback kept when we are on loopback too");
+        let many: Vec<Multiaddr> = (0..50).map(|i| a(&format!("/ip4/192.0.2.7/tcp/{}", 1000 + i))).collect();
+        assert_eq!(routable(many, false).len(), MAX_ADDRS_PER_PEER);
+    }
+
+    #[test]
+    fn a_spec_record_lives_until_its_deadline() {
+        use fleetmesh_protocol::Signed;
+        let id = fleetmesh_crypto::Identity::from_secret_bytes(&[3; 32]);
+        let spec = fleetmesh_protocol::TaskSpec {
+            v: 1,
+            model: fleetmesh_crypto::ModelId::of(b"m"),
+            input_digest: fleetmesh_crypto::InputDigest::of(b"i"),
+            input_size: 1,
+            redundancy: 1,
+            max_price: 1,
+            created_ms: 0,
+            bid_window_ms: 10,
+            exec_timeout_ms: 10,
+            deadline_ms: 1_000_000,
+            nonce: 0,
+        }
+        .sign(&id);
+        let key = fleetmesh_protocol::ids::task_record_key(&fleetmesh_protocol::task_id_of(&spec));
+        let value = fleetmesh_protocol::encode(&spec);
+        assert_eq!(spec_expiry(&key, &value, 400_000), Some(Duration::from_millis(600_000)));
+        assert_eq!(spec_expiry(&key, &value, 999_999), Some(Duration::from_secs(60)));
+        assert_eq!(spec_expiry(b"other", &value, 0), None);
+    }
+}
