@@ -29,6 +29,7 @@ mod store;
 #[cfg(feature = "test-hooks")]
 pub mod testing;
 pub mod tracer;
+mod writer;
 
 pub use codec::Frame;
 pub use config::{ConfigError, NodeConfig, TaskDefaults};

@@ -21,12 +21,14 @@ pub(crate) struct Metrics {
     pub(crate) records_refused: Counter,
     pub(crate) gossip_rejected: Counter,
     pub(crate) peers_graylisted: Counter,
+    pub(crate) store_writes: Counter,
+    pub(crate) store_commits: Counter,
 }
 
 impl Metrics {
     pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
-        let entries: [(&str, &str, &Counter); 15] = [
+        let entries: [(&str, &str, &Counter); 17] = [
             ("tasks_submitted", "Tasks submitted to this node", &m.tasks_submitted),
             ("tasks_verified", "Tasks this node requested that were verified", &m.tasks_verified),
             ("tasks_failed", "Tasks this node requested that failed", &m.tasks_failed),
@@ -45,6 +47,12 @@ impl Metrics {
                 "peers_graylisted",
                 "Peers disconnected for invalid gossip (score below the graylist)",
                 &m.peers_graylisted,
+            ),
+            ("store_writes", "Durable writes the engine asked for", &m.store_writes),
+            (
+                "store_commits",
+                "Store transactions committed (one fsync each; writes queued together share one)",
+                &m.store_commits,
             ),
         ];
         for (name, help, c) in entries {

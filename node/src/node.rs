@@ -139,6 +139,8 @@ pub(crate) enum Command {
     PublishRaw(String, Vec<u8>, oneshot::Sender<Result<(), String>>),
     #[cfg(feature = "test-hooks")]
     PutRawRecord(Vec<u8>, Vec<u8>, oneshot::Sender<Result<(), String>>),
+    #[cfg(feature = "test-hooks")]
+    HoldWrites(oneshot::Sender<std::sync::mpsc::Sender<()>>),
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -229,6 +231,13 @@ impl Client {
         self.call(|tx| Command::PublishRaw(topic.to_owned(), bytes, tx)).await
     }
 
+    /// (tests) Holds the store's writer thread before its next transaction until the
+    /// returned sender is dropped: writes queue up, and what waits for them is held.
+    #[cfg(feature = "test-hooks")]
+    pub async fn hold_writes(&self) -> Result<std::sync::mpsc::Sender<()>, ClientError> {
+        self.call(Command::HoldWrites).await
+    }
+
     /// (tests) Puts a raw record into the DHT, bypassing every check.
     #[cfg(feature = "test-hooks")]
     pub async fn put_raw_record(
@@ -274,7 +283,7 @@ impl Node {
     /// As [`Node::spawn`] with a given identity.
     pub async fn spawn_with_identity(config: NodeConfig, identity: Identity) -> Result<Self, NodeError> {
         config.validate()?;
-        let store = Store::open(&config.data_dir)?;
+        let store = Arc::new(Store::open(&config.data_dir)?);
         let models = Arc::new(ModelStore::open(&config.data_dir.join("models"))?);
         let mut secret = identity.secret_bytes();
         let keypair = libp2p::identity::Keypair::ed25519_from_bytes(secret.as_mut())
@@ -282,6 +291,8 @@ impl Node {
         let mut registry = prometheus_client::registry::Registry::with_prefix("fleetmesh");
         let p2p_metrics = libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p"));
         let metrics = Metrics::new(&mut registry);
+        let writer = crate::writer::Writer::start(store.clone(), metrics.store_commits.clone())
+            .map_err(|e| crate::store::StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         let params = BehaviourParams {
             mdns: config.mdns,
             max_memory_bytes: config.max_memory_bytes,
@@ -384,6 +395,7 @@ impl Node {
             swarm,
             engine,
             store,
+            durable: Durable { writer, held: Default::default() },
             tracer,
             meters: Meters { node: metrics, p2p: p2p_metrics },
             commands: rx,
@@ -544,8 +556,10 @@ struct EventLoop {
     swarm: Swarm<Behaviour>,
     /// The protocol logic: requester and worker.
     engine: Engine,
-    /// The durable store (redb).
-    store: Store,
+    /// The durable store (redb), read here; written by the writer thread.
+    store: Arc<Store>,
+    /// The writer thread, and the actions that wait for its writes.
+    durable: Durable,
     /// Gossip and task traces, when the node was started with a trace path.
     tracer: Option<crate::tracer::Tracer>,
     /// The node's and libp2p's counters.
@@ -563,6 +577,16 @@ struct EventLoop {
     /// How many DHT records each peer stored here lately.
     dht_guard: crate::dht::PutBudget,
 }
+
+/// Durable writes in flight, and what the engine asked for after them.
+struct Durable {
+    writer: crate::writer::Writer,
+    held: crate::writer::Held<Action>,
+}
+
+/// While this many actions wait for the disk, the event loop takes no new input from peers,
+/// callers or executions (the disk is the bottleneck; let the queues upstream hold).
+const MAX_HELD: usize = 4096;
 
 /// The node's and libp2p's counters, in one Prometheus registry.
 struct Meters {
@@ -688,11 +712,16 @@ impl EventLoop {
             tokio::select! {
                 // Local work first: finished executions and commands before new remote work.
                 biased;
-                Some(done) = self.executor.rx.recv() => {
+                // The disk's progress: let out what waited for it.
+                _ = self.durable.writer.progressed() => {
+                    self.drive(VecDeque::new());
+                    self.answer_orphans();
+                }
+                Some(done) = self.executor.rx.recv(), if self.durable.held.len() < MAX_HELD => {
                     self.step(done);
                     while self.executor.running.try_join_next().is_some() {}
                 }
-                cmd = self.commands.recv() => match cmd {
+                cmd = self.commands.recv(), if self.durable.held.len() < MAX_HELD => match cmd {
                     Some(Command::Shutdown(tx)) => { let _ = tx.send(()); break; }
                     Some(cmd) => self.on_command(cmd),
                     None => break,
@@ -706,7 +735,9 @@ impl EventLoop {
                         t.mesh_changes(&self.swarm.behaviour().gossipsub, &TOPICS);
                     }
                 }
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.swarm.select_next_some(), if self.durable.held.len() < MAX_HELD => {
+                    self.on_swarm_event(event)
+                }
             }
         }
         // Ordered shutdown: no new command or remote work is taken (the loop ended); the
@@ -724,6 +755,17 @@ impl EventLoop {
         if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
             tracing::warn!("executions still running at shutdown were abandoned; they run again on restart");
         }
+        // Every write the engine asked for reaches the disk, and what waited for it goes out.
+        let flush = async {
+            while self.durable.writer.done() < self.durable.writer.submitted() {
+                self.durable.writer.progressed().await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), flush).await.is_err() {
+            tracing::warn!("the disk did not finish the last writes within 30 s at shutdown");
+        }
+        self.drive(VecDeque::new());
+        self.durable.writer.close().await;
         if let Some(mut tracer) = self.tracer.take() {
             // Leave the topics (peers drop this node from their meshes at once) and say so.
             for topic in TOPICS {
@@ -747,37 +789,82 @@ impl EventLoop {
     /// Feeds one input to the engine and performs what it returns, then any inputs those
     /// actions produced at once (a publish that failed, an award whose input is missing).
     fn step(&mut self, input: Input) {
-        let mut queue = VecDeque::from([input]);
+        self.drive(VecDeque::from([input]));
+    }
+
+    /// Lets out what the disk's progress allows, then feeds `queue` to the engine.
+    fn drive(&mut self, mut queue: VecDeque<Input>) {
+        self.release(&mut queue);
         while let Some(input) = queue.pop_front() {
             let actions = self.engine.handle(now_ms(), input);
             self.perform(actions, &mut queue);
         }
     }
 
+    /// Queues the batch's writes on the writer thread and holds every other action until the
+    /// writes before it are durable (all of them: effects leave in the engine's order).
     fn perform(&mut self, actions: Vec<Action>, follow_up: &mut VecDeque<Input>) {
-        // Set once a durable write of this batch failed: what follows it must not promise a
-        // peer anything. Every write is still tried, and every failed one reported.
-        let mut failed: Option<Vec<(fleetmesh_engine::Table, TaskId, bool)>> = None;
+        let first = self.durable.writer.submitted().saturating_add(1);
         for action in actions {
             match action {
                 Action::Persist(ops) => {
-                    if let Err(e) = self.store.apply(&ops) {
-                        tracing::error!("could not persist: {e}");
-                        failed
-                            .get_or_insert_with(Vec::new)
-                            .extend(ops.iter().map(|o| (o.table, o.key, o.value.is_some())));
-                    }
+                    self.durable.writer.submit(ops);
+                    self.meters.node.store_writes.inc();
+                }
+                action => {
+                    let after = self.durable.writer.submitted();
+                    self.durable.held.push(action, after, first..after.saturating_add(1));
+                }
+            }
+        }
+        self.release(follow_up);
+    }
+
+    /// The engine answers every request, perhaps after a durable write: once nothing is held,
+    /// a request still unanswered means a bug, and gets `Unavailable` rather than a hang.
+    fn answer_orphans(&mut self) {
+        if self.durable.held.len() > 0 || self.pending.replies.is_empty() {
+            return;
+        }
+        for (_, channel) in std::mem::take(&mut self.pending.replies) {
+            tracing::error!("a request the engine did not answer was refused (a bug)");
+            let r = TaskResponse::Refused(Refusal::Unavailable);
+            let _ = self.swarm.behaviour_mut().tasks.send_response(channel, r);
+        }
+    }
+
+    /// Performs the held actions whose writes are done; reports failed writes to the engine.
+    fn release(&mut self, follow_up: &mut VecDeque<Input>) {
+        let (done, failed) = self.durable.writer.progress();
+        for (seq, keys, e) in failed {
+            tracing::error!("could not persist: {e}");
+            self.durable.held.fail(seq);
+            follow_up.push_back(Input::PersistFailed { keys });
+        }
+        while let Some((action, failed)) = self.durable.held.pop_ready(done) {
+            self.effect(action, failed, follow_up);
+        }
+    }
+
+    /// Performs one action. `failed`: a durable write before it in its batch failed, so it
+    /// must not promise a peer or a caller anything.
+    fn effect(&mut self, action: Action, failed: bool, follow_up: &mut VecDeque<Input>) {
+        {
+            match action {
+                Action::Persist(ops) => {
+                    // Not held (perform queues writes); kept for completeness.
+                    self.durable.writer.submit(ops);
                 }
                 Action::Reply { reply, response } => {
                     let response =
-                        if failed.is_some() { TaskResponse::Refused(Refusal::Unavailable) } else { response };
+                        if failed { TaskResponse::Refused(Refusal::Unavailable) } else { response };
                     if let Some(channel) = self.pending.replies.remove(&reply) {
                         let _ = self.swarm.behaviour_mut().tasks.send_response(channel, response);
                     }
                 }
                 Action::Submitted { call, result } => {
-                    let result = match (&failed, result) {
-                        (Some(_), Ok(_)) => Err(ClientError::Rejected("could not persist the task".into())),
+                    let result = match (failed, result) {
+                        (true, Ok(_)) => Err(ClientError::Rejected("could not persist the task".into())),
                         (_, r) => r.map_err(|e| ClientError::Rejected(e.to_string())),
                     };
                     if let Some(tx) = self.pending.calls.remove(&call) {
@@ -785,7 +872,7 @@ impl EventLoop {
                     }
                 }
                 Action::Send { to, request, tag } => {
-                    if failed.is_none() {
+                    if !failed {
                         self.send(to, request, tag, follow_up);
                     } else {
                         // Held back; the engine hears so, as it would of a lost request.
@@ -835,9 +922,6 @@ impl EventLoop {
                 Action::Finished(task) => self.notify_finished(&task),
                 Action::Count(m) => self.count(m),
             }
-        }
-        if let Some(keys) = failed {
-            follow_up.push_back(Input::PersistFailed { keys });
         }
     }
 
@@ -934,13 +1018,7 @@ impl EventLoop {
         let h = &mut self.housekeeping;
         if let Some(retention) = h.retention_ms.filter(|_| now >= h.next_sweep) {
             h.next_sweep = now + Duration::from_secs(3600);
-            match self.store.sweep_finished(now_ms().saturating_sub(retention)) {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(records = n, "deleted finished tasks and jobs past the retention period")
-                }
-                Err(e) => tracing::warn!("retention sweep failed: {e}"),
-            }
+            self.durable.writer.sweep(now_ms().saturating_sub(retention));
         }
     }
 
@@ -1031,10 +1109,7 @@ impl EventLoop {
         let actions = self.engine.restore(now_ms(), reqs, jobs);
         let mut follow_up = VecDeque::new();
         self.perform(actions, &mut follow_up);
-        while let Some(input) = follow_up.pop_front() {
-            let actions = self.engine.handle(now_ms(), input);
-            self.perform(actions, &mut follow_up);
-        }
+        self.drive(follow_up);
         Ok(())
     }
 
@@ -1147,6 +1222,10 @@ impl EventLoop {
                 let r =
                     self.swarm.behaviour_mut().gossipsub.publish(gossipsub::IdentTopic::new(topic), bytes);
                 let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+            }
+            #[cfg(feature = "test-hooks")]
+            Command::HoldWrites(tx) => {
+                let _ = tx.send(self.durable.writer.hold());
             }
             #[cfg(feature = "test-hooks")]
             Command::PutRawRecord(key, value, tx) => {
@@ -1274,11 +1353,7 @@ impl EventLoop {
                     let reply = self.pending.id();
                     self.pending.replies.insert(reply, channel);
                     self.step(Input::Request { reply, from, request });
-                    // The engine answers every request; a channel left means a bug, not a hang.
-                    if let Some(channel) = self.pending.replies.remove(&reply) {
-                        let r = TaskResponse::Refused(Refusal::Unavailable);
-                        let _ = self.swarm.behaviour_mut().tasks.send_response(channel, r);
-                    }
+                    self.answer_orphans();
                 }
                 request_response::Message::Response { request_id, response } => {
                     self.on_response(request_id, Ok(response));

@@ -54,6 +54,8 @@ pub(crate) type Loaded<T> = (Vec<(TaskId, T)>, Vec<TaskId>);
 /// The open store.
 pub(crate) struct Store {
     db: Database,
+    #[cfg(test)]
+    fail_keys: std::sync::Mutex<std::collections::HashSet<TaskId>>,
 }
 
 impl Store {
@@ -72,7 +74,11 @@ impl Store {
             txn.open_table(t.0).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            #[cfg(test)]
+            fail_keys: Default::default(),
+        })
     }
 
     /// Writes several values in one durable transaction.
@@ -86,10 +92,15 @@ impl Store {
         txn.commit().map_err(db_err)
     }
 
-    /// Performs one engine transaction (inserts and deletes) durably.
-    pub(crate) fn apply(&self, ops: &[fleetmesh_engine::StoreOp]) -> Result<(), StoreError> {
+    /// Performs engine transactions (inserts and deletes), in order, as one durable
+    /// transaction: all of them or none.
+    pub(crate) fn apply_all(&self, batches: &[&[fleetmesh_engine::StoreOp]]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        for op in ops {
+        for op in batches.iter().flat_map(|b| b.iter()) {
+            #[cfg(test)]
+            if self.fail_keys.lock().unwrap().contains(&op.key) {
+                return Err(StoreError::Db("(test) this key fails".into()));
+            }
             let mut t = txn.open_table(table_of(op.table).0).map_err(db_err)?;
             match &op.value {
                 Some(v) => {
@@ -101,6 +112,12 @@ impl Store {
             }
         }
         txn.commit().map_err(db_err)
+    }
+
+    /// (tests) Every transaction that writes `key` fails from now on.
+    #[cfg(test)]
+    pub(crate) fn fail_key(&self, key: TaskId) {
+        self.fail_keys.lock().unwrap().insert(key);
     }
 
     /// Writes one CBOR value durably.
@@ -143,7 +160,7 @@ impl Store {
         }
         let n = ops.len() / 2;
         if !ops.is_empty() {
-            self.apply(&ops)?;
+            self.apply_all(&[&ops])?;
         }
         Ok(n)
     }
@@ -217,7 +234,7 @@ mod tests {
                 persisted.extend(ops);
             }
         }
-        s.apply(&persisted).unwrap();
+        s.apply_all(&[&persisted]).unwrap();
         let (all, _) = s.load_all::<fleetmesh_engine::ReqTask>(REQUESTS).unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(s.sweep_finished(9_000).unwrap(), 0, "nothing finished before 9 s");

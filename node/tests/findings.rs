@@ -250,6 +250,43 @@ async fn a_nearly_full_disk_refuses_new_work() {
     stop_all(nodes).await;
 }
 
+/// Finding 9 (writes): every change was one transaction with an fsync on the event loop.
+/// Now a writer thread commits what is queued as one transaction, the event loop goes on
+/// meanwhile, and a submit is answered only once its write is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submits_are_acknowledged_only_once_durable_and_share_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 3, |_, _| {}).await;
+    ready(&nodes, 2).await;
+    let c = nodes[0].client.clone();
+    let writes = || counter(&c, "fleetmesh_store_writes_total");
+    let commits = || counter(&c, "fleetmesh_store_commits_total");
+    let (writes_before, commits_before) = (writes(), commits());
+    let release = c.hold_writes().await.unwrap();
+    let mut submits = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (c, (req, label)) = (c.clone(), digits_task(i, 1));
+        submits.spawn(async move { (c.submit(req).await, label) });
+    }
+    wait_until("the 20 submits to reach the engine", async || writes() >= writes_before + 20).await;
+    // The event loop still answers while the disk is held.
+    tokio::time::timeout(WAIT, c.stats()).await.unwrap().unwrap();
+    assert!(submits.try_join_next().is_none(), "a submit was acknowledged before its write was durable");
+    assert_eq!(commits(), commits_before, "the writer is held");
+    drop(release);
+    let mut done = Vec::new();
+    while let Some(joined) = tokio::time::timeout(WAIT, submits.join_next()).await.unwrap() {
+        let (id, label) = joined.unwrap();
+        done.push((id.unwrap(), label));
+    }
+    let used = commits() - commits_before;
+    assert!(used < 20, "20 queued submits took {used} transactions");
+    for (id, label) in done {
+        assert_verified(&wait_done(&c, id).await, label);
+    }
+    stop_all(nodes).await;
+}
+
 /// Finding 8: anyone could fill the 16k-record DHT store with valid self-signed specs. Now
 /// each peer may store at most 64 records a minute at a node (and a spec lives only until its
 /// task's deadline).
