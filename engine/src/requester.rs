@@ -678,7 +678,18 @@ impl Requester {
                 });
                 self.worker_failed(ctx, &u.task_id, &from, u.reason.to_string());
             }
-            UnableReason::InputSize { .. } if in_round && fresh && t.unable.len() < MAX_UNABLE_PER_ROUND => {
+            // Believed only where this node cannot check it: when it knows the model's input
+            // size, submit already did, and a report saying otherwise is a lie meant to fail
+            // the task. It must also be about this task's input. (A stranger's false report
+            // still fails a task whose round drew no bid at all: docs/SECURITY.md.)
+            UnableReason::InputSize { expected, got }
+                if in_round
+                    && fresh
+                    && t.unable.len() < MAX_UNABLE_PER_ROUND
+                    && *got == t.spec.input_size
+                    && *expected != t.spec.input_size
+                    && !ctx.config.model_inputs.contains_key(&t.spec.model) =>
+            {
                 t.unable.push((from, u.reason));
             }
             _ => {}

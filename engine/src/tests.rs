@@ -498,6 +498,161 @@ fn review_a_worker_remembers_only_so_many_bids_per_requester_and_forgets_them_in
     assert_eq!(sends(&gossip(&mut w, later, Topic::Tasks, r.public(), data)).len(), 1);
 }
 
+/// Second review: announcements with long bid windows from many fresh keys (64 open rounds
+/// each) filled the worker's bid memory, and a full memory stopped every bid, real ones
+/// included. Now a full memory makes room at the expense of the requester with the most
+/// open rounds: the flood evicts its own rounds.
+#[test]
+fn review2_an_announcement_flood_from_many_keys_does_not_stop_real_bids() {
+    let mut w = engine(2);
+    let per_key = worker::MAX_BIDS_PER_REQUESTER as usize;
+    let keys = worker::MAX_REMEMBERED_BIDS / per_key;
+    let mut flood_bids = 0;
+    for k in 0..keys {
+        let mut attacker = engine_with(1000 + k as u64, |c| {
+            c.tasks.early_close = false;
+            c.tasks.bid_window_ms = 60_000;
+            c.tasks.deadline_ms = 600_000;
+        });
+        for i in 0..per_key {
+            let (_, actions) = submit(&mut attacker, T0, &((k * per_key + i) as u64).to_le_bytes());
+            let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+            flood_bids += sends(&gossip(&mut w, T0, Topic::Tasks, attacker.public(), data)).len();
+        }
+    }
+    assert_eq!(flood_bids, keys * per_key, "the flood filled the bid memory");
+    w.check_bounds().unwrap();
+    // A real requester's tasks still get bids, one after another.
+    let mut r = engine(1);
+    for i in 0..5u64 {
+        let (_, actions) = submit(&mut r, T0 + 10 + i, &i.to_le_bytes());
+        let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+        let bids = sends(&gossip(&mut w, T0 + 10 + i, Topic::Tasks, r.public(), data)).len();
+        assert_eq!(bids, 1, "real task {i} got no bid while the memory was full");
+    }
+    // And one key of the flood gets nothing more while others hold less than it would.
+    let mut a = engine_with(1000, |c| c.tasks.bid_window_ms = 60_000);
+    let (_, actions) = submit(&mut a, T0 + 20, b"more");
+    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    assert_eq!(sends(&gossip(&mut w, T0 + 20, Topic::Tasks, a.public(), data)).len(), 0);
+    w.check_bounds().unwrap();
+}
+
+/// Runs one task of `r` on `w` up to the worker's result: announce, bid, award, execute.
+/// The result is sent and never answered. Returns the task id.
+fn run_unanswered(r: &mut Engine, w: &mut Engine, now: u64, input: &[u8]) -> TaskId {
+    let (id, actions) = submit(r, now, input);
+    let (_, bid) = announce_and_bid(r, w, now, &actions);
+    let b = r.handle(now, Input::Request { reply: 1, from: w.public(), request: TaskRequest::Bid { bid } });
+    let mut b = b;
+    if !sends(&b).iter().any(|(_, o, _)| matches!(o, Outgoing::Award { .. })) {
+        // The round closes at its deadline.
+        b = r.handle(now + 60_000, Input::Tick);
+    }
+    let (_, out, _) = sends(&b).into_iter().find(|(_, o, _)| matches!(o, Outgoing::Award { .. })).unwrap();
+    let Outgoing::Award { spec, award, .. } = out else { unreachable!() };
+    let a = w.handle(
+        now,
+        Input::Request {
+            reply: 2,
+            from: r.public(),
+            request: TaskRequest::Award { spec, award, input: input.to_vec() },
+        },
+    );
+    assert_eq!(reply(&a), TaskResponse::Ack);
+    let output = ExecOutput { output: vec![1], run_time_us: 1, runtime: Default::default() };
+    w.handle(now + 1, Input::Executed { task: id, result: Ok(output) });
+    id
+}
+
+/// Second review: results whose requester never answers (or answers `Pending` until a far
+/// deadline) counted against the worker's capacity, so a few keys could stop it taking any
+/// work for an hour. Now they hold no slot; only their own requester's share is capped.
+#[test]
+fn review2_results_nobody_collects_do_not_stop_a_worker_taking_work() {
+    let mut w = engine_with(2, |c| {
+        c.max_queue = 2;
+        c.slots = 1;
+        c.max_jobs_per_requester = 2;
+    });
+    for k in 0..4u64 {
+        let mut a = engine_with(100 + k, |c| {
+            c.tasks.exec_timeout_ms = 3_000_000;
+            c.tasks.deadline_ms = 3_500_000;
+        });
+        for i in 0..2u64 {
+            run_unanswered(&mut a, &mut w, T0 + k * 10 + i, &(k * 10 + i).to_le_bytes());
+        }
+    }
+    w.check_bounds().unwrap();
+    let mut r = engine(1);
+    let now = T0 + 1_000;
+    let (_, actions) = submit(&mut r, now, b"honest");
+    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    assert_eq!(sends(&gossip(&mut w, now, Topic::Tasks, r.public(), data)).len(), 1, "the worker still bids");
+}
+
+/// With [`worker::MAX_DELIVERING`] results uncollected, a new award gives up the oldest
+/// delivery of the requester with the most, rather than being refused.
+#[test]
+fn review2_a_full_delivery_backlog_gives_up_the_busiest_requesters_oldest() {
+    let mut w = engine_with(2, |c| c.max_queue = 64);
+    let per = w.config().max_jobs_per_requester as usize;
+    let mut ids = Vec::new();
+    let mut n = 0u64;
+    for k in 0..(worker::MAX_DELIVERING / per) as u64 {
+        let mut a = engine(100 + k);
+        for _ in 0..per {
+            ids.push((k, run_unanswered(&mut a, &mut w, T0 + n, &n.to_le_bytes())));
+            n += 1;
+        }
+    }
+    w.check_bounds().unwrap();
+    let mut r = engine(1);
+    let honest = run_unanswered(&mut r, &mut w, T0 + n, b"honest");
+    w.check_bounds().unwrap();
+    let given_up: Vec<(u64, TaskId)> = ids
+        .iter()
+        .copied()
+        .filter(|(_, id)| {
+            matches!(&w.worker.get(id).unwrap().state, worker::JobState::Abandoned(why) if why.contains("delivery"))
+        })
+        .collect();
+    assert_eq!(given_up.len(), 1, "exactly one delivery is given up");
+    let (k, id) = given_up[0];
+    let oldest_of_k = ids.iter().find(|(kk, _)| *kk == k).unwrap().1;
+    assert_eq!(id, oldest_of_k, "the oldest of its requester");
+    assert!(matches!(w.worker.get(&honest).unwrap().state, worker::JobState::Done { .. }));
+}
+
+/// Second review: one award naming a hundred workers tied every bidder up. A requester
+/// awards at most its task's redundancy at once.
+#[test]
+fn review2_an_award_naming_more_winners_than_the_redundancy_is_refused() {
+    let (mut r, mut w) = (engine(1), engine(2));
+    let (id, actions) = submit(&mut r, T0, &[5; 16]);
+    announce_and_bid(&mut r, &mut w, T0, &actions);
+    let spec = r.requester.get(&id).unwrap().spec_env.clone();
+    let k = TaskSpec::open(&spec).unwrap().redundancy;
+    let mut winners: Vec<PublicKey> = (10..10 + u64::from(k)).map(|i| identity(i).public()).collect();
+    winners.push(w.public());
+    let award = Award {
+        v: WIRE_VERSION,
+        task_id: id,
+        round: 0,
+        bid_set: vec![],
+        bid_root: None,
+        bid_count: 1,
+        winners,
+        result_deadline_ms: T0 + 5_000,
+    }
+    .sign(&identity(1));
+    let request = TaskRequest::Award { spec, award, input: vec![5; 16] };
+    let a = w.handle(T0 + 10, Input::Request { reply: 1, from: r.public(), request });
+    assert!(matches!(reply(&a), TaskResponse::Refused(Refusal::Invalid(_))), "{:?}", reply(&a));
+    assert!(w.worker.get(&id).is_none());
+}
+
 /// Finding 12: a worker that knows the model's input size tells the requester, signed, that
 /// the input does not fit, instead of bidding; the requester fails the task at once with that
 /// reason (not after six empty rounds with "does any node hold model ...?").
@@ -540,6 +695,31 @@ fn finding_12_a_wrong_size_input_fails_at_once_with_the_true_reason() {
         _ => None,
     });
     assert!(err.unwrap().contains("takes 16"));
+    // Second review: such a report is a lie when the requester knows the model (submit
+    // checked the size); it no longer fails the task.
+    let mut r = engine_with(4, |c| {
+        c.model_inputs.insert(model(), 16);
+    });
+    let (id, actions) = submit(&mut r, T0, &[1; 16]);
+    let (_, _, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (task, round) = ann.unwrap();
+    r.handle(T0, Input::Published { task, round, ok: true });
+    let liar = identity(9);
+    let report = fleetmesh_protocol::Unable {
+        v: WIRE_VERSION,
+        task_id: id,
+        round: 0,
+        reason: fleetmesh_protocol::UnableReason::InputSize { expected: 32, got: 16 },
+    }
+    .sign(&liar);
+    let a = r.handle(
+        T0 + 2,
+        Input::Request { reply: 1, from: liar.public(), request: TaskRequest::Unable { report } },
+    );
+    assert_eq!(reply(&a), TaskResponse::Ack);
+    r.handle(T0 + 60_000, Input::Tick);
+    let t = r.requester.get(&id).unwrap();
+    assert_ne!(t.phase, fleetmesh_api::Phase::Failed, "{:?}", t.failure);
 }
 
 /// Finding 13: a worker whose inference fails tells the requester at once, which replaces it

@@ -130,10 +130,11 @@ impl Job {
     }
 }
 
-/// Unfinished jobs (queued, running or waiting for a receipt) a worker holds at most.
-fn max_unfinished(config: &EngineConfig) -> usize {
-    (config.max_queue as usize).saturating_mul(2).saturating_add(config.slots as usize)
-}
+/// Executed jobs whose results are still being delivered (or wait for the requester's
+/// receipt) a worker holds at most. They hold no slot, so they do not stop it bidding; when
+/// one more finishes at this bound, the oldest delivery of the requester with the most is
+/// given up (see `make_room_for_delivery`).
+pub const MAX_DELIVERING: usize = 1024;
 
 /// One remembered bid.
 #[derive(Debug, Clone)]
@@ -170,22 +171,53 @@ impl BidMemory {
             return false;
         }
         let closes_ms = closes_ms.min(now.saturating_add(MAX_OPEN_ROUND_MS));
-        let open = self.open.entry(requester).or_default();
-        // Rounds closed by now no longer count against the requester.
-        *open = open.split_off(&(now, TaskId::from_bytes([0; 32]), 0));
-        if open.len() >= MAX_BIDS_PER_REQUESTER as usize {
+        let mine = self.open_rounds(&requester, now);
+        if mine >= MAX_BIDS_PER_REQUESTER as usize {
             return false;
         }
         if self.bids.len() >= MAX_REMEMBERED_BIDS {
             match self.by_close.first().copied() {
                 Some((closed, task, round)) if closed <= now => self.forget(&(task, round)),
-                _ => return false,
+                // Every remembered round may still be open: make room at the expense of the
+                // requester with the most open rounds, never of one with fewer than this one
+                // would have. A flood of announcements (from any number of keys) then evicts
+                // its own rounds, not the few real ones each requester has open.
+                _ => match self.busiest(now) {
+                    Some((n, key)) if n > mine.saturating_add(1) || (n > mine && mine == 0) => {
+                        self.forget(&key)
+                    }
+                    _ => return false,
+                },
             }
         }
         self.bids.insert(key, BidRecord { requester, closes_ms, until_ms });
         self.by_close.insert((closes_ms, key.0, key.1));
         self.open.entry(requester).or_default().insert((closes_ms, key.0, key.1));
         true
+    }
+
+    /// The requester's rounds that may still be open (closed ones are dropped from its set).
+    fn open_rounds(&mut self, requester: &PublicKey, now: u64) -> usize {
+        let Some(open) = self.open.get_mut(requester) else { return 0 };
+        // Rounds closed by now no longer count against the requester (their bids stay
+        // remembered: standby awards come after the close).
+        *open = open.split_off(&(now, TaskId::from_bytes([0; 32]), 0));
+        let n = open.len();
+        if n == 0 {
+            self.open.remove(requester);
+        }
+        n
+    }
+
+    /// The requester with the most rounds that may be open, how many, and its round that
+    /// closes last (a flood picks long windows; real rounds close soon).
+    fn busiest(&self, now: u64) -> Option<(usize, (TaskId, u32))> {
+        let (_, set) = self
+            .open
+            .iter()
+            .max_by_key(|(pk, set)| (set.range((now, TaskId::from_bytes([0; 32]), 0)..).count(), **pk))?;
+        let n = set.range((now, TaskId::from_bytes([0; 32]), 0)..).count();
+        set.last().map(|(_, task, round)| (n, (*task, *round)))
     }
 
     fn forget(&mut self, key: &(TaskId, u32)) {
@@ -292,11 +324,52 @@ impl Worker {
         self.jobs.values().filter(|j| j.requester == *requester && !j.is_finished()).count()
     }
 
+    fn delivering(&self) -> usize {
+        self.jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Done { .. } | JobState::Pending { .. }))
+            .count()
+    }
+
+    /// Room for one more job: a queue place, and below the requester's own cap. Results
+    /// waiting for delivery or a receipt take no slot: a requester that never answers (or
+    /// answers `Pending` until its deadline) ties up only its own share, and the backlog's
+    /// bound is kept when a job finishes.
     fn has_capacity(&self, config: &EngineConfig, requester: &PublicKey) -> bool {
-        let unfinished = self.jobs.values().filter(|j| !j.is_finished()).count();
         self.queued() < config.max_queue as usize
-            && unfinished < max_unfinished(config)
             && self.unfinished_from(requester) < config.max_jobs_per_requester as usize
+    }
+
+    /// At [`MAX_DELIVERING`], gives up the oldest delivery of the requester with the most,
+    /// so requesters that never take their results cannot stop this node taking new work
+    /// (each holds at most `max_jobs_per_requester` anyway).
+    fn make_room_for_delivery(&mut self, ctx: &mut Ctx<'_>) {
+        if self.delivering() < MAX_DELIVERING {
+            return;
+        }
+        let mut per: BTreeMap<PublicKey, usize> = BTreeMap::new();
+        for j in
+            self.jobs.values().filter(|j| matches!(j.state, JobState::Done { .. } | JobState::Pending { .. }))
+        {
+            let n = per.entry(j.requester).or_default();
+            *n = n.saturating_add(1);
+        }
+        let Some((worst, _)) = per.into_iter().max_by_key(|(pk, n)| (*n, *pk)) else { return };
+        let oldest = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| {
+                j.requester == worst && matches!(j.state, JobState::Done { .. } | JobState::Pending { .. })
+            })
+            .min_by_key(|(id, j)| (j.result_deadline_ms, **id))
+            .map(|(id, _)| *id);
+        if let Some(id) = oldest {
+            if let Some(j) = self.jobs.get_mut(&id) {
+                tracing::warn!(task = %id, "too many results waiting for delivery: giving up the oldest of the requester with the most");
+                j.state = JobState::Abandoned("too many results waiting for delivery".into());
+                ctx.push(Action::Persist(vec![j.op(&id)]));
+            }
+        }
     }
 
     pub(crate) fn check_bounds(&self, config: &EngineConfig) -> Result<(), String> {
@@ -314,8 +387,8 @@ impl Worker {
         {
             return Err(format!("{} bids remembered", self.bids.bids.len()));
         }
-        if self.jobs.values().filter(|j| !j.is_finished()).count() > max_unfinished(config) {
-            return Err("unfinished jobs over their bound".into());
+        if self.delivering() > MAX_DELIVERING {
+            return Err("results waiting for delivery over their bound".into());
         }
         let unfinished = self.jobs.values().filter(|j| !j.is_finished()).count();
         let finished = self.jobs.len().saturating_sub(unfinished);
@@ -548,6 +621,11 @@ impl Worker {
         if !award.winners.contains(&ctx.identity.public()) {
             return TaskResponse::Refused(Refusal::NotAWinner);
         }
+        // A requester awards at most k workers at a time; a longer list is one award sprayed
+        // at every bidder to tie them all up.
+        if award.winners.len() > usize::from(spec.redundancy) {
+            return invalid("award names more winners than the task's redundancy");
+        }
         // Already accepted (in memory, or finished and forgotten): awards are idempotent.
         if let Some(j) = self.jobs.get(&task) {
             return if j.requester == from {
@@ -638,6 +716,9 @@ impl Worker {
         task: TaskId,
         result: Result<ExecOutput, String>,
     ) {
+        if result.is_ok() && self.jobs.get(&task).is_some_and(|j| j.running) {
+            self.make_room_for_delivery(ctx);
+        }
         let Some(job) = self.jobs.get_mut(&task).filter(|j| j.running) else {
             self.start_queued(ctx);
             return;

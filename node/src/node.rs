@@ -1262,8 +1262,19 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                // Anyone on the LAN can answer mDNS: the same address filter as identify, and a
+                // bound on how many peers one burst of answers makes this node dial.
+                let local = self.swarm.listeners().any(crate::dht::is_loopback);
+                let mut dials = 0usize;
                 for (peer, addr) in list {
+                    if crate::dht::routable(vec![addr.clone()], local).is_empty() {
+                        continue;
+                    }
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    if dials >= crate::dht::MAX_ADDRS_PER_PEER {
+                        continue;
+                    }
+                    dials = dials.saturating_add(1);
                     if !self.swarm.is_connected(&peer) {
                         let _ = self.swarm.dial(addr);
                     }
@@ -1468,6 +1479,10 @@ impl EventLoop {
                     ids::RecordKey::parse(&record.key.to_vec()),
                     Some(ids::RecordKey::ModelProviders(_))
                 ) {
+                    // The addresses are the peer's own claim: only routable ones, a few.
+                    let local = self.swarm.listeners().any(crate::dht::is_loopback);
+                    let mut record = record;
+                    record.addresses = crate::dht::routable(std::mem::take(&mut record.addresses), local);
                     let _ = self.swarm.behaviour_mut().kad.store_mut().add_provider(record);
                 } else {
                     self.meters.node.records_refused.inc();
