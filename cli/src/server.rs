@@ -178,7 +178,9 @@ async fn guard_layer(
         (header(axum::http::header::AUTHORIZATION), header(axum::http::header::HOST), open)
     };
     match &g.token {
-        Some(token) if !open => {
+        // With a token, `/healthz` answers anyone (orchestrators probe it by name).
+        Some(_) if open => {}
+        Some(token) => {
             let given = authorization;
             let ok = given
                 .strip_prefix("Bearer ")
@@ -285,8 +287,15 @@ async fn list(State(c): State<Client>) -> Result<Json<Vec<TaskView>>, ApiError> 
     Ok(Json(c.tasks().await?))
 }
 
-async fn status(State(c): State<Client>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
-    let id = parse_task(&id)?;
+/// A path parameter, or the JSON error for one that does not decode (`/v1/tasks/%FF`).
+type PathParam = Result<Path<String>, axum::extract::rejection::PathRejection>;
+
+fn path_param(p: PathParam) -> Result<String, ApiError> {
+    p.map(|Path(id)| id).map_err(|r| ApiError(r.status(), r.body_text()))
+}
+
+async fn status(State(c): State<Client>, id: PathParam) -> Result<Json<TaskView>, ApiError> {
+    let id = parse_task(&path_param(id)?)?;
     c.status(id).await?.map(Json).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown task {id}")))
 }
 
@@ -297,11 +306,11 @@ struct WaitQuery {
 
 async fn wait(
     State(c): State<Client>,
-    Path(id): Path<String>,
+    id: PathParam,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TaskView>, ApiError> {
     let Query(q) = q.map_err(|r| ApiError(r.status(), r.body_text()))?;
-    let id = parse_task(&id)?;
+    let id = parse_task(&path_param(id)?)?;
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(60_000).min(600_000));
     match tokio::time::timeout(timeout, c.wait(id)).await {
         Ok(r) => Ok(Json(r?)),

@@ -180,6 +180,11 @@ async fn the_api_refuses_strangers_typos_and_floods_with_a_json_error() {
     let (code, _) =
         error_of(http.get(format!("{base}/v1/tasks/{id}/wait?timeout_ms=soon")).send().await.unwrap()).await;
     assert_eq!(code, 400);
+    // A path parameter that is not UTF-8.
+    let (code, _) = error_of(http.get(format!("{base}/v1/tasks/%FF")).send().await.unwrap()).await;
+    assert_eq!(code, 400);
+    let (code, _) = error_of(http.get(format!("{base}/v1/tasks/%FF/wait")).send().await.unwrap()).await;
+    assert_eq!(code, 400);
     // Two requests at once are served; a third is told to come back.
     let (req, _) = digits_task(0, 1);
     let task = client.submit(req).await.unwrap(); // alone in the mesh: it stays open
@@ -214,6 +219,8 @@ async fn the_api_refuses_strangers_typos_and_floods_with_a_json_error() {
         http.get(format!("{base}/v1/peers")).bearer_auth("s3cret").header("Host", "vehicle-7:7070").send();
     assert_eq!(ok.await.unwrap().status().as_u16(), 200, "with the token any Host is fine");
     assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status().as_u16(), 200);
+    let probe = http.get(format!("{base}/healthz")).header("Host", "vehicle-7:7070").send();
+    assert_eq!(probe.await.unwrap().status().as_u16(), 200, "with a token, /healthz answers any Host");
     // The typed client carries the token.
     let api = fleetmesh_api::client::ApiClient::new(base.clone(), std::time::Duration::from_secs(5)).unwrap();
     assert_eq!(api.peers().await.unwrap_err().status(), Some(401));

@@ -383,6 +383,7 @@ impl Worker {
             return Err("DHT lookups over their bound".into());
         }
         if self.bids.bids.len() > MAX_REMEMBERED_BIDS
+            || self.bids.open.len() > MAX_REMEMBERED_BIDS
             || self.bids.open.values().any(|s| s.len() > MAX_BIDS_PER_REQUESTER as usize)
         {
             return Err(format!("{} bids remembered", self.bids.bids.len()));

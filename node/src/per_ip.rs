@@ -1,7 +1,8 @@
 //! A connection limit per remote IP address: libp2p's `connection_limits` counts totals,
 //! per peer and pending, but one host with many keys is many peers. Inbound connections from
 //! an address that already holds `max` established ones are denied before the handshake.
-//! Loopback is exempt (in-process meshes and local tools). Vehicles behind one carrier NAT
+//! IPv6 addresses count by their /64 network. Loopback is exempt (in-process meshes and local
+//! tools). Vehicles behind one carrier NAT
 //! share an address, so `max` is not small (16 by default).
 
 use std::collections::HashMap;
@@ -33,10 +34,16 @@ pub(crate) struct Behaviour {
     by_connection: HashMap<ConnectionId, IpAddr>,
 }
 
+/// The address a connection counts against: the IPv4 address, or the IPv6 /64 network (one
+/// host is usually handed a whole /64, so counting single IPv6 addresses limits nothing).
 fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     addr.iter().find_map(|p| match p {
         Protocol::Ip4(a) => Some(IpAddr::V4(a)),
-        Protocol::Ip6(a) => Some(IpAddr::V6(a)),
+        Protocol::Ip6(a) if a.is_loopback() => Some(IpAddr::V6(a)),
+        Protocol::Ip6(a) => {
+            let prefix = u128::from(a) & !((1u128 << 64) - 1);
+            Some(IpAddr::V6(prefix.into()))
+        }
         _ => None,
     })
 }
@@ -153,6 +160,19 @@ mod tests {
             remaining_established: 0,
         }));
         assert!(b.check(&far).is_ok(), "a closed connection frees its place");
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_network() {
+        let mut b = Behaviour::new(2);
+        let a: Multiaddr = "/ip6/2001:db8:1:2::1/tcp/4001".parse().unwrap();
+        let same_net: Multiaddr = "/ip6/2001:db8:1:2:ffff::9/tcp/4001".parse().unwrap();
+        let other_net: Multiaddr = "/ip6/2001:db8:1:3::1/tcp/4001".parse().unwrap();
+        b.add(ConnectionId::new_unchecked(rand_id()), &a);
+        b.add(ConnectionId::new_unchecked(rand_id()), &same_net);
+        assert!(b.check(&"/ip6/2001:db8:1:2::77/tcp/1".parse().unwrap()).is_err());
+        assert!(b.check(&other_net).is_ok());
+        assert!(b.check(&"/ip6/::1/tcp/1".parse().unwrap()).is_ok());
     }
 
     fn rand_id() -> usize {
