@@ -82,7 +82,24 @@ pub struct DemoReport {
 
 /// Runs the demo and returns its report.
 pub async fn run(opts: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
-    let nodes_n = opts.nodes.max(2);
+    let max_k = fleetmesh_protocol::limits::MAX_REDUNDANCY;
+    if opts.redundancy == 0 || opts.redundancy > max_k {
+        return Err(format!("--redundancy must be 1 to {max_k}").into());
+    }
+    // A node never works its own task: k workers need k other nodes.
+    let needed = usize::from(opts.redundancy) + 1;
+    if opts.nodes < needed {
+        return Err(format!(
+            "--nodes {} is too few for --redundancy {}: a node never works its own task, so k = {} \
+             needs at least {needed} nodes",
+            opts.nodes, opts.redundancy, opts.redundancy
+        )
+        .into());
+    }
+    if opts.tasks == 0 {
+        return Err("--tasks must be at least 1".into());
+    }
+    let nodes_n = opts.nodes;
     let dir = tempfile::tempdir()?;
     let nodes = spawn_local_mesh(dir.path(), nodes_n, |i, cfg| {
         cfg.trace = opts.trace.as_ref().map(|d| d.join(format!("node-{i}.jsonl")));

@@ -85,13 +85,30 @@ fn traces(cli: &Cli) -> bool {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match main_inner() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The causes on one line; no backtrace for an ordinary error, whatever
+            // RUST_BACKTRACE says (that is for panics).
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner() -> Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     let cli = Cli::parse();
-    // The simulator's vehicles log every failed task: keep its output to the report.
-    let default = if matches!(cli.command, Command::Sim(_)) { "error" } else { "warn,fleetmesh_node=info" };
+    // The simulator's vehicles and the bench's deliberately unservable tasks log every failed
+    // task: keep their output to the report (RUST_LOG brings the logs back).
+    let default = if matches!(cli.command, Command::Sim(_) | Command::Bench(_)) {
+        "error"
+    } else {
+        "warn,fleetmesh_node=info"
+    };
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))

@@ -350,7 +350,10 @@ async fn metrics(State(c): State<Client>) -> impl IntoResponse {
 
 /// Reads a token file (surrounding whitespace ignored); an empty file is an error.
 pub fn read_token(path: &std::path::Path) -> Result<String, std::io::Error> {
-    let token = std::fs::read_to_string(path)?.trim().to_owned();
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("API token file {}: {e}", path.display())))?
+        .trim()
+        .to_owned();
     if token.is_empty() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -340,8 +340,17 @@ impl Requester {
         if k == 0 || k > max_k {
             return reject(format!("redundancy must be 1 to {max_k}"));
         }
-        let bid_window_ms = req.bid_window_ms.unwrap_or(d.bid_window_ms).max(10);
-        let exec_timeout_ms = req.exec_timeout_ms.unwrap_or(d.exec_timeout_ms).max(10);
+        let bid_window_ms = req.bid_window_ms.unwrap_or(d.bid_window_ms);
+        let exec_timeout_ms = req.exec_timeout_ms.unwrap_or(d.exec_timeout_ms);
+        if bid_window_ms < 10 || exec_timeout_ms < 10 {
+            return reject("bid_window_ms and exec_timeout_ms must be at least 10".into());
+        }
+        if exec_timeout_ms > crate::worker::MAX_EXEC_TIMEOUT_MS {
+            return reject(format!(
+                "exec_timeout_ms must be at most {} (workers refuse longer ones)",
+                crate::worker::MAX_EXEC_TIMEOUT_MS
+            ));
+        }
         let deadline = req.deadline_ms.unwrap_or(d.deadline_ms);
         if deadline < u64::from(bid_window_ms).saturating_add(u64::from(exec_timeout_ms)) {
             return reject("deadline_ms must leave room for one bid window plus one execution".into());
@@ -544,10 +553,20 @@ impl Requester {
             t.empty_rounds = t.empty_rounds.saturating_add(1);
             let empty = t.empty_rounds;
             if empty >= ctx.config.tasks.max_rounds || now >= t.spec.deadline_ms {
-                let reason = format!(
-                    "no valid bids in {empty} consecutive bid rounds (does any node hold model {}?)",
-                    t.spec.model
-                );
+                let took_part = t.assignments.len();
+                let reason = if took_part == 0 {
+                    format!(
+                        "no valid bids in {empty} consecutive bid rounds (does any node hold model {}?)",
+                        t.spec.model
+                    )
+                } else {
+                    format!(
+                        "no valid bids in {empty} consecutive bid rounds for another worker: redundancy {} \
+                         needs {} distinct workers and {took_part} took part (a node never works its own \
+                         task, so k needs at least k other nodes holding the model)",
+                        t.spec.redundancy, t.spec.redundancy
+                    )
+                };
                 self.fail(ctx, id, reason);
                 return;
             }
@@ -881,7 +900,10 @@ impl Requester {
                 TaskResponse::Pending
             }
             Agreement::Disagree => {
-                ctx.count(Metric::Disagreements);
+                // Counted only when outputs differ: one result short of a quorum is not one.
+                if self.tasks.get(&id).is_some_and(|t| t.outputs.len() > 1) {
+                    ctx.count(Metric::Disagreements);
+                }
                 self.add_worker(ctx, &id);
                 self.persist(ctx, &id);
                 TaskResponse::Pending

@@ -10,6 +10,24 @@ use serde::{Deserialize, Serialize};
 
 pub use fleetmesh_engine::TaskDefaults;
 
+/// `api_addr` in TOML: an `ip:port`, or `"off"`.
+fn api_addr_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("api_addr {s:?}: {e} (expected ip:port or \"off\")")))
+}
+
+fn api_addr_to_str<S: serde::Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match a {
+        Some(a) => s.collect_str(a),
+        None => s.serialize_str("off"),
+    }
+}
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -22,7 +40,9 @@ pub struct NodeConfig {
     pub bootstrap: Vec<String>,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
-    /// Where the local HTTP API listens; `None` turns it off. Loopback by default.
+    /// Where the local HTTP API listens (`"127.0.0.1:7070"`); `"off"` (or `None`) turns it
+    /// off. Loopback by default.
+    #[serde(deserialize_with = "api_addr_or_off", serialize_with = "api_addr_to_str")]
     pub api_addr: Option<SocketAddr>,
     /// Tasks this node runs at once (each runs single-threaded).
     pub slots: u32,
@@ -188,5 +208,11 @@ mod tests {
     #[test]
     fn api_is_loopback_by_default() {
         assert!(NodeConfig::default().api_addr.unwrap().ip().is_loopback());
+        let off: NodeConfig = toml::from_str("api_addr = \"off\"").unwrap();
+        assert_eq!(off.api_addr, None);
+        let on: NodeConfig = toml::from_str("api_addr = \"127.0.0.1:7071\"").unwrap();
+        assert_eq!(on.api_addr.unwrap().port(), 7071);
+        let bad = toml::from_str::<NodeConfig>("api_addr = \"nowhere\"").unwrap_err().to_string();
+        assert!(bad.contains("expected ip:port or \"off\""), "{bad}");
     }
 }

@@ -289,7 +289,7 @@ impl Node {
         let keypair = libp2p::identity::Keypair::ed25519_from_bytes(secret.as_mut())
             .map_err(|e| NodeError::Network { stage: "key", source: e.into() })?;
         let mut registry = prometheus_client::registry::Registry::with_prefix("fleetmesh");
-        let p2p_metrics = libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p"));
+        let p2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
         let metrics = Metrics::new(&mut registry);
         let writer = crate::writer::Writer::start(store.clone(), metrics.store_commits.clone())
             .map_err(|e| crate::store::StoreError::Db(format!("cannot start the writer thread: {e}")))?;

@@ -30,16 +30,19 @@ pub(crate) struct DemoArgs {
 }
 
 pub(crate) async fn run(a: DemoArgs) -> Result<()> {
-    let report = demo::run(DemoOptions {
+    let demo = demo::run(DemoOptions {
         nodes: a.nodes,
         tasks: a.tasks,
         redundancy: a.redundancy,
         timeout: Duration::from_secs(a.timeout_secs),
         progress: !a.json,
         trace: a.trace.clone(),
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
+    });
+    // Ctrl-C drops the demo: its nodes stop and its temporary data dir is deleted.
+    let report = tokio::select! {
+        r = demo => r.map_err(|e| anyhow::anyhow!("demo failed: {e}"))?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; the demo's nodes and data were removed"),
+    };
     if a.json {
         say!("{}", serde_json::to_string(&report)?);
     } else {
@@ -50,6 +53,9 @@ pub(crate) async fn run(a: DemoArgs) -> Result<()> {
     }
     if report.tasks_verified + report.tasks_failed < report.tasks_submitted {
         bail!("{} tasks did not finish within {} s", report.tasks_unfinished, a.timeout_secs);
+    }
+    if report.tasks_failed > 0 {
+        bail!("{} of {} tasks failed (reasons above)", report.tasks_failed, report.tasks_submitted);
     }
     Ok(())
 }

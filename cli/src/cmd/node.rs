@@ -17,7 +17,8 @@ pub(crate) struct RunArgs {
     /// TOML config file; flags and env override it.
     #[arg(long, env = "FLEETMESH_CONFIG")]
     pub(crate) config: Option<PathBuf>,
-    /// Data directory (key, store, models).
+    /// Data directory (key, store, models) [default: the config's data_dir, else
+    /// ./fleetmesh-data].
     #[arg(long, env = "FLEETMESH_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
     /// Listen multiaddr (repeatable).
@@ -27,7 +28,7 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "FLEETMESH_BOOTSTRAP", value_delimiter = ',')]
     pub(crate) bootstrap: Vec<String>,
     /// Turn mDNS discovery off.
-    #[arg(long, env = "FLEETMESH_NO_MDNS")]
+    #[arg(long, env = "FLEETMESH_NO_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) no_mdns: bool,
     /// Local API address (loopback by default); `off` disables it.
     #[arg(long, env = "FLEETMESH_API")]
@@ -43,7 +44,7 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "FLEETMESH_SLOTS")]
     pub(crate) slots: Option<u32>,
     /// Do not bid on other nodes' tasks.
-    #[arg(long, env = "FLEETMESH_NO_SERVE")]
+    #[arg(long, env = "FLEETMESH_NO_SERVE", value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) no_serve: bool,
     /// The lowest price this node bids.
     #[arg(long, env = "FLEETMESH_PRICE_FLOOR")]

@@ -9,7 +9,7 @@ use fleetmesh_api::client::ApiClient;
 /// Where the node's API is.
 #[derive(Args, Clone)]
 pub(crate) struct ApiArgs {
-    /// The node's API, e.g. http://127.0.0.1:7070
+    /// The node's API, e.g. http://127.0.0.1:7070 (or just 127.0.0.1:7070)
     #[arg(long, env = "FLEETMESH_API_URL", default_value = "http://127.0.0.1:7070")]
     pub(crate) api: String,
     /// File holding the API token (needed when the node's API is bound beyond loopback).
@@ -24,7 +24,9 @@ impl ApiArgs {
             (Some(path), _) => Some(fleetmesh_cli::server::read_token(path)?),
             (None, token) => token.filter(|t| !t.trim().is_empty()).map(|t| t.trim().to_owned()),
         };
-        Ok(ApiClient::new(self.api.clone(), timeout)?.with_token(token))
+        // `node run --api` takes ip:port; accept the same here.
+        let url = if self.api.contains("://") { self.api.clone() } else { format!("http://{}", self.api) };
+        Ok(ApiClient::new(url, timeout)?.with_token(token))
     }
 }
 

@@ -23,7 +23,7 @@ pub(crate) struct SubmitArgs {
     #[arg(long)]
     pub(crate) digits_sample: Option<usize>,
     /// Workers (k).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(fleetmesh_protocol::limits::MAX_REDUNDANCY)))]
     pub(crate) redundancy: Option<u8>,
     /// Max seconds to wait for the result.
     #[arg(long, default_value_t = 60)]
@@ -77,6 +77,11 @@ pub(crate) async fn run(args: SubmitArgs) -> Result<()> {
     match view.phase {
         Phase::Verified => Ok(()),
         Phase::Failed => bail!("task failed"),
-        _ => bail!("task not finished after {} s", args.timeout_secs),
+        _ => bail!(
+            "task {} not finished after {} s; it goes on at the node (see `fleetmesh status {}`)",
+            sub.task_id,
+            args.timeout_secs,
+            sub.task_id
+        ),
     }
 }

@@ -284,6 +284,8 @@ pub struct Sim {
     hostile_accepted: usize,
     crashes: u32,
     partitions: u32,
+    /// Crashes and partitions asked for that have not happened yet (the run waits for them).
+    faults_pending: u32,
     partitioned: bool,
     violations: Vec<String>,
 }
@@ -427,6 +429,7 @@ impl Sim {
             hostile_accepted: 0,
             crashes: 0,
             partitions: 0,
+            faults_pending: 0,
             partitioned: false,
             violations: Vec::new(),
             config,
@@ -474,6 +477,7 @@ impl Sim {
         }
         // Faults happen while tasks are in flight.
         let window = span.max(5_000) + 5_000;
+        self.faults_pending = self.config.crashes.saturating_add(self.config.partitions);
         for _ in 0..self.config.crashes {
             let at = 1_000 + self.rng.range(0, window);
             let who = self.rng.range(0, n as u64 - 1) as usize;
@@ -826,11 +830,14 @@ impl Sim {
                     return;
                 }
                 let (task, requester) = tasks[self.rng.range(0, tasks.len() as u64 - 1) as usize];
-                let awarded = self.vehicles[requester]
-                    .engine
-                    .as_ref()
-                    .and_then(|e| e.requester.get(&task))
-                    .is_some_and(|t| t.assignments.iter().any(|a| a.worker == identity.public()));
+                // Only where the requester can be asked (it is up and holds the task in
+                // memory) is "never awarded" known: a worker it receipted and forgot gets its
+                // receipt again, which is no acceptance.
+                let Some(t) = self.vehicles[requester].engine.as_ref().and_then(|e| e.requester.get(&task))
+                else {
+                    return;
+                };
+                let awarded = t.assignments.iter().any(|a| a.worker == identity.public());
                 if awarded || requester == i {
                     return;
                 }
@@ -960,6 +967,16 @@ impl Sim {
         if self.submitted >= self.config.tasks {
             return;
         }
+        // A requester that is down now: another requester submits it, or it waits a second.
+        let i = if self.vehicles[i].engine.is_some() {
+            i
+        } else if let Some(&r) = self.requesters.iter().find(|&&r| self.vehicles[r].engine.is_some()) {
+            r
+        } else {
+            let at = self.now + 1_000;
+            self.schedule(at, Event::Submit(i));
+            return;
+        };
         self.submitted += 1;
         let n = self.submitted as u64;
         let mut input = vec![0u8; 64];
@@ -974,6 +991,13 @@ impl Sim {
     }
 
     fn crash(&mut self, i: usize) {
+        self.faults_pending = self.faults_pending.saturating_sub(1);
+        // Already down: the next vehicle that is up crashes instead, so every crash asked for
+        // happens.
+        let n = self.vehicles.len();
+        let Some(i) = (0..n).map(|d| (i + d) % n).find(|&j| self.vehicles[j].engine.is_some()) else {
+            return;
+        };
         if self.vehicles[i].engine.take().is_none() {
             return;
         }
@@ -989,6 +1013,15 @@ impl Sim {
     }
 
     fn set_partition(&mut self, on: bool) {
+        if on && self.partitioned {
+            // One partition at a time: this one starts after the current one ends.
+            let at = self.now + 21_000;
+            self.schedule(at, Event::PartitionStart);
+            return;
+        }
+        if on {
+            self.faults_pending = self.faults_pending.saturating_sub(1);
+        }
         if on == self.partitioned {
             return;
         }
@@ -1020,7 +1053,9 @@ impl Sim {
     }
 
     fn all_done(&self) -> bool {
-        self.submitted >= self.config.tasks && self.accepted.keys().all(|task| self.finished.contains(task))
+        self.submitted >= self.config.tasks
+            && self.faults_pending == 0
+            && self.accepted.keys().all(|task| self.finished.contains(task))
     }
 
     /// Runs until every accepted task is finished (or the time limit), then checks the
@@ -1168,8 +1203,7 @@ impl Sim {
                     if !truthful {
                         self.violations.push(format!("task {task} failed with an untrue reason: {reason}"));
                     }
-                    let key: String =
-                        reason.chars().map(|c| if c.is_ascii_digit() { 'N' } else { c }).collect();
+                    let key = numbers_as_n(&reason);
                     *r.failures.entry(key).or_default() += 1;
                 }
                 Phase::Bidding | Phase::Running => {
@@ -1237,4 +1271,14 @@ impl SimReport {
         }
         s
     }
+}
+
+/// A failure reason with each count written `<n>`, so reasons that differ only in their
+/// counts are reported together (hex ids are left alone).
+fn numbers_as_n(reason: &str) -> String {
+    reason
+        .split(' ')
+        .map(|w| if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) { "<n>" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
