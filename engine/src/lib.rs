@@ -444,6 +444,8 @@ pub struct EngineConfig {
     /// Input sizes (bytes) of the models whose input tensor this node knows: a submit whose
     /// input does not fit is refused, and a worker tells the requester instead of bidding.
     pub model_inputs: std::collections::BTreeMap<ModelId, u64>,
+    /// The size of each held model's output in bytes (results with a larger one are refused).
+    pub model_outputs: std::collections::BTreeMap<ModelId, u64>,
     /// Presence advert interval, ms; 0 sends none (the simulator at scale: every advert
     /// costs every vehicle a signature check).
     pub presence_interval_ms: u64,
@@ -471,6 +473,7 @@ impl Default for EngineConfig {
             tasks: TaskDefaults::default(),
             default_model: None,
             model_inputs: std::collections::BTreeMap::new(),
+            model_outputs: std::collections::BTreeMap::new(),
             presence_interval_ms: 5_000,
             dht_scan_interval_ms: 5_000,
             max_finished_in_memory: 1024,
@@ -517,6 +520,10 @@ impl Default for TaskDefaults {
         }
     }
 }
+
+/// How often at most a requester rewrites its open-tasks record per model (each rewrite is a
+/// DHT put to the same closest peers, which budget every peer's writes).
+pub const OPEN_TASKS_FLUSH_MS: u64 = 2_000;
 
 /// A peer's last presence advert and when it arrived.
 #[derive(Debug, Clone)]
@@ -715,7 +722,7 @@ impl Engine {
                         worker.on_providers(&mut ctx, model, providers, last)
                     }
                     Input::Executed { task, result } => worker.on_executed(&mut ctx, task, result),
-                    Input::SelfTested { model, ok } => worker.on_self_tested(model, ok),
+                    Input::SelfTested { model, ok } => worker.on_self_tested(ctx.now, model, ok),
                     Input::PersistFailed { keys } => {
                         requester.on_persist_failed(&mut ctx, &keys);
                         worker.on_persist_failed(&mut ctx, &keys);
@@ -809,7 +816,7 @@ impl Engine {
             worker.tick(&mut ctx);
         }
         if now >= self.next_open_flush {
-            self.next_open_flush = now.saturating_add(500);
+            self.next_open_flush = now.saturating_add(OPEN_TASKS_FLUSH_MS);
             let (mut ctx, requester, _) = self.split(now, out);
             requester.flush_open_tasks(&mut ctx);
         }
@@ -818,6 +825,9 @@ impl Engine {
             let cap = self.config.max_finished_in_memory;
             self.requester.forget_old_finished(cap);
             self.worker.forget_old_finished(cap, now);
+            let (mut ctx, requester, worker) = self.split(now, out);
+            requester.retry_unsaved(&mut ctx);
+            worker.retry_unsaved(&mut ctx);
             let ttl = self.presence_ttl_ms();
             let stale: Vec<PublicKey> = self
                 .presence

@@ -237,6 +237,8 @@ impl ReqTask {
 /// The requester role.
 pub struct Requester {
     tasks: BTreeMap<TaskId, ReqTask>,
+    /// Tasks whose last write failed: written again every second until one succeeds.
+    unsaved: BTreeSet<TaskId>,
     /// Receipts of finished tasks that left memory, by task.
     closed: BoundedMap<TaskId, Vec<(PublicKey, SignedEnvelope)>>,
     /// Models whose open-tasks record must be rewritten on the next flush.
@@ -249,6 +251,7 @@ impl Requester {
     pub(crate) fn new(_config: &EngineConfig) -> Self {
         Self {
             tasks: BTreeMap::new(),
+            unsaved: BTreeSet::new(),
             closed: BoundedMap::new(MAX_CLOSED_REMEMBERED),
             open_dirty: BTreeSet::new(),
             providing: BTreeSet::new(),
@@ -845,7 +848,14 @@ impl Requester {
         let checked = if header.signer != from {
             Err(RejectReason::NotAwarded)
         } else {
-            check_result(&id, &t.spec, &t.awarded_keys(), &header, &output)
+            check_result(&id, &t.spec, &t.awarded_keys(), &header, &output).and_then(|h| {
+                // Where this node holds the model it knows the size of its output: a larger
+                // one is junk meant to fill the requester's memory.
+                match ctx.config.model_outputs.get(&t.spec.model) {
+                    Some(&max) if h.output_size > max => Err(RejectReason::OutputTooLarge),
+                    _ => Ok(h),
+                }
+            })
         };
         let h = match checked {
             Ok(h) => h,
@@ -1071,11 +1081,25 @@ impl Requester {
             // accepted (its submit was refused), whatever happened to its announcement since.
             if *table == Table::RequestInputs && *written {
                 self.tasks.remove(id);
+                self.unsaved.remove(id);
+            }
+        }
+        for (table, id, written) in keys {
+            // Any other task's state is ahead of the disk: written again until it sticks.
+            if *table == Table::Requests && *written && self.tasks.contains_key(id) {
+                self.unsaved.insert(*id);
             }
         }
     }
 
-    /// Rewrites the stale open-tasks records (called from the tick, at most twice a second).
+    /// Writes again the tasks whose last write failed (every second, from the tick).
+    pub(crate) fn retry_unsaved(&mut self, ctx: &mut Ctx<'_>) {
+        for id in std::mem::take(&mut self.unsaved) {
+            self.persist(ctx, &id);
+        }
+    }
+
+    /// Rewrites the stale open-tasks records (called from the tick, at most every 2 s).
     pub(crate) fn flush_open_tasks(&mut self, ctx: &mut Ctx<'_>) {
         let models: Vec<fleetmesh_crypto::ModelId> =
             std::mem::take(&mut self.open_dirty).into_iter().collect();
@@ -1114,7 +1138,8 @@ impl Requester {
         }
         done.sort_unstable();
         let excess = done.len().saturating_sub(cap);
-        for (_, id) in done.into_iter().take(excess) {
+        // A task whose state is not on disk yet stays in memory until it is.
+        for (_, id) in done.into_iter().filter(|(_, id)| !self.unsaved.contains(id)).take(excess) {
             if let Some(t) = self.tasks.remove(&id) {
                 self.closed.insert(id, t.receipts);
             }

@@ -653,6 +653,66 @@ fn review2_an_award_naming_more_winners_than_the_redundancy_is_refused() {
     assert!(w.worker.get(&id).is_none());
 }
 
+/// Second review: after a failed write the engine's memory was ahead of the disk for good (a
+/// restart went back to the older state). Now the task is written again every second until
+/// a write succeeds, and it stays in memory meanwhile.
+#[test]
+fn review2_a_task_whose_write_failed_is_written_again() {
+    let mut r = engine_with(1, |c| c.max_finished_in_memory = 0);
+    let (id, _) = submit(&mut r, T0, &[5; 16]);
+    let persisted = |a: &[Action]| {
+        a.iter().any(|x| match x {
+            Action::Persist(ops) => ops.iter().any(|o| o.table == Table::Requests && o.key == id),
+            _ => false,
+        })
+    };
+    r.handle(T0 + 1, Input::PersistFailed { keys: vec![(Table::Requests, id, true)] });
+    let a = r.handle(T0 + 2_000, Input::Tick);
+    assert!(persisted(&a), "the task is written again");
+    // That write succeeded (no new failure): nothing more to write.
+    let a = r.handle(T0 + 4_000, Input::Tick);
+    assert!(!persisted(&a));
+    // A submit whose first write failed was refused: the task is gone, not retried.
+    let (id2, _) = submit(&mut r, T0 + 5_000, &[6; 16]);
+    r.handle(
+        T0 + 5_001,
+        Input::PersistFailed { keys: vec![(Table::Requests, id2, true), (Table::RequestInputs, id2, true)] },
+    );
+    assert!(r.requester.get(&id2).is_none());
+    let a = r.handle(T0 + 7_000, Input::Tick);
+    assert!(!a.iter().any(|x| matches!(x, Action::Persist(ops) if ops.iter().any(|o| o.key == id2))));
+}
+
+/// Second review: a winning worker could return 1 MiB of junk for every task and fill the
+/// requester's memory. A requester holding the model knows its output size and refuses
+/// larger outputs.
+#[test]
+fn review2_an_output_larger_than_the_models_is_refused() {
+    for (limit, accepted) in [(0u64, false), (1, true)] {
+        let mut r = engine_with(1, |c| {
+            c.model_outputs.insert(model(), limit);
+        });
+        let mut w = engine(2);
+        let id = run_unanswered(&mut r, &mut w, T0, &[3; 16]);
+        // The worker's result (a one-byte output), as the run produced it.
+        let job = w.worker.get(&id).unwrap();
+        let worker::JobState::Done { header, output } = job.state.clone() else { panic!("{:?}", job.state) };
+        let a = r.handle(
+            T0 + 3,
+            Input::Request {
+                reply: 9,
+                from: w.public(),
+                request: TaskRequest::Result { task_id: id, header, output },
+            },
+        );
+        match reply(&a) {
+            TaskResponse::Rejected(RejectReason::OutputTooLarge) => assert!(!accepted, "limit {limit}"),
+            TaskResponse::Receipt(_) => assert!(accepted, "limit {limit}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 /// Finding 12: a worker that knows the model's input size tells the requester, signed, that
 /// the input does not fit, instead of bidding; the requester fails the task at once with that
 /// reason (not after six empty rounds with "does any node hold model ...?").
@@ -774,11 +834,24 @@ fn finding_13_a_failed_run_is_reported_at_once_and_repeated_failures_stop_biddin
     let (_, actions) = submit(&mut r, T0 + 10_000, b"after");
     let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
     assert!(sends(&gossip(&mut w, T0 + 10_000, Topic::Tasks, r.public(), data.clone())).is_empty());
+    // The self-test fails: it is tried again after a minute, then after two.
+    let self_tests = |a: &[Action]| a.iter().filter(|x| matches!(x, Action::SelfTest { .. })).count();
+    w.handle(T0 + 10_001, Input::SelfTested { model: model(), ok: false });
+    assert_eq!(self_tests(&w.handle(T0 + 30_000, Input::Tick)), 0);
+    let retry = T0 + 10_001 + worker::SELF_TEST_RETRY_MS;
+    assert_eq!(self_tests(&w.handle(retry, Input::Tick)), 1, "tested again after a minute");
+    assert_eq!(self_tests(&w.handle(retry + 50, Input::Tick)), 0, "once, until it answers");
+    w.handle(retry + 100, Input::SelfTested { model: model(), ok: false });
+    assert_eq!(self_tests(&w.handle(retry + 100 + worker::SELF_TEST_RETRY_MS, Input::Tick)), 0);
+    let again = retry + 100 + 2 * worker::SELF_TEST_RETRY_MS;
+    assert_eq!(self_tests(&w.handle(again, Input::Tick)), 1, "then after two minutes");
     // The self-test passes: bidding resumes.
-    w.handle(T0 + 10_001, Input::SelfTested { model: model(), ok: true });
-    let (_, actions) = submit(&mut r, T0 + 10_002, b"after the test");
+    w.handle(again + 1, Input::SelfTested { model: model(), ok: true });
+    let later = again + 2;
+    let (_, actions) = submit(&mut r, later, b"after the test");
     let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    assert_eq!(sends(&gossip(&mut w, T0 + 10_002, Topic::Tasks, r.public(), data)).len(), 1);
+    assert_eq!(sends(&gossip(&mut w, later, Topic::Tasks, r.public(), data)).len(), 1);
+    assert_eq!(self_tests(&w.handle(later + 10 * worker::SELF_TEST_RETRY_MS, Input::Tick)), 0);
 }
 
 /// Finding 9 (disk): with the data disk nearly full the node takes no new work (no submit, no

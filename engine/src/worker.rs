@@ -60,6 +60,9 @@ pub const MAX_OPEN_LOOKUPS: usize = 256;
 /// Failed executions of one model in a row before this node stops bidding on it until a
 /// self-test passes.
 pub const MAX_MODEL_FAILURES: u32 = 3;
+/// First wait before a failed self-test is tried again; it doubles up to the maximum.
+pub const SELF_TEST_RETRY_MS: u64 = 60_000;
+const MAX_SELF_TEST_RETRY_MS: u64 = 3_600_000;
 /// (task, round) pairs this node told a requester it cannot run, remembered to say it once.
 const MAX_UNABLE_REMEMBERED: usize = 4096;
 /// Providers asked per model and scan.
@@ -245,6 +248,8 @@ impl BidMemory {
 /// The worker role.
 pub struct Worker {
     jobs: BTreeMap<TaskId, Job>,
+    /// Jobs whose last write failed: written again every second until one succeeds.
+    unsaved: BTreeSet<TaskId>,
     /// Finished jobs that left memory.
     done: BoundedSet<TaskId>,
     /// Rounds bid on, and to whom.
@@ -263,6 +268,8 @@ pub struct Worker {
     failures: BTreeMap<ModelId, u32>,
     /// Models not bid on until a self-test passes.
     quarantined: BTreeSet<ModelId>,
+    /// Quarantined models whose self-test failed: when to test again, and the backoff.
+    retest: BTreeMap<ModelId, (u64, u64)>,
     /// Bids sent, for the stats.
     pub bids_sent: u64,
     /// Jobs executed.
@@ -278,6 +285,7 @@ impl Worker {
     pub(crate) fn new(_config: &EngineConfig) -> Self {
         Self {
             jobs: BTreeMap::new(),
+            unsaved: BTreeSet::new(),
             done: BoundedSet::new(MAX_DONE_REMEMBERED),
             bids: BidMemory::default(),
             spec_lookups: BTreeSet::new(),
@@ -288,6 +296,7 @@ impl Worker {
             unable_sent: BoundedSet::new(MAX_UNABLE_REMEMBERED),
             failures: BTreeMap::new(),
             quarantined: BTreeSet::new(),
+            retest: BTreeMap::new(),
             bids_sent: 0,
             jobs_executed: 0,
             jobs_receipted: 0,
@@ -817,14 +826,35 @@ impl Worker {
         });
     }
 
-    /// A self-test of a quarantined model ended: bid on it again if it ran, or test again later.
-    pub(crate) fn on_self_tested(&mut self, model: ModelId, ok: bool) {
+    /// A self-test of a quarantined model ended: bid on it again if it ran, or test again
+    /// later (after a minute, doubling up to an hour: a fault may pass, a thermal one will).
+    pub(crate) fn on_self_tested(&mut self, now: u64, model: ModelId, ok: bool) {
         if ok {
             self.quarantined.remove(&model);
             self.failures.remove(&model);
+            self.retest.remove(&model);
             tracing::info!(%model, "self-test passed; bidding on the model again");
-        } else {
-            tracing::warn!(%model, "self-test failed; the model stays out of bidding");
+        } else if self.quarantined.contains(&model) {
+            let backoff = self
+                .retest
+                .get(&model)
+                .map_or(SELF_TEST_RETRY_MS, |(_, b)| b.saturating_mul(2).min(MAX_SELF_TEST_RETRY_MS));
+            self.retest.insert(model, (now.saturating_add(backoff), backoff));
+            tracing::warn!(%model, retry_s = backoff / 1000, "self-test failed; the model stays out of bidding");
+        }
+    }
+
+    /// Self-tests that are due again.
+    fn retest_due(&mut self, ctx: &mut Ctx<'_>) {
+        let due: Vec<ModelId> =
+            self.retest.iter().filter(|(_, (at, _))| *at <= ctx.now).map(|(m, _)| *m).collect();
+        for model in due {
+            if let Some((_, backoff)) = self.retest.get_mut(&model) {
+                // Not due again until this test answers (it reschedules on failure).
+                let b = *backoff;
+                self.retest.insert(model, (u64::MAX, b));
+            }
+            ctx.push(Action::SelfTest { model });
         }
     }
 
@@ -954,6 +984,7 @@ impl Worker {
     }
 
     pub(crate) fn tick(&mut self, ctx: &mut Ctx<'_>) {
+        self.retest_due(ctx);
         let now = ctx.now;
         let due: Vec<TaskId> = self
             .jobs
@@ -1005,6 +1036,22 @@ impl Worker {
                     }
                     self.queue.retain(|t| t != id);
                 }
+                self.unsaved.remove(id);
+            }
+        }
+        for (table, id, written) in keys {
+            // Any other job's state is ahead of the disk: written again until it sticks.
+            if *table == Table::Jobs && *written && self.jobs.contains_key(id) {
+                self.unsaved.insert(*id);
+            }
+        }
+    }
+
+    /// Writes again the jobs whose last write failed (every second, from the tick).
+    pub(crate) fn retry_unsaved(&mut self, ctx: &mut Ctx<'_>) {
+        for id in std::mem::take(&mut self.unsaved) {
+            if let Some(j) = self.jobs.get(&id) {
+                ctx.push(Action::Persist(vec![j.op(&id)]));
             }
         }
     }
@@ -1024,7 +1071,7 @@ impl Worker {
         }
         done.sort_unstable();
         let excess = done.len().saturating_sub(cap);
-        for (_, id) in done.into_iter().take(excess) {
+        for (_, id) in done.into_iter().filter(|(_, id)| !self.unsaved.contains(id)).take(excess) {
             self.jobs.remove(&id);
             self.done.insert(id);
         }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
-/// Records (and provider records) one peer may store here per minute.
-pub(crate) const PUTS_PER_MINUTE: u32 = 64;
+/// Records (and provider records) one peer may store here per minute: a busy requester puts
+/// one spec per task and its open-tasks record every 2 s at most.
+pub(crate) const PUTS_PER_MINUTE: u32 = 256;
 /// Peers whose budget is tracked at once; beyond it the oldest windows are dropped.
 const MAX_TRACKED: usize = 4096;
 /// Addresses taken from one identify message.

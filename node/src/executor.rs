@@ -171,6 +171,14 @@ impl ModelStore {
         Ok((elems as u64).saturating_mul(4))
     }
 
+    /// The size in bytes of `model`'s output, from one run on an all-zero input (a model's
+    /// output shape does not depend on its input's values).
+    pub fn output_bytes(&self, model: &ModelId) -> Result<u64, ExecError> {
+        let (_, elems) = self.plan(model)?;
+        let out = self.run(model, &vec![0u8; elems.saturating_mul(4)])?;
+        Ok(out.output.len() as u64)
+    }
+
     /// Runs `model` once on an all-zero input: whether the runtime works on this machine.
     pub fn self_test(&self, model: &ModelId) -> Result<(), ExecError> {
         let (_, elems) = self.plan(model)?;

@@ -389,6 +389,12 @@ impl Node {
                 }
                 Err(e) => tracing::warn!(%model, "cannot read the model's input size: {e}"),
             }
+            match models.output_bytes(&model) {
+                Ok(bytes) => {
+                    settings.model_outputs.insert(model, bytes);
+                }
+                Err(e) => tracing::warn!(%model, "cannot run the model to learn its output size: {e}"),
+            }
         }
         let engine = Engine::new(identity.clone(), settings, models.list().into_iter().collect(), now);
         let mut event_loop = EventLoop {
@@ -448,6 +454,7 @@ fn engine_config(c: &NodeConfig) -> EngineConfig {
         tasks: c.tasks.clone(),
         default_model: Some(crate::digits::model_id()),
         model_inputs: Default::default(),
+        model_outputs: Default::default(),
         presence_interval_ms: c.presence_interval_ms.max(100),
         dht_scan_interval_ms: c.dht_scan_interval_ms.max(100),
         max_finished_in_memory: c.max_finished_in_memory,
