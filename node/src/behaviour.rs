@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use fleetmesh_protocol::ids;
-use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{gossipsub, identify, identity, kad, mdns, ping, request_response, StreamProtocol};
@@ -27,7 +26,7 @@ pub(crate) struct Behaviour {
     /// Finds peers on the local network; off where multicast is unwanted (testnets, fleets).
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     /// The DHT: task specs, open-task indexes and per-model provider records.
-    pub(crate) kad: kad::Behaviour<MemoryStore>,
+    pub(crate) kad: kad::Behaviour<crate::dht::Store>,
     /// Task announcements and presence adverts. Only our topics can be subscribed to
     /// (a whitelist filter), and peers are scored: invalid messages cost a peer its place.
     pub(crate) gossipsub:
@@ -93,8 +92,9 @@ impl Behaviour {
             max_providers_per_key: 256,
             max_provided_keys: 4096,
         };
-        let mut kad =
-            kad::Behaviour::with_config(peer_id, MemoryStore::with_config(peer_id, store_config), kad_config);
+        // Room for 4,096 of our own records beyond what other peers may fill.
+        let store = crate::dht::Store::new(peer_id, store_config, 4096);
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
         // Every fleetmesh node answers DHT queries: vehicles behind NAT get relays later,
         // but a node that stays in client mode would never store task records.
         kad.set_mode(Some(kad::Mode::Server));

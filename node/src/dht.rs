@@ -1,8 +1,12 @@
 //! What the node lets into its DHT: a write budget per peer, task specs kept no longer than
 //! their task lives, and only dialable addresses from a peer's own claims (identify).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
+
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
+use libp2p::kad::{ProviderRecord, Record, RecordKey};
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -79,6 +83,83 @@ pub(crate) fn routable(addrs: Vec<Multiaddr>, local_loopback: bool) -> Vec<Multi
         .collect()
 }
 
+/// The DHT record store: libp2p's memory store, with room kept for this node's own records.
+///
+/// Other peers' records are capped at `max_foreign`; this node's own (its task specs and
+/// open-tasks records, published by it) may use the rest. Without the reserve, peers with
+/// many keys could fill the store with valid records, and every later `put_record` of the
+/// node's own would fail locally before reaching the network.
+pub(crate) struct Store {
+    local: PeerId,
+    inner: MemoryStore,
+    foreign: usize,
+    max_foreign: usize,
+}
+
+impl Store {
+    /// `max_records` in all, of which `reserved` only for this node's own.
+    pub(crate) fn new(local: PeerId, mut config: MemoryStoreConfig, reserved: usize) -> Self {
+        let max_foreign = config.max_records;
+        config.max_records = config.max_records.saturating_add(reserved);
+        Self { local, inner: MemoryStore::with_config(local, config), foreign: 0, max_foreign }
+    }
+
+    fn is_foreign(&self, r: &Record) -> bool {
+        r.publisher != Some(self.local)
+    }
+}
+
+impl RecordStore for Store {
+    type RecordsIter<'a> = <MemoryStore as RecordStore>::RecordsIter<'a>;
+    type ProvidedIter<'a> = <MemoryStore as RecordStore>::ProvidedIter<'a>;
+
+    fn get(&self, k: &RecordKey) -> Option<Cow<'_, Record>> {
+        self.inner.get(k)
+    }
+
+    fn put(&mut self, r: Record) -> libp2p::kad::store::Result<()> {
+        let was_foreign = self.inner.get(&r.key).map(|old| self.is_foreign(&old));
+        let foreign = self.is_foreign(&r);
+        if foreign && was_foreign != Some(true) && self.foreign >= self.max_foreign {
+            return Err(libp2p::kad::store::Error::MaxRecords);
+        }
+        self.inner.put(r)?;
+        match (was_foreign, foreign) {
+            (Some(true), false) => self.foreign = self.foreign.saturating_sub(1),
+            (Some(false) | None, true) => self.foreign = self.foreign.saturating_add(1),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, k: &RecordKey) {
+        if self.inner.get(k).is_some_and(|old| self.is_foreign(&old)) {
+            self.foreign = self.foreign.saturating_sub(1);
+        }
+        self.inner.remove(k);
+    }
+
+    fn records(&self) -> Self::RecordsIter<'_> {
+        self.inner.records()
+    }
+
+    fn add_provider(&mut self, record: ProviderRecord) -> libp2p::kad::store::Result<()> {
+        self.inner.add_provider(record)
+    }
+
+    fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
+        self.inner.providers(key)
+    }
+
+    fn provided(&self) -> Self::ProvidedIter<'_> {
+        self.inner.provided()
+    }
+
+    fn remove_provider(&mut self, k: &RecordKey, p: &PeerId) {
+        self.inner.remove_provider(k, p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +219,29 @@ mod tests {
         assert_eq!(spec_expiry(&key, &value, 400_000), Some(Duration::from_millis(600_000)));
         assert_eq!(spec_expiry(&key, &value, 999_999), Some(Duration::from_secs(60)));
         assert_eq!(spec_expiry(b"other", &value, 0), None);
+    }
+
+    #[test]
+    fn peers_cannot_fill_the_room_kept_for_our_own_records() {
+        let local = PeerId::random();
+        let config = MemoryStoreConfig { max_records: 4, ..MemoryStoreConfig::default() };
+        let mut store = Store::new(local, config, 2);
+        let record = |i: u8, publisher: PeerId| {
+            let mut r = Record::new(vec![i], vec![i]);
+            r.publisher = Some(publisher);
+            r
+        };
+        for i in 0..4 {
+            store.put(record(i, PeerId::random())).unwrap();
+        }
+        assert!(store.put(record(9, PeerId::random())).is_err(), "foreign records are capped");
+        // Replacing a foreign record is no new one.
+        store.put(record(0, PeerId::random())).unwrap();
+        store.put(record(10, local)).unwrap();
+        store.put(record(11, local)).unwrap();
+        assert!(store.put(record(12, local)).is_err(), "the store as a whole is bounded");
+        // A removed foreign record frees a foreign place.
+        store.remove(&RecordKey::new(&vec![1u8]));
+        store.put(record(13, PeerId::random())).unwrap();
     }
 }

@@ -291,8 +291,6 @@ impl Node {
         let mut registry = prometheus_client::registry::Registry::with_prefix("fleetmesh");
         let p2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
         let metrics = Metrics::new(&mut registry);
-        let writer = crate::writer::Writer::start(store.clone(), metrics.store_commits.clone())
-            .map_err(|e| crate::store::StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         let params = BehaviourParams {
             mdns: config.mdns,
             max_memory_bytes: config.max_memory_bytes,
@@ -397,6 +395,9 @@ impl Node {
             }
         }
         let engine = Engine::new(identity.clone(), settings, models.list().into_iter().collect(), now);
+        // Last: a node that fails to start leaves no thread holding its store open.
+        let writer = crate::writer::Writer::start(store.clone(), metrics.store_commits.clone())
+            .map_err(|e| crate::store::StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         let mut event_loop = EventLoop {
             swarm,
             engine,
@@ -1470,6 +1471,11 @@ impl EventLoop {
                     {
                         let at = std::time::Instant::now() + until;
                         record.expires = Some(record.expires.map_or(at, |e| e.min(at)));
+                    }
+                    // Room is kept for this node's own records: a peer does not get it by
+                    // naming this node as the publisher.
+                    if record.publisher == Some(*self.swarm.local_peer_id()) {
+                        record.publisher = Some(source);
                     }
                     if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
                         tracing::debug!("record not stored: {e}");

@@ -207,9 +207,12 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        // Closing the queue ends the thread once it has written what was queued; a drop
-        // outside `close` (a killed node) does not wait for it.
+        // Closing the queue ends the thread once it has written what was queued; waiting for
+        // it releases the store, so the same data dir can be opened again at once.
         self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
