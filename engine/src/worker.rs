@@ -758,7 +758,11 @@ impl Worker {
                 let mut output = exec.output;
                 #[cfg(feature = "test-hooks")]
                 if ctx.config.misbehave == Some(crate::hooks::Misbehave::WrongAnswer) {
-                    output.push(0);
+                    // A well-formed lie: same size, another answer (the last byte of the
+                    // output's encoding is its argmax).
+                    if let Some(b) = output.last_mut() {
+                        *b ^= 0x01;
+                    }
                 }
                 let header = ResultHeader {
                     v: WIRE_VERSION,
