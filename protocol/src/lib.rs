@@ -13,6 +13,7 @@
 //! * [`winner`]: the deterministic winner rule.
 //! * [`verify`]: the checks a requester applies to a result, and the majority rule.
 //! * [`records`]: which DHT records a node stores.
+//! * [`selection`]: who may take part in a round (market v2; not yet used by the engine).
 //! * [`output`]: the canonical encoding of a model's output.
 //! * [`limits`] and [`ids`]: sizes and names both sides must agree on.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -23,6 +24,7 @@ pub mod limits;
 pub mod messages;
 pub mod output;
 pub mod records;
+pub mod selection;
 pub mod verify;
 pub mod winner;
 pub mod wire;
