@@ -459,6 +459,10 @@ pub struct EngineConfig {
     /// (tests) Ignore task gossip.
     #[cfg(feature = "test-hooks")]
     pub ignore_task_gossip: bool,
+    /// (tests) Announce rounds without a selection threshold, so bids rank by price as
+    /// before market v2 (tests that need a chosen worker to win).
+    #[cfg(feature = "test-hooks")]
+    pub price_ranking: bool,
 }
 
 impl Default for EngineConfig {
@@ -481,6 +485,8 @@ impl Default for EngineConfig {
             misbehave: None,
             #[cfg(feature = "test-hooks")]
             ignore_task_gossip: false,
+            #[cfg(feature = "test-hooks")]
+            price_ranking: false,
         }
     }
 }

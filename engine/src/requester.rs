@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fleetmesh_crypto::{Digest, OutputDigest, PublicKey, SignedEnvelope, TaskId};
+use fleetmesh_protocol::selection;
 use fleetmesh_protocol::verify::{agreement, check_result, Agreement};
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{
@@ -113,6 +114,10 @@ pub struct ReqTask {
     /// Bids in that set.
     #[serde(default)]
     pub bid_count: u32,
+    /// The current round's selection threshold (ppm); `None` for a task announced before
+    /// market v2 (everyone may bid, and bids rank by score).
+    #[serde(default)]
+    pub select_ppm: Option<u32>,
     /// Ranked bidders not awarded yet (worker, price), for replacements.
     pub standby: Vec<(PublicKey, u64)>,
     /// Everyone awarded, in order.
@@ -142,6 +147,11 @@ pub struct ReqTask {
     /// After a publish that reached nobody, the next try is not before this (Unix ms).
     #[serde(skip)]
     pub next_announce_ms: u64,
+    /// The last announced round's sample for the holder estimate: (round, threshold, eligible
+    /// bids seen for it, late ones included). Learned from when the next round starts or the
+    /// task ends, so an early close does not cut the count short.
+    #[serde(skip)]
+    pub sample: Option<(u32, u32, u32)>,
 }
 
 impl ReqTask {
@@ -234,6 +244,9 @@ impl ReqTask {
     }
 }
 
+/// Models whose holder count a requester estimates at most.
+const MAX_MODELS_ESTIMATED: usize = 1024;
+
 /// The requester role.
 pub struct Requester {
     tasks: BTreeMap<TaskId, ReqTask>,
@@ -245,6 +258,9 @@ pub struct Requester {
     open_dirty: BTreeSet<fleetmesh_crypto::ModelId>,
     /// Models this node announced itself as a provider of open tasks for.
     providing: BTreeSet<fleetmesh_crypto::ModelId>,
+    /// Per model, how many workers hold it mesh-wide, as the last rounds' bids tell (bids
+    /// under threshold `p` stand for `bids / p` holders). Sizes the next thresholds.
+    holders: BoundedMap<fleetmesh_crypto::ModelId, u32>,
 }
 
 impl Requester {
@@ -255,7 +271,57 @@ impl Requester {
             closed: BoundedMap::new(MAX_CLOSED_REMEMBERED),
             open_dirty: BTreeSet::new(),
             providing: BTreeSet::new(),
+            holders: BoundedMap::new(MAX_MODELS_ESTIMATED),
         }
+    }
+
+    /// The threshold for a new task of `model` with redundancy `k`: sized for 2k + 2
+    /// participants among the holders this node estimates (from earlier rounds; before any,
+    /// the neighbours that advertise the model, or all connected peers, whichever is more).
+    fn threshold_for(&self, ctx: &Ctx<'_>, model: &fleetmesh_crypto::ModelId, k: u8) -> u32 {
+        let holders = match self.holders.get(model) {
+            Some(n) => *n,
+            None => {
+                let advertising =
+                    ctx.presence.iter().filter(|(_, a)| a.advert.models.contains(model)).count();
+                u32::try_from(advertising.max(ctx.connected.len())).unwrap_or(u32::MAX)
+            }
+        };
+        selection::threshold(selection::expected_participants(k), holders)
+    }
+
+    fn first_threshold(&self, ctx: &Ctx<'_>, model: &fleetmesh_crypto::ModelId, k: u8) -> Option<u32> {
+        #[cfg(feature = "test-hooks")]
+        if ctx.config.price_ranking {
+            return None;
+        }
+        Some(self.threshold_for(ctx, model, k))
+    }
+
+    /// Learns from the task's last sampled round, once.
+    fn learn_from_sample(&mut self, id: &TaskId) {
+        let Some(t) = self.tasks.get_mut(id) else { return };
+        let model = t.spec.model;
+        if let Some((_, ppm, n)) = t.sample.take() {
+            self.learn_holders(model, ppm, usize::try_from(n).unwrap_or(usize::MAX));
+        }
+    }
+
+    /// Learns from a closed round: `valid` bids came in under threshold `ppm`.
+    fn learn_holders(&mut self, model: fleetmesh_crypto::ModelId, ppm: u32, valid: usize) {
+        let valid = u64::try_from(valid).unwrap_or(u64::MAX);
+        let seen =
+            valid.saturating_mul(u64::from(selection::ALL)).checked_div(u64::from(ppm)).unwrap_or(valid);
+        let seen = u32::try_from(seen).unwrap_or(u32::MAX).max(1);
+        // A moving average: one round with lost bids does not halve the estimate.
+        let next = match self.holders.get(&model) {
+            Some(&old) => {
+                let sum = u64::from(old).saturating_mul(3).saturating_add(u64::from(seen));
+                u32::try_from(sum / 4).unwrap_or(u32::MAX)
+            }
+            None => seen,
+        };
+        self.holders.insert(model, next.max(1));
     }
 
     /// A task held in memory.
@@ -391,6 +457,7 @@ impl Requester {
             empty_rounds: 0,
             bid_root: None,
             bid_count: 0,
+            select_ppm: self.first_threshold(ctx, &model, k),
             standby: Vec::new(),
             assignments: Vec::new(),
             outputs: Vec::new(),
@@ -403,6 +470,7 @@ impl Requester {
             announce_pending: true,
             announce_in_flight: false,
             next_announce_ms: 0,
+            sample: None,
         };
         ctx.push(Action::Persist(vec![
             StoreOp { table: Table::RequestInputs, key: id, value: Some(req.input) },
@@ -439,7 +507,13 @@ impl Requester {
             bid_deadline_ms: ctx.now.saturating_add(t.window_ms()).min(t.spec.deadline_ms),
             max_price: t.spec.max_price,
             spec: Some(t.spec_env.clone()),
+            select_ppm: t.select_ppm,
         };
+        if let Some(p) = t.select_ppm {
+            if t.sample.is_none_or(|(r, _, _)| r != t.round) {
+                t.sample = Some((t.round, p, 0));
+            }
+        }
         t.bid_deadline_ms = a.bid_deadline_ms;
         t.announce_in_flight = true;
         let env = a.sign(ctx.identity);
@@ -481,6 +555,14 @@ impl Requester {
         let Some(t) = self.tasks.get_mut(&b.task_id) else {
             return TaskResponse::Refused(Refusal::UnknownTask);
         };
+        // Every eligible bid for the sampled round counts towards the holder estimate, even
+        // one that comes after the round closed (once per bidder is not checked: a bidder
+        // bids once per round, and a liar only inflates its own requester's estimate).
+        if let Some((round, ppm, n)) = t.sample.as_mut() {
+            if b.round == *round && selection::eligible(&b.task_id, *round, &from, *ppm) {
+                *n = n.saturating_add(1);
+            }
+        }
         if t.phase != Phase::Bidding {
             return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::TaskClosed));
         }
@@ -491,6 +573,9 @@ impl Requester {
         let me = ctx.identity.public();
         if let Some(reason) = winner::bid_problem(&b.task_id, &t.spec, &me, t.round, &from, &b) {
             return TaskResponse::Refused(Refusal::BidDeclined(reason));
+        }
+        if t.select_ppm.is_some_and(|p| !selection::eligible(&b.task_id, t.round, &from, p)) {
+            return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::NotSelected));
         }
         if t.assignments.iter().any(|a| a.worker == from) {
             return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::DuplicateBidder));
@@ -525,6 +610,8 @@ impl Requester {
             .iter()
             .filter(|(p, adv)| ctx.connected.contains(p) && adv.advert.models.contains(&t.spec.model))
             .filter(|(p, _)| !t.assignments.iter().any(|a| a.worker == **p))
+            // Only the neighbours this round admits are waited for.
+            .filter(|(p, _)| t.select_ppm.is_none_or(|s| selection::eligible(id, t.round, p, s)))
             .map(|(p, _)| p)
             .collect();
         // Every capable neighbour has bid: bids from others do not stand in for theirs.
@@ -540,9 +627,17 @@ impl Requester {
         // Workers already on this task (or failed on it) take no part in a new round.
         let bids: Vec<SignedEnvelope> =
             std::mem::take(&mut t.bids).into_iter().filter(|b| !assigned.contains(&b.signer)).collect();
-        let decision = winner::choose(id, &t.spec, &me, t.round, &bids);
+        let decision = winner::choose_with(id, &t.spec, &me, t.round, t.select_ppm, &bids);
         let needed = usize::from(t.spec.redundancy).saturating_sub(t.live_count()).max(1);
         let now = ctx.now;
+        // Selection: what this round says about how many hold the model, and a wider next
+        // round when this one drew fewer bids than it needed.
+        let narrowed = t.select_ppm.is_some_and(|p| p < selection::ALL);
+        if let Some(p) = t.select_ppm {
+            if decision.ranked.len() < needed {
+                t.select_ppm = Some(selection::escalate(p));
+            }
+        }
         if decision.ranked.is_empty() && !t.unable.is_empty() {
             // No valid bid, and workers that hold the model said why they cannot run it:
             // that is the true reason, known now.
@@ -553,7 +648,11 @@ impl Requester {
         if decision.ranked.is_empty() {
             // Only consecutive rounds without a single valid bid count towards giving up;
             // re-auctions after a worker failed are not "no bids".
-            t.empty_rounds = t.empty_rounds.saturating_add(1);
+            // A round that admitted only part of the holders is widened, not counted: only
+            // rounds open to everyone say nobody would take the task.
+            if !narrowed {
+                t.empty_rounds = t.empty_rounds.saturating_add(1);
+            }
             let empty = t.empty_rounds;
             if empty >= ctx.config.tasks.max_rounds || now >= t.spec.deadline_ms {
                 let took_part = t.assignments.len();
@@ -579,7 +678,16 @@ impl Requester {
         t.empty_rounds = 0;
         t.bid_root = Some(winner::bid_set_root(&decision.bid_set));
         t.bid_count = u32::try_from(decision.bid_set.len()).unwrap_or(u32::MAX);
-        let take = needed.min(decision.ranked.len());
+        // Never more workers on one task than its bound, whatever a round brought.
+        let allowed = usize::from(t.spec.redundancy)
+            .saturating_add(MAX_EXTRA_WORKERS)
+            .saturating_sub(t.assignments.len());
+        if allowed == 0 {
+            let reason = format!("gave up after {} workers failed or disagreed", t.assignments.len());
+            self.fail(ctx, id, reason);
+            return;
+        }
+        let take = needed.min(decision.ranked.len()).min(allowed);
         let (win, rest) = decision.ranked.split_at(take);
         let winners: Vec<(PublicKey, u64)> = win.iter().map(|r| (r.bidder, r.bid.price)).collect();
         t.standby = rest.iter().map(|r| (r.bidder, r.bid.price)).collect();
@@ -612,6 +720,7 @@ impl Requester {
 
     /// Starts the next bid round (after an empty round or to replace a worker).
     fn next_round(&mut self, ctx: &mut Ctx<'_>, id: &TaskId) {
+        self.learn_from_sample(id);
         let Some(t) = self.tasks.get_mut(id) else { return };
         t.phase = Phase::Bidding;
         t.round = t.round.saturating_add(1);
@@ -922,6 +1031,7 @@ impl Requester {
     }
 
     fn verify_task(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, digest: OutputDigest, workers: Vec<PublicKey>) {
+        self.learn_from_sample(id);
         let Some(t) = self.tasks.get_mut(id) else { return };
         let now = ctx.now;
         t.phase = Phase::Verified;
@@ -974,6 +1084,7 @@ impl Requester {
     }
 
     fn fail(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, reason: String) {
+        self.learn_from_sample(id);
         let Some(t) = self.tasks.get_mut(id) else { return };
         if t.phase.is_terminal() {
             return;
@@ -1108,7 +1219,12 @@ impl Requester {
                 .tasks
                 .values()
                 .filter(|t| t.spec.model == model && t.phase == Phase::Bidding)
-                .map(|t| OpenTask { task_id: t.id(), round: t.round, bid_deadline_ms: t.bid_deadline_ms })
+                .map(|t| OpenTask {
+                    task_id: t.id(),
+                    round: t.round,
+                    bid_deadline_ms: t.bid_deadline_ms,
+                    select_ppm: t.select_ppm,
+                })
                 .collect();
             open.sort_by_key(|o| std::cmp::Reverse(o.bid_deadline_ms));
             open.truncate(fleetmesh_protocol::limits::MAX_OPEN_TASKS_PER_RECORD);

@@ -291,6 +291,7 @@ fn finding_4_announcements_must_come_from_the_spec_signer_and_replays_are_not_re
             bid_deadline_ms: T0 + 60_000,
             max_price: 100,
             spec: None,
+            select_ppm: None,
         }
         .sign(&stranger);
         let v = gossip(&mut w2, T0, Topic::Tasks, stranger.public(), fleetmesh_protocol::encode(&a));
@@ -711,6 +712,53 @@ fn review2_an_output_larger_than_the_models_is_refused() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// Market v2, selection: a round admits only workers whose ticket is below its threshold;
+/// the others do not bid, and a bid from one of them is refused `NotSelected`.
+#[test]
+fn market_v2_only_workers_the_round_selects_bid() {
+    let mut r = engine(1);
+    // A thousand connected peers: the first round is sized for 2k + 2 of them.
+    for i in 0..1000 {
+        r.handle(T0, Input::Connected(identity(50_000 + i).public()));
+    }
+    let (id, actions) = submit(&mut r, T0, &[9; 16]);
+    let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (task, round) = ann.unwrap();
+    r.handle(T0, Input::Published { task, round, ok: true });
+    let ppm = Announcement::open_bytes(&data, usize::MAX).unwrap().1.select_ppm.unwrap();
+    assert_eq!(ppm, fleetmesh_protocol::selection::threshold(4, 1000));
+    let pick = |want: bool| {
+        (100..10_000u64)
+            .find(|i| fleetmesh_protocol::selection::eligible(&id, 0, &identity(*i).public(), ppm) == want)
+            .unwrap()
+    };
+    let (yes, no) = (pick(true), pick(false));
+    let mut w_yes = engine(yes);
+    let mut w_no = engine(no);
+    assert_eq!(sends(&gossip(&mut w_no, T0 + 1, Topic::Tasks, r.public(), data.clone())).len(), 0);
+    let sent = sends(&gossip(&mut w_yes, T0 + 1, Topic::Tasks, r.public(), data));
+    assert_eq!(sent.len(), 1, "the selected worker bids");
+    // A bid from a worker the round did not select is refused.
+    let bid = fleetmesh_protocol::Bid {
+        v: WIRE_VERSION,
+        task_id: id,
+        round: 0,
+        price: 1,
+        promised_ms: 10,
+        queue_depth: 0,
+        free_slots: 1,
+    }
+    .sign(&identity(no));
+    let a = r.handle(
+        T0 + 2,
+        Input::Request { reply: 1, from: identity(no).public(), request: TaskRequest::Bid { bid } },
+    );
+    assert_eq!(
+        reply(&a),
+        TaskResponse::Refused(Refusal::BidDeclined(fleetmesh_protocol::DeclineReason::NotSelected))
+    );
 }
 
 /// Finding 12: a worker that knows the model's input size tells the requester, signed, that

@@ -425,7 +425,8 @@ impl Worker {
         if ctx.config.ignore_task_gossip {
             return;
         }
-        if !self.worth_bidding(ctx, a.task_id, a.model, a.round, a.bid_deadline_ms, Some(a.max_price)) {
+        let (price, select) = (Some(a.max_price), a.select_ppm);
+        if !self.worth_bidding(ctx, a.task_id, a.model, a.round, a.bid_deadline_ms, price, select) {
             return;
         }
         match a.spec {
@@ -436,6 +437,7 @@ impl Worker {
     }
 
     /// Whether this node would bid on round `round` of `task`, before looking at the spec.
+    #[allow(clippy::too_many_arguments)]
     fn worth_bidding(
         &self,
         ctx: &Ctx<'_>,
@@ -444,8 +446,13 @@ impl Worker {
         round: u32,
         bid_deadline_ms: u64,
         max_price: Option<u64>,
+        select_ppm: Option<u32>,
     ) -> bool {
-        ctx.config.serve
+        // Market v2: only a worker whose ticket the round admits bids (checked first: it is
+        // one hash, and most workers of a large mesh stop here).
+        select_ppm
+            .is_none_or(|p| fleetmesh_protocol::selection::eligible(&task, round, &ctx.identity.public(), p))
+            && ctx.config.serve
             && !ctx.disk_low
             && bid_deadline_ms > ctx.now
             && max_price.is_none_or(|p| p >= ctx.config.price_floor)
@@ -601,7 +608,16 @@ impl Worker {
                     return;
                 }
                 for t in open.tasks.into_iter().take(fleetmesh_protocol::limits::MAX_OPEN_TASKS_PER_RECORD) {
-                    if self.worth_bidding(ctx, t.task_id, open.model, t.round, t.bid_deadline_ms, None) {
+                    let select = t.select_ppm;
+                    if self.worth_bidding(
+                        ctx,
+                        t.task_id,
+                        open.model,
+                        t.round,
+                        t.bid_deadline_ms,
+                        None,
+                        select,
+                    ) {
                         self.look_up_spec(ctx, t.task_id, t.round, env.signer);
                     }
                 }

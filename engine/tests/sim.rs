@@ -86,3 +86,25 @@ fn one_busy_requester_keeps_getting_bids() {
     assert_eq!(r.failed, 0, "{}", r.summary());
     assert_eq!(r.verified, 300);
 }
+
+/// Market v2, selection: the vehicles taking part in a task stay about 2k + 2 (plus the
+/// requester) whether 10 or 400 vehicles hold the model. Before selection every holder bid:
+/// 400 participants per task at 400 vehicles.
+#[test]
+fn participation_per_task_does_not_grow_with_the_fleet() {
+    let run = |vehicles| {
+        let c = SimConfig { vehicles, tasks: 60, seed: 5, redundancy: 1, ..SimConfig::default() };
+        check(c)
+    };
+    let (small, large) = (run(10), run(400));
+    assert_eq!(small.verified, 60);
+    assert_eq!(large.verified, 60);
+    // 2k + 2 = 4 bidders, the requester, and the odd late or re-awarded one.
+    assert!(large.participants_per_task <= 10.0, "{}", large.summary());
+    assert!(
+        large.participants_per_task <= small.participants_per_task * 1.5,
+        "10 vehicles: {:.1}, 400 vehicles: {:.1}",
+        small.participants_per_task,
+        large.participants_per_task
+    );
+}

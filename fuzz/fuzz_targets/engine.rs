@@ -230,6 +230,7 @@ impl Harness {
                     bid_deadline_ms: self.now.saturating_add(1_000),
                     max_price: u64::from(price),
                     spec: with_spec.then(|| spec.clone()),
+                    select_ppm: None,
                 }
                 .sign(id);
                 self.dht.insert(fleetmesh_protocol::ids::task_record_key(&task), fleetmesh_protocol::encode(&spec));

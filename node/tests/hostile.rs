@@ -158,6 +158,7 @@ async fn hostile_gossip_and_dht_records_are_refused() {
         bid_deadline_ms: u64::MAX,
         max_price: 100,
         spec: None,
+        select_ppm: None,
     };
     let wrong_kind = SignedEnvelope::sign(&stranger, MessageKind::Bid, fleetmesh_protocol::encode(&a));
     attacker.publish_raw(ids::TOPIC_TASKS, fleetmesh_protocol::encode(&wrong_kind)).await.unwrap().unwrap();

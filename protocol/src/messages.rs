@@ -130,6 +130,11 @@ pub struct Announcement {
     /// record stays the source for nodes that missed the gossip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<SignedEnvelope>,
+    /// The round's selection threshold in parts per million: only workers whose ticket is
+    /// below it may bid ([`crate::selection`]). Absent: everyone may (a round announced
+    /// before market v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select_ppm: Option<u32>,
 }
 signed!(Announcement, MessageKind::Announcement, limits::MAX_GOSSIP_BYTES);
 
@@ -215,6 +220,9 @@ pub enum DeclineReason {
     Late,
     /// The task no longer takes bids (verified, failed, or cancelled).
     TaskClosed,
+    /// The bidder's ticket is not below the round's selection threshold
+    /// ([`crate::selection`]).
+    NotSelected,
 }
 
 /// The requester telling a bidder it was not chosen, and why.
@@ -419,6 +427,9 @@ pub struct OpenTask {
     pub round: u32,
     /// Bids for that round close at this instant (Unix ms).
     pub bid_deadline_ms: u64,
+    /// The round's selection threshold, as in its announcement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select_ppm: Option<u32>,
 }
 
 #[cfg(test)]
@@ -507,6 +518,7 @@ mod tests {
             bid_deadline_ms: 9,
             max_price: 10,
             spec: Some(spec_env.clone()),
+            select_ppm: None,
         };
         assert_eq!(Announcement::open(&with.sign(&id)).unwrap(), with);
         // An announcement from a node that does not send the spec (field absent) still decodes.

@@ -28,7 +28,7 @@ pub struct RankedBid {
     pub bid: Bid,
     /// Its digest (goes into the award's bid set).
     pub digest: Digest,
-    /// Its score; lower is better.
+    /// Its score (with a selection threshold, its ticket); lower is better.
     pub score: u64,
 }
 
@@ -104,12 +104,28 @@ fn tie_break(task: &TaskId, bidder: &PublicKey) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// Applies the winner rule for `round` of task `task_id` (with `spec`, signed by `requester`).
+/// Applies the winner rule for `round` of task `task_id` (with `spec`, signed by `requester`)
+/// to a round announced without a selection threshold (before market v2): ranked by score.
 pub fn choose(
     task_id: &TaskId,
     spec: &TaskSpec,
     requester: &PublicKey,
     round: u32,
+    bids: &[SignedEnvelope],
+) -> Decision {
+    choose_with(task_id, spec, requester, round, None, bids)
+}
+
+/// The winner rule for a round with selection threshold `select_ppm` (market v2): a bid whose
+/// ticket is not below the threshold is declined `NotSelected`, and the valid ones rank by
+/// ticket, lowest first ([`crate::selection::ticket`]): by public data, not by the bidders'
+/// claims. Price and promised time only rule bids out. Without a threshold, as [`choose`].
+pub fn choose_with(
+    task_id: &TaskId,
+    spec: &TaskSpec,
+    requester: &PublicKey,
+    round: u32,
+    select_ppm: Option<u32>,
     bids: &[SignedEnvelope],
 ) -> Decision {
     let mut declined = Vec::new();
@@ -122,7 +138,11 @@ pub fn choose(
             declined.push((bidder, DeclineReason::Invalid));
             continue;
         };
-        let reason = bid_problem(task_id, spec, requester, round, &bidder, &bid);
+        let reason = bid_problem(task_id, spec, requester, round, &bidder, &bid).or_else(|| {
+            select_ppm
+                .filter(|p| !crate::selection::eligible(task_id, round, &bidder, *p))
+                .map(|_| DeclineReason::NotSelected)
+        });
         if let Some(reason) = reason {
             declined.push((bidder, reason));
             continue;
@@ -143,7 +163,13 @@ pub fn choose(
 
     let mut ranked: Vec<RankedBid> = best
         .into_iter()
-        .map(|(bidder, (digest, bid))| RankedBid { score: score(spec, &bid), bidder, bid, digest })
+        .map(|(bidder, (digest, bid))| {
+            let score = match select_ppm {
+                Some(_) => crate::selection::ticket(task_id, round, &bidder),
+                None => score(spec, &bid),
+            };
+            RankedBid { score, bidder, bid, digest }
+        })
         .collect();
     ranked.sort_by_cached_key(|r| (r.score, tie_break(task_id, &r.bidder)));
     let winners = ranked.len().min(usize::from(spec.redundancy));
@@ -248,6 +274,26 @@ mod tests {
         let b = choose(&t, &spec(1), &requester(), 0, &[bid(2, t, 10, 100), bid(1, t, 10, 100)]);
         assert_eq!(a.ranked[0].score, a.ranked[1].score);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn with_a_threshold_tickets_rank_and_claims_do_not() {
+        let t = TaskId::of(b"t");
+        // Price 0 and 0 ms: under v1 this bid wins; under a threshold it ranks by its ticket.
+        let bids: Vec<SignedEnvelope> =
+            (1..=12).map(|i| bid(i, t, if i == 1 { 0 } else { 90 }, 900)).collect();
+        let d = choose_with(&t, &spec(2), &requester(), 0, Some(crate::selection::ALL), &bids);
+        assert_eq!(d.ranked.len(), 12);
+        let tickets: Vec<u64> = d.ranked.iter().map(|r| crate::selection::ticket(&t, 0, &r.bidder)).collect();
+        assert!(tickets.windows(2).all(|w| w[0] <= w[1]), "ranked by ticket");
+        // Half the space: only bidders whose ticket is in the lower half rank.
+        let d = choose_with(&t, &spec(2), &requester(), 0, Some(crate::selection::ALL / 2), &bids);
+        for r in &d.ranked {
+            assert!(crate::selection::eligible(&t, 0, &r.bidder, crate::selection::ALL / 2));
+        }
+        let not_selected = d.declined.iter().filter(|(_, r)| *r == DeclineReason::NotSelected).count();
+        assert_eq!(d.ranked.len() + not_selected, 12);
+        assert!(not_selected > 0 && !d.ranked.is_empty(), "12 tickets split by half the space");
     }
 
     proptest! {

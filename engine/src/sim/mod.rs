@@ -463,7 +463,7 @@ impl Sim {
     fn boot(&mut self) {
         let n = self.vehicles.len();
         for i in 0..n {
-            self.start(i, false);
+            self.start(i);
         }
         for i in 0..n {
             let jitter = self.rng.range(0, TICK_MS);
@@ -496,7 +496,7 @@ impl Sim {
     }
 
     /// Starts (or restarts) vehicle `i` from its store.
-    fn start(&mut self, i: usize, restart: bool) {
+    fn start(&mut self, i: usize) {
         let now = self.local_now(i);
         let v = &mut self.vehicles[i];
         v.life += 1;
@@ -522,14 +522,13 @@ impl Sim {
         let actions = engine.restore(now, reqs, jobs);
         v.engine = Some(engine);
         self.perform(i, actions);
-        // Connections: everyone reachable sees the vehicle (again), and it sees them.
+        // Connections: everyone reachable sees the vehicle (again), and it sees them (a
+        // connection has two ends, at boot as after a restart).
         let n = self.vehicles.len();
         for j in 0..n {
             if self.reachable(i, j) {
                 self.input(i, Input::Connected(self.vehicles[j].key));
-                if restart {
-                    self.input(j, Input::Connected(self.vehicles[i].key));
-                }
+                self.input(j, Input::Connected(self.vehicles[i].key));
             }
         }
     }
@@ -913,6 +912,7 @@ impl Sim {
                         bid_deadline_ms: u64::MAX,
                         max_price: u64::MAX,
                         spec: None,
+                        select_ppm: None,
                     }
                     .sign(&identity);
                     self.hostile_sent += 1;
@@ -1093,7 +1093,7 @@ impl Sim {
                 Event::Crash(i) => self.crash(i),
                 Event::Restart(i) => {
                     if self.vehicles[i].engine.is_none() {
-                        self.start(i, true);
+                        self.start(i);
                     }
                 }
                 Event::PartitionStart => self.set_partition(true),
