@@ -164,10 +164,6 @@ async fn guard_layer(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Ok(_slot) = g.slots.clone().try_acquire_owned() else {
-        return ApiError(StatusCode::SERVICE_UNAVAILABLE, "too many requests at once; try again".into())
-            .into_response();
-    };
     // Owned copies: the request itself must not be borrowed across the await below.
     let (authorization, host, open) = {
         let headers = request.headers();
@@ -204,6 +200,12 @@ async fn guard_layer(
             }
         }
     }
+    // Counted after the checks: requests that fail them cannot take the places of those that
+    // pass.
+    let Ok(_slot) = g.slots.clone().try_acquire_owned() else {
+        return ApiError(StatusCode::SERVICE_UNAVAILABLE, "too many requests at once; try again".into())
+            .into_response();
+    };
     next.run(request).await
 }
 
@@ -339,9 +341,16 @@ async fn stats(State(c): State<Client>) -> Result<Json<NodeStats>, ApiError> {
     Ok(Json(c.stats().await?))
 }
 
+/// `ok` when the event loop answers within 2 s (a loop stalled behind its disk, or wedged,
+/// says so instead of holding the probe).
 async fn health(State(c): State<Client>) -> Result<&'static str, ApiError> {
-    c.stats().await?;
-    Ok("ok")
+    match tokio::time::timeout(Duration::from_secs(2), c.stats()).await {
+        Ok(r) => r.map(|_| "ok").map_err(ApiError::from),
+        Err(_) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node's event loop did not answer within 2 s".into(),
+        )),
+    }
 }
 
 async fn metrics(State(c): State<Client>) -> impl IntoResponse {

@@ -244,14 +244,20 @@ impl ReqTask {
     }
 }
 
+/// How long after a retried write a task stays protected from leaving memory (a retry that
+/// fails reports it well within this).
+pub(crate) const UNSAVED_GRACE_MS: u64 = 60_000;
+
 /// Models whose holder count a requester estimates at most.
 const MAX_MODELS_ESTIMATED: usize = 1024;
 
 /// The requester role.
 pub struct Requester {
     tasks: BTreeMap<TaskId, ReqTask>,
-    /// Tasks whose last write failed: written again every second until one succeeds.
-    unsaved: BTreeSet<TaskId>,
+    /// Tasks whose last write failed: written again (every second) until a minute passes
+    /// after a retry with no new failure; kept in memory all that time. Value: when the last
+    /// retry went out (0: due).
+    unsaved: BTreeMap<TaskId, u64>,
     /// Receipts of finished tasks that left memory, by task.
     closed: BoundedMap<TaskId, Vec<(PublicKey, SignedEnvelope)>>,
     /// Models whose open-tasks record must be rewritten on the next flush.
@@ -267,7 +273,7 @@ impl Requester {
     pub(crate) fn new(_config: &EngineConfig) -> Self {
         Self {
             tasks: BTreeMap::new(),
-            unsaved: BTreeSet::new(),
+            unsaved: BTreeMap::new(),
             closed: BoundedMap::new(MAX_CLOSED_REMEMBERED),
             open_dirty: BTreeSet::new(),
             providing: BTreeSet::new(),
@@ -950,8 +956,10 @@ impl Requester {
                 };
             }
             AssignStatus::Rejected(r) => return TaskResponse::Rejected(r.clone()),
-            AssignStatus::Failed(_) => return TaskResponse::Rejected(RejectReason::TaskClosed),
-            AssignStatus::Awarded | AssignStatus::Acked => {}
+            // Given up on (it disconnected, restarted, or was late) but back with a result
+            // while the task is still open: checked like any other, and counted. Better
+            // than the same work done again by a replacement.
+            AssignStatus::Failed(_) | AssignStatus::Awarded | AssignStatus::Acked => {}
         }
         // A result signed by a key other than the sender's counts against the sender.
         let checked = if header.signer != from {
@@ -1198,14 +1206,19 @@ impl Requester {
         for (table, id, written) in keys {
             // Any other task's state is ahead of the disk: written again until it sticks.
             if *table == Table::Requests && *written && self.tasks.contains_key(id) {
-                self.unsaved.insert(*id);
+                self.unsaved.insert(*id, 0);
             }
         }
     }
 
-    /// Writes again the tasks whose last write failed (every second, from the tick).
+    /// Writes again the tasks whose last write failed (every second, from the tick); forgets
+    /// those whose retry has had a minute to fail and did not.
     pub(crate) fn retry_unsaved(&mut self, ctx: &mut Ctx<'_>) {
-        for id in std::mem::take(&mut self.unsaved) {
+        let now = ctx.now;
+        self.unsaved.retain(|_, at| *at == 0 || now.saturating_sub(*at) < UNSAVED_GRACE_MS);
+        let due: Vec<TaskId> = self.unsaved.iter().filter(|(_, at)| **at == 0).map(|(id, _)| *id).collect();
+        for id in due {
+            self.unsaved.insert(id, now.max(1));
             self.persist(ctx, &id);
         }
     }
@@ -1255,7 +1268,7 @@ impl Requester {
         done.sort_unstable();
         let excess = done.len().saturating_sub(cap);
         // A task whose state is not on disk yet stays in memory until it is.
-        for (_, id) in done.into_iter().filter(|(_, id)| !self.unsaved.contains(id)).take(excess) {
+        for (_, id) in done.into_iter().filter(|(_, id)| !self.unsaved.contains_key(id)).take(excess) {
             if let Some(t) = self.tasks.remove(&id) {
                 self.closed.insert(id, t.receipts);
             }

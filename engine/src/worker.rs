@@ -108,6 +108,9 @@ pub struct Job {
     pub result_deadline_ms: u64,
     /// Where it stands.
     pub state: JobState,
+    /// When its result was ready (Unix ms; 0 before).
+    #[serde(default)]
+    pub done_ms: u64,
     /// Executing now.
     #[serde(skip)]
     pub running: bool,
@@ -135,8 +138,8 @@ impl Job {
 
 /// Executed jobs whose results are still being delivered (or wait for the requester's
 /// receipt) a worker holds at most. They hold no slot, so they do not stop it bidding; when
-/// one more finishes at this bound, the oldest delivery of the requester with the most is
-/// given up (see `make_room_for_delivery`).
+/// one more finishes at this bound, the delivery waiting longest is given up (see
+/// `make_room_for_delivery`).
 pub const MAX_DELIVERING: usize = 1024;
 
 /// One remembered bid.
@@ -156,8 +159,15 @@ struct BidMemory {
     bids: BTreeMap<(TaskId, u32), BidRecord>,
     /// Every remembered round by its close, to find the one closed longest ago.
     by_close: BTreeSet<(u64, TaskId, u32)>,
-    /// Per requester, the remembered rounds that may still be open.
-    open: BTreeMap<PublicKey, BTreeSet<(u64, TaskId, u32)>>,
+    /// Per requester, since when it has had rounds open here (without a gap), and those
+    /// rounds.
+    open: BTreeMap<PublicKey, OpenRounds>,
+}
+
+#[derive(Debug)]
+struct OpenRounds {
+    since_ms: u64,
+    rounds: BTreeSet<(u64, TaskId, u32)>,
 }
 
 impl BidMemory {
@@ -183,8 +193,9 @@ impl BidMemory {
                 Some((closed, task, round)) if closed <= now => self.forget(&(task, round)),
                 // Every remembered round may still be open: make room at the expense of the
                 // requester with the most open rounds, never of one with fewer than this one
-                // would have. A flood of announcements (from any number of keys) then evicts
-                // its own rounds, not the few real ones each requester has open.
+                // would have, and among equals the one here longest (first in, first out: a
+                // flood of fresh keys pushes out its own older keys before a newer real
+                // round, and a real round lives for its short window only).
                 _ => match self.busiest(now) {
                     Some((n, key)) if n > mine.saturating_add(1) || (n > mine && mine == 0) => {
                         self.forget(&key)
@@ -195,7 +206,11 @@ impl BidMemory {
         }
         self.bids.insert(key, BidRecord { requester, closes_ms, until_ms });
         self.by_close.insert((closes_ms, key.0, key.1));
-        self.open.entry(requester).or_default().insert((closes_ms, key.0, key.1));
+        self.open
+            .entry(requester)
+            .or_insert_with(|| OpenRounds { since_ms: now, rounds: BTreeSet::new() })
+            .rounds
+            .insert((closes_ms, key.0, key.1));
         true
     }
 
@@ -204,8 +219,8 @@ impl BidMemory {
         let Some(open) = self.open.get_mut(requester) else { return 0 };
         // Rounds closed by now no longer count against the requester (their bids stay
         // remembered: standby awards come after the close).
-        *open = open.split_off(&(now, TaskId::from_bytes([0; 32]), 0));
-        let n = open.len();
+        open.rounds = open.rounds.split_off(&(now, TaskId::from_bytes([0; 32]), 0));
+        let n = open.rounds.len();
         if n == 0 {
             self.open.remove(requester);
         }
@@ -215,20 +230,20 @@ impl BidMemory {
     /// The requester with the most rounds that may be open, how many, and its round that
     /// closes last (a flood picks long windows; real rounds close soon).
     fn busiest(&self, now: u64) -> Option<(usize, (TaskId, u32))> {
-        let (_, set) = self
-            .open
-            .iter()
-            .max_by_key(|(pk, set)| (set.range((now, TaskId::from_bytes([0; 32]), 0)..).count(), **pk))?;
-        let n = set.range((now, TaskId::from_bytes([0; 32]), 0)..).count();
-        set.last().map(|(_, task, round)| (n, (*task, *round)))
+        let from = (now, TaskId::from_bytes([0; 32]), 0);
+        let (_, open) = self.open.iter().max_by_key(|(pk, o)| {
+            (o.rounds.range(from..).count(), std::cmp::Reverse(o.since_ms), std::cmp::Reverse(**pk))
+        })?;
+        let n = open.rounds.range(from..).count();
+        open.rounds.last().map(|(_, task, round)| (n, (*task, *round)))
     }
 
     fn forget(&mut self, key: &(TaskId, u32)) {
         if let Some(b) = self.bids.remove(key) {
             self.by_close.remove(&(b.closes_ms, key.0, key.1));
             if let Some(open) = self.open.get_mut(&b.requester) {
-                open.remove(&(b.closes_ms, key.0, key.1));
-                if open.is_empty() {
+                open.rounds.remove(&(b.closes_ms, key.0, key.1));
+                if open.rounds.is_empty() {
                     self.open.remove(&b.requester);
                 }
             }
@@ -248,8 +263,9 @@ impl BidMemory {
 /// The worker role.
 pub struct Worker {
     jobs: BTreeMap<TaskId, Job>,
-    /// Jobs whose last write failed: written again every second until one succeeds.
-    unsaved: BTreeSet<TaskId>,
+    /// Jobs whose last write failed, and when the last retry went out (0: due); as the
+    /// requester's.
+    unsaved: BTreeMap<TaskId, u64>,
     /// Finished jobs that left memory.
     done: BoundedSet<TaskId>,
     /// Rounds bid on, and to whom.
@@ -285,7 +301,7 @@ impl Worker {
     pub(crate) fn new(_config: &EngineConfig) -> Self {
         Self {
             jobs: BTreeMap::new(),
-            unsaved: BTreeSet::new(),
+            unsaved: BTreeMap::new(),
             done: BoundedSet::new(MAX_DONE_REMEMBERED),
             bids: BidMemory::default(),
             spec_lookups: BTreeSet::new(),
@@ -349,32 +365,22 @@ impl Worker {
             && self.unfinished_from(requester) < config.max_jobs_per_requester as usize
     }
 
-    /// At [`MAX_DELIVERING`], gives up the oldest delivery of the requester with the most,
-    /// so requesters that never take their results cannot stop this node taking new work
-    /// (each holds at most `max_jobs_per_requester` anyway).
+    /// At [`MAX_DELIVERING`], gives up the delivery whose result has waited longest: a
+    /// requester that takes its results (and a quorum that forms) is done in seconds, so what
+    /// waits longest belongs to requesters that never answer or answer `Pending` for ever.
     fn make_room_for_delivery(&mut self, ctx: &mut Ctx<'_>) {
         if self.delivering() < MAX_DELIVERING {
             return;
         }
-        let mut per: BTreeMap<PublicKey, usize> = BTreeMap::new();
-        for j in
-            self.jobs.values().filter(|j| matches!(j.state, JobState::Done { .. } | JobState::Pending { .. }))
-        {
-            let n = per.entry(j.requester).or_default();
-            *n = n.saturating_add(1);
-        }
-        let Some((worst, _)) = per.into_iter().max_by_key(|(pk, n)| (*n, *pk)) else { return };
         let oldest = self
             .jobs
             .iter()
-            .filter(|(_, j)| {
-                j.requester == worst && matches!(j.state, JobState::Done { .. } | JobState::Pending { .. })
-            })
-            .min_by_key(|(id, j)| (j.result_deadline_ms, **id))
+            .filter(|(_, j)| matches!(j.state, JobState::Done { .. } | JobState::Pending { .. }))
+            .min_by_key(|(id, j)| (j.done_ms, **id))
             .map(|(id, _)| *id);
         if let Some(id) = oldest {
             if let Some(j) = self.jobs.get_mut(&id) {
-                tracing::warn!(task = %id, "too many results waiting for delivery: giving up the oldest of the requester with the most");
+                tracing::warn!(task = %id, "too many results waiting for delivery: giving up the one waiting longest");
                 j.state = JobState::Abandoned("too many results waiting for delivery".into());
                 ctx.push(Action::Persist(vec![j.op(&id)]));
             }
@@ -393,7 +399,7 @@ impl Worker {
         }
         if self.bids.bids.len() > MAX_REMEMBERED_BIDS
             || self.bids.open.len() > MAX_REMEMBERED_BIDS
-            || self.bids.open.values().any(|s| s.len() > MAX_BIDS_PER_REQUESTER as usize)
+            || self.bids.open.values().any(|o| o.rounds.len() > MAX_BIDS_PER_REQUESTER as usize)
         {
             return Err(format!("{} bids remembered", self.bids.bids.len()));
         }
@@ -701,6 +707,7 @@ impl Worker {
             requester: from,
             result_deadline_ms,
             state: JobState::Queued,
+            done_ms: 0,
             running: false,
             in_flight: false,
             attempts: 0,
@@ -815,6 +822,7 @@ impl Worker {
                 }
                 self.failures.remove(&job.spec.model);
                 job.state = JobState::Done { header: signed, output };
+                job.done_ms = ctx.now;
                 job.next_send_ms = 0;
                 ctx.push(Action::Persist(vec![job.op(&task), drop_input]));
                 ctx.count(Metric::JobsExecuted);
@@ -1062,14 +1070,19 @@ impl Worker {
         for (table, id, written) in keys {
             // Any other job's state is ahead of the disk: written again until it sticks.
             if *table == Table::Jobs && *written && self.jobs.contains_key(id) {
-                self.unsaved.insert(*id);
+                self.unsaved.insert(*id, 0);
             }
         }
     }
 
     /// Writes again the jobs whose last write failed (every second, from the tick).
     pub(crate) fn retry_unsaved(&mut self, ctx: &mut Ctx<'_>) {
-        for id in std::mem::take(&mut self.unsaved) {
+        let now = ctx.now;
+        let grace = crate::requester::UNSAVED_GRACE_MS;
+        self.unsaved.retain(|_, at| *at == 0 || now.saturating_sub(*at) < grace);
+        let due: Vec<TaskId> = self.unsaved.iter().filter(|(_, at)| **at == 0).map(|(id, _)| *id).collect();
+        for id in due {
+            self.unsaved.insert(id, now.max(1));
             if let Some(j) = self.jobs.get(&id) {
                 ctx.push(Action::Persist(vec![j.op(&id)]));
             }
@@ -1091,7 +1104,7 @@ impl Worker {
         }
         done.sort_unstable();
         let excess = done.len().saturating_sub(cap);
-        for (_, id) in done.into_iter().filter(|(_, id)| !self.unsaved.contains(id)).take(excess) {
+        for (_, id) in done.into_iter().filter(|(_, id)| !self.unsaved.contains_key(id)).take(excess) {
             self.jobs.remove(&id);
             self.done.insert(id);
         }

@@ -171,12 +171,15 @@ impl ModelStore {
         Ok((elems as u64).saturating_mul(4))
     }
 
-    /// The size in bytes of `model`'s output, from one run on an all-zero input (a model's
-    /// output shape does not depend on its input's values).
+    /// The most bytes `model`'s encoded output can take: one run on an all-zero input, plus
+    /// 4 bytes, because the encoding ends with the argmax (0 on an all-zero input, one byte;
+    /// up to five for a large class index). Assumes the output's shape does not depend on
+    /// the input's values, as for classifiers; a model whose output grows with its input
+    /// (detection, sequences) would need its size declared instead.
     pub fn output_bytes(&self, model: &ModelId) -> Result<u64, ExecError> {
         let (_, elems) = self.plan(model)?;
         let out = self.run(model, &vec![0u8; elems.saturating_mul(4)])?;
-        Ok(out.output.len() as u64)
+        Ok((out.output.len() as u64).saturating_add(4))
     }
 
     /// Runs `model` once on an all-zero input: whether the runtime works on this machine.

@@ -402,7 +402,7 @@ impl Node {
             swarm,
             engine,
             store,
-            durable: Durable { writer, held: Default::default() },
+            durable: Durable { writer, held: Default::default(), answers: VecDeque::new(), known: 0 },
             tracer,
             meters: Meters { node: metrics, p2p: p2p_metrics },
             commands: rx,
@@ -418,6 +418,11 @@ impl Node {
             bootstrap: bootstrap.into_iter().map(|(peer, addr)| Bootstrap::new(peer, addr)).collect(),
             dht_guard: crate::dht::PutBudget::default(),
             housekeeping: Housekeeping {
+                loopback_mesh: !config.listen.is_empty()
+                    && config
+                        .listen
+                        .iter()
+                        .all(|a| a.parse::<Multiaddr>().is_ok_and(|a| crate::dht::is_loopback(&a))),
                 data_dir: config.data_dir.clone(),
                 min_free_disk_bytes: config.min_free_disk_bytes,
                 retention_ms: (config.retention_days > 0)
@@ -592,11 +597,44 @@ struct EventLoop {
 struct Durable {
     writer: crate::writer::Writer,
     held: crate::writer::Held<Action>,
+    /// Answers to callers about task state, each waiting until the writes before it (that
+    /// state) are durable: a caller never sees a result a power cut could take back.
+    answers: VecDeque<(u64, Answer)>,
+    /// Every write up to this one is done and its failure, if any, reported to the engine.
+    /// An action produced after that knows of those failures; a write that failed above it
+    /// taints the actions the engine produced without knowing.
+    known: u64,
+}
+
+impl Durable {
+    /// Actions and answers waiting for the disk.
+    fn backlog(&self) -> usize {
+        self.held.len().saturating_add(self.answers.len())
+    }
+}
+
+/// A caller's answer, computed now, sent once durable.
+enum Answer {
+    Status(oneshot::Sender<Option<TaskView>>, Option<TaskView>),
+    Wait(oneshot::Sender<Result<TaskView, ClientError>>, Result<TaskView, ClientError>),
+    Tasks(oneshot::Sender<Vec<TaskView>>, Vec<TaskView>),
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::Status(tx, v) => drop(tx.send(v)),
+            Answer::Wait(tx, v) => drop(tx.send(v)),
+            Answer::Tasks(tx, v) => drop(tx.send(v)),
+        }
+    }
 }
 
 /// While this many actions wait for the disk, the event loop takes no new input from peers,
 /// callers or executions (the disk is the bottleneck; let the queues upstream hold).
 const MAX_HELD: usize = 4096;
+/// Nor while this many bytes wait for the writer thread (inputs and outputs reach 1 MiB).
+const MAX_QUEUED_BYTES: usize = 256 << 20;
 
 /// The node's and libp2p's counters, in one Prometheus registry.
 struct Meters {
@@ -664,6 +702,10 @@ impl Executor {
 
 /// The node's periodic care of its data dir.
 struct Housekeeping {
+    /// Every configured listen address is loopback (an in-process mesh): then, and only
+    /// then, peers' loopback addresses are worth dialling. (The swarm's listeners cannot
+    /// tell: a node listening on 0.0.0.0 lists 127.0.0.1 too.)
+    loopback_mesh: bool,
     data_dir: std::path::PathBuf,
     min_free_disk_bytes: u64,
     retention_ms: Option<u64>,
@@ -727,11 +769,11 @@ impl EventLoop {
                     self.drive(VecDeque::new());
                     self.answer_orphans();
                 }
-                Some(done) = self.executor.rx.recv(), if self.durable.held.len() < MAX_HELD => {
+                Some(done) = self.executor.rx.recv(), if self.taking_input() => {
                     self.step(done);
                     while self.executor.running.try_join_next().is_some() {}
                 }
-                cmd = self.commands.recv(), if self.durable.held.len() < MAX_HELD => match cmd {
+                cmd = self.commands.recv(), if self.taking_input() => match cmd {
                     Some(Command::Shutdown(tx)) => { let _ = tx.send(()); break; }
                     Some(cmd) => self.on_command(cmd),
                     None => break,
@@ -745,7 +787,7 @@ impl EventLoop {
                         t.mesh_changes(&self.swarm.behaviour().gossipsub, &TOPICS);
                     }
                 }
-                event = self.swarm.select_next_some(), if self.durable.held.len() < MAX_HELD => {
+                event = self.swarm.select_next_some(), if self.taking_input() => {
                     self.on_swarm_event(event)
                 }
             }
@@ -796,6 +838,12 @@ impl EventLoop {
         tracing::debug!(peer = %self.swarm.local_peer_id(), "event loop stopped");
     }
 
+    /// Whether the loop takes new input: not while the disk is far behind (actions held, or
+    /// bytes queued for the writer, over their bounds).
+    fn taking_input(&self) -> bool {
+        self.durable.backlog() < MAX_HELD && self.durable.writer.queued_bytes() < MAX_QUEUED_BYTES
+    }
+
     /// Feeds one input to the engine and performs what it returns, then any inputs those
     /// actions produced at once (a publish that failed, an award whose input is missing).
     fn step(&mut self, input: Input) {
@@ -814,7 +862,8 @@ impl EventLoop {
     /// Queues the batch's writes on the writer thread and holds every other action until the
     /// writes before it are durable (all of them: effects leave in the engine's order).
     fn perform(&mut self, actions: Vec<Action>, follow_up: &mut VecDeque<Input>) {
-        let first = self.durable.writer.submitted().saturating_add(1);
+        // Writes the engine had not heard the fate of when it produced these actions.
+        let first = self.durable.known.saturating_add(1);
         for action in actions {
             match action {
                 Action::Persist(ops) => {
@@ -849,10 +898,17 @@ impl EventLoop {
         for (seq, keys, e) in failed {
             tracing::error!("could not persist: {e}");
             self.durable.held.fail(seq);
-            follow_up.push_back(Input::PersistFailed { keys });
+            // First in line: the engine hears of it before any other input.
+            follow_up.push_front(Input::PersistFailed { keys });
         }
+        self.durable.known = done;
         while let Some((action, failed)) = self.durable.held.pop_ready(done) {
             self.effect(action, failed, follow_up);
+        }
+        while self.durable.answers.front().is_some_and(|(seq, _)| *seq <= done) {
+            if let Some((_, answer)) = self.durable.answers.pop_front() {
+                answer.send();
+            }
         }
     }
 
@@ -893,7 +949,8 @@ impl EventLoop {
                 }
                 Action::Validate { msg, verdict } => self.validate(msg, verdict),
                 Action::Publish { topic, data, announce } => {
-                    let ok = self.publish(topic.name(), data);
+                    // An announcement after a failed write is of a round not on disk.
+                    let ok = !failed && self.publish(topic.name(), data);
                     if let Some((task, round)) = announce {
                         follow_up.push_back(Input::Published { task, round, ok });
                     }
@@ -929,7 +986,10 @@ impl EventLoop {
                         t.task(*record);
                     }
                 }
-                Action::Finished(task) => self.notify_finished(&task),
+                // Not after a failed write: the engine writes the task again, and callers
+                // waiting get its state at their timeout.
+                Action::Finished(task) if !failed => self.notify_finished(&task),
+                Action::Finished(_) => {}
                 Action::Count(m) => self.count(m),
             }
         }
@@ -1141,16 +1201,18 @@ impl EventLoop {
                 self.step(Input::Submit { call, request: *req, nonce: nonce() });
             }
             Command::Status(id, tx) => {
-                let _ = tx.send(self.view(&id));
+                let view = self.view(&id);
+                self.answer(Answer::Status(tx, view));
             }
             Command::Wait(id, tx) => match self.engine.requester.get(&id) {
                 // Only finished tasks leave memory, so one found in the store is finished.
                 None => {
                     let r = self.view(&id).ok_or_else(|| ClientError::UnknownTask(id.to_string()));
-                    let _ = tx.send(r);
+                    self.answer(Answer::Wait(tx, r));
                 }
                 Some(t) if t.phase.is_terminal() => {
-                    let _ = tx.send(Ok(t.view()));
+                    let view = Ok(t.view());
+                    self.answer(Answer::Wait(tx, view));
                 }
                 Some(_) => {
                     let w = self.pending.waiters.entry(id).or_default();
@@ -1165,7 +1227,7 @@ impl EventLoop {
             Command::Tasks(tx) => {
                 let mut all: Vec<TaskView> = self.engine.requester.tasks().map(|(_, t)| t.view()).collect();
                 all.sort_by_key(|v| v.timings.submitted_ms);
-                let _ = tx.send(all);
+                self.answer(Answer::Tasks(tx, all));
             }
             Command::Peers(tx) => {
                 let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -1246,9 +1308,23 @@ impl EventLoop {
         }
     }
 
+    /// Sends a caller the task state it asked for once every write before it is durable (at
+    /// once when nothing is in flight).
+    fn answer(&mut self, answer: Answer) {
+        let after = self.durable.writer.submitted();
+        if self.durable.answers.is_empty() && self.durable.writer.done() >= after {
+            answer.send();
+        } else {
+            self.durable.answers.push_back((after, answer));
+        }
+    }
+
     /// Tells everyone waiting on `task` that it finished.
     fn notify_finished(&mut self, task: &TaskId) {
-        let Some(view) = self.engine.view(task) else { return };
+        let Some(view) = self.view(task) else {
+            self.pending.waiters.remove(task);
+            return;
+        };
         for w in self.pending.waiters.remove(task).unwrap_or_default() {
             let _ = w.send(Ok(view.clone()));
         }
@@ -1264,7 +1340,7 @@ impl EventLoop {
                     if info.protocols.iter().any(|p| p.as_ref() == ids::KAD_PROTOCOL) {
                         // A peer's own claims about where it listens: only addresses others
                         // could dial, at most a few, enter the routing table.
-                        let local = self.swarm.listeners().any(crate::dht::is_loopback);
+                        let local = self.housekeeping.loopback_mesh;
                         for addr in crate::dht::routable(info.listen_addrs, local) {
                             self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                         }
@@ -1274,7 +1350,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 // Anyone on the LAN can answer mDNS: the same address filter as identify, and a
                 // bound on how many peers one burst of answers makes this node dial.
-                let local = self.swarm.listeners().any(crate::dht::is_loopback);
+                let local = self.housekeeping.loopback_mesh;
                 let mut dials = 0usize;
                 for (peer, addr) in list {
                     if crate::dht::routable(vec![addr.clone()], local).is_empty() {
@@ -1495,7 +1571,7 @@ impl EventLoop {
                     Some(ids::RecordKey::ModelProviders(_))
                 ) {
                     // The addresses are the peer's own claim: only routable ones, a few.
-                    let local = self.swarm.listeners().any(crate::dht::is_loopback);
+                    let local = self.housekeeping.loopback_mesh;
                     let mut record = record;
                     record.addresses = crate::dht::routable(std::mem::take(&mut record.addresses), local);
                     let _ = self.swarm.behaviour_mut().kad.store_mut().add_provider(record);

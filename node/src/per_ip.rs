@@ -31,21 +31,34 @@ pub(crate) struct TooManyFromIp {
 pub(crate) struct Behaviour {
     max: usize,
     established: HashMap<IpAddr, usize>,
-    by_connection: HashMap<ConnectionId, IpAddr>,
+    by_connection: HashMap<ConnectionId, Vec<IpAddr>>,
 }
 
-/// The address a connection counts against: the IPv4 address, or the IPv6 /64 network (one
-/// host is usually handed a whole /64, so counting single IPv6 addresses limits nothing).
-fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    addr.iter().find_map(|p| match p {
+/// What an inbound connection counts against, with the bound: its IPv4 address; or its
+/// IPv6 address and, four times as large, its /64 network (a host is often handed a whole
+/// /64, so counting single IPv6 addresses alone limits nothing, while a depot LAN's
+/// vehicles share one /64).
+fn buckets(addr: &Multiaddr, max: usize) -> Vec<(IpAddr, usize)> {
+    let Some(ip) = addr.iter().find_map(|p| match p {
         Protocol::Ip4(a) => Some(IpAddr::V4(a)),
-        Protocol::Ip6(a) if a.is_loopback() => Some(IpAddr::V6(a)),
-        Protocol::Ip6(a) => {
-            let prefix = u128::from(a) & !((1u128 << 64) - 1);
-            Some(IpAddr::V6(prefix.into()))
-        }
+        Protocol::Ip6(a) => Some(IpAddr::V6(a)),
         _ => None,
-    })
+    }) else {
+        return Vec::new();
+    };
+    match ip {
+        _ if ip.is_loopback() => Vec::new(),
+        IpAddr::V4(_) => vec![(ip, max)],
+        IpAddr::V6(a) => {
+            let net = u128::from(a) & !((1u128 << 64) - 1);
+            let net = IpAddr::V6(net.into());
+            if net == ip {
+                vec![(ip, max.saturating_mul(4))]
+            } else {
+                vec![(ip, max), (net, max.saturating_mul(4))]
+            }
+        }
+    }
 }
 
 impl Behaviour {
@@ -54,18 +67,22 @@ impl Behaviour {
     }
 
     fn check(&self, remote: &Multiaddr) -> Result<(), ConnectionDenied> {
-        match ip_of(remote) {
-            Some(ip) if !ip.is_loopback() && self.established.get(&ip).copied().unwrap_or(0) >= self.max => {
-                Err(ConnectionDenied::new(TooManyFromIp { ip, max: self.max }))
+        for (ip, max) in buckets(remote, self.max) {
+            if self.established.get(&ip).copied().unwrap_or(0) >= max {
+                return Err(ConnectionDenied::new(TooManyFromIp { ip, max }));
             }
-            _ => Ok(()),
         }
+        Ok(())
     }
 
     fn add(&mut self, id: ConnectionId, remote: &Multiaddr) {
-        if let Some(ip) = ip_of(remote).filter(|ip| !ip.is_loopback()) {
-            *self.established.entry(ip).or_default() += 1;
-            self.by_connection.insert(id, ip);
+        let keys: Vec<IpAddr> = buckets(remote, self.max).into_iter().map(|(ip, _)| ip).collect();
+        for ip in &keys {
+            let n = self.established.entry(*ip).or_default();
+            *n = n.saturating_add(1);
+        }
+        if !keys.is_empty() {
+            self.by_connection.insert(id, keys);
         }
     }
 }
@@ -97,20 +114,20 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_outbound_connection(
         &mut self,
-        id: ConnectionId,
+        _: ConnectionId,
         _: PeerId,
-        addr: &Multiaddr,
+        _: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        // Our own dials are not limited, but they count.
-        self.add(id, addr);
+        // Our own dials are neither limited nor counted: dialling the vehicles of a depot LAN
+        // must not shut that LAN out of connecting to us.
         Ok(dummy::ConnectionHandler)
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         if let FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) = event {
-            if let Some(ip) = self.by_connection.remove(&connection_id) {
+            for ip in self.by_connection.remove(&connection_id).unwrap_or_default() {
                 if let Some(n) = self.established.get_mut(&ip) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
@@ -163,15 +180,20 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_addresses_count_by_their_64_network() {
+    fn ipv6_counts_per_address_and_per_64_network() {
         let mut b = Behaviour::new(2);
         let a: Multiaddr = "/ip6/2001:db8:1:2::1/tcp/4001".parse().unwrap();
-        let same_net: Multiaddr = "/ip6/2001:db8:1:2:ffff::9/tcp/4001".parse().unwrap();
-        let other_net: Multiaddr = "/ip6/2001:db8:1:3::1/tcp/4001".parse().unwrap();
         b.add(ConnectionId::new_unchecked(rand_id()), &a);
-        b.add(ConnectionId::new_unchecked(rand_id()), &same_net);
-        assert!(b.check(&"/ip6/2001:db8:1:2::77/tcp/1".parse().unwrap()).is_err());
-        assert!(b.check(&other_net).is_ok());
+        b.add(ConnectionId::new_unchecked(rand_id()), &a);
+        assert!(b.check(&a).is_err(), "one address: the per-address bound");
+        // Other hosts of the same /64 share a bound four times as large.
+        for i in 2..8u16 {
+            let other: Multiaddr = format!("/ip6/2001:db8:1:2::{i:x}/tcp/4001").parse().unwrap();
+            assert!(b.check(&other).is_ok(), "{other}");
+            b.add(ConnectionId::new_unchecked(rand_id()), &other);
+        }
+        assert!(b.check(&"/ip6/2001:db8:1:2::77/tcp/1".parse().unwrap()).is_err(), "the /64 is full");
+        assert!(b.check(&"/ip6/2001:db8:1:3::1/tcp/4001".parse().unwrap()).is_ok(), "another /64");
         assert!(b.check(&"/ip6/::1/tcp/1".parse().unwrap()).is_ok());
     }
 

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use fleetmesh_crypto::TaskId;
@@ -47,6 +47,9 @@ enum Job {
     /// (tests) Wait here until the sender is dropped or sends.
     #[cfg(any(test, feature = "test-hooks"))]
     Hold(mpsc::Receiver<()>),
+    /// (tests) Die as a panic inside redb would.
+    #[cfg(test)]
+    Panic,
 }
 
 impl Job {
@@ -55,6 +58,8 @@ impl Job {
             Job::Write { seq, .. } | Job::Sweep { seq, .. } => Some(*seq),
             #[cfg(any(test, feature = "test-hooks"))]
             Job::Hold(_) => None,
+            #[cfg(test)]
+            Job::Panic => None,
         }
     }
 
@@ -76,6 +81,11 @@ struct Shared {
     notify: tokio::sync::Notify,
     /// Transactions committed (each one fsync).
     commits: Counter,
+    /// Value bytes queued and not yet committed (the event loop stops taking work above a
+    /// bound: a slow disk must not let megabytes of inputs pile up).
+    queued_bytes: AtomicUsize,
+    /// The thread ended (it panicked, or the queue closed).
+    gone: AtomicBool,
 }
 
 /// The event loop's handle on the writer thread.
@@ -101,6 +111,8 @@ impl Writer {
             failed: Mutex::default(),
             notify: tokio::sync::Notify::new(),
             commits,
+            queued_bytes: AtomicUsize::new(0),
+            gone: AtomicBool::new(false),
         });
         let thread = {
             let shared = shared.clone();
@@ -124,8 +136,15 @@ impl Writer {
     pub(crate) fn submit(&mut self, ops: Vec<StoreOp>) -> u64 {
         let seq = self.next();
         self.in_flight.insert(seq, ops.iter().map(|o| (o.table, o.key, o.value.is_some())).collect());
-        self.send(Job::Write { seq, ops });
+        let job = Job::Write { seq, ops };
+        self.shared.queued_bytes.fetch_add(job.bytes(), Ordering::Relaxed);
+        self.send(job);
         seq
+    }
+
+    /// Value bytes queued for the thread and not yet committed.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::Relaxed)
     }
 
     /// Queues the retention sweep (its outcome is logged by the writer thread).
@@ -143,12 +162,27 @@ impl Writer {
         let Some(seq) = job.seq() else { return };
         let sent = !self.dead && self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
         if !sent {
-            if !self.dead {
-                tracing::error!("the store's writer thread stopped: every durable write now fails");
-            }
-            self.dead = true;
+            self.mark_dead();
             self.lost.push((seq, StoreError::Db("the store's writer thread stopped".into())));
         }
+    }
+
+    /// The thread is gone: every write not known to be durable failed (those it was
+    /// committing, and those still queued, are lost with it).
+    fn mark_dead(&mut self) {
+        if self.dead {
+            return;
+        }
+        tracing::error!("the store's writer thread stopped: every durable write now fails");
+        let durable = self.shared.done.load(Ordering::Acquire);
+        let mut lost: Vec<u64> = self.in_flight.keys().copied().filter(|s| *s > durable).collect();
+        lost.sort_unstable();
+        for seq in lost {
+            if !self.lost.iter().any(|(s, _)| *s == seq) {
+                self.lost.push((seq, StoreError::Db("the store's writer thread stopped".into())));
+            }
+        }
+        self.dead = true;
     }
 
     /// The last sequence number handed out.
@@ -168,6 +202,9 @@ impl Writer {
     /// How far the writes are done, and those that failed since the last call (sequence
     /// number, keys, why). Every failure at or below the returned number is in the list.
     pub(crate) fn progress(&mut self) -> (u64, Vec<FailedWrite>) {
+        if self.shared.gone.load(Ordering::Acquire) && self.tx.is_some() {
+            self.mark_dead();
+        }
         // `done` first: the thread lists a group's failures before it advances `done`.
         let done = self.done();
         let mut failed = std::mem::take(&mut self.lost);
@@ -216,8 +253,19 @@ impl Drop for Writer {
     }
 }
 
+/// Says the thread is gone when it ends, by a panic as much as by a closed queue.
+struct Gone<'a>(&'a Shared);
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        self.0.gone.store(true, Ordering::Release);
+        self.0.notify.notify_one();
+    }
+}
+
 /// The writer thread: take what is queued, commit it as one transaction, say so.
 fn run(store: &Store, rx: &mpsc::Receiver<Job>, shared: &Shared) {
+    let _gone = Gone(shared);
     while let Ok(first) = rx.recv() {
         let mut group = Vec::new();
         let mut bytes = 0usize;
@@ -236,6 +284,10 @@ fn run(store: &Store, rx: &mpsc::Receiver<Job>, shared: &Shared) {
                 bytes = 0;
                 next = rx.try_recv().ok();
                 continue;
+            }
+            #[cfg(test)]
+            if matches!(job, Job::Panic) {
+                panic!("(test) the writer thread dies");
             }
             bytes = bytes.saturating_add(job.bytes());
             group.push(job);
@@ -291,6 +343,10 @@ fn commit(store: &Store, shared: &Shared, group: Vec<Job>) {
     if !failed.is_empty() {
         shared.failed.lock().unwrap_or_else(|e| e.into_inner()).extend(failed);
     }
+    let bytes: usize = group.iter().map(Job::bytes).sum();
+    let _ = shared
+        .queued_bytes
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(bytes)));
     shared.done.store(last, Ordering::Release);
     shared.notify.notify_one();
 }
@@ -429,6 +485,35 @@ mod tests {
         for i in 0..50u8 {
             assert!(store.get_raw(crate::store::REQUESTS, &TaskId::from_bytes([i; 32])).unwrap().is_some());
         }
+    }
+
+    #[tokio::test]
+    async fn writes_lost_with_a_dead_writer_thread_are_reported_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut w = Writer::start(store, Counter::default()).unwrap();
+        let release = w.hold();
+        if let Some(tx) = w.tx.as_ref() {
+            tx.send(Job::Panic).unwrap();
+        }
+        let a = w.submit(vec![op(1, b"a")]);
+        let b = w.submit(vec![op(2, b"b")]);
+        drop(release);
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !w.shared.gone.load(Ordering::Acquire) {
+                w.progressed().await;
+            }
+        })
+        .await
+        .unwrap();
+        let (done, failed) = w.progress();
+        assert_eq!(done, b, "nothing waits for a dead thread");
+        let seqs: Vec<u64> = failed.iter().map(|(s, _, _)| *s).collect();
+        assert_eq!(seqs, vec![a, b], "both queued writes are reported failed");
+        // And every later write fails at once.
+        let c = w.submit(vec![op(3, b"c")]);
+        let (done, failed) = w.progress();
+        assert_eq!((done, failed.len()), (c, 1));
     }
 
     #[test]

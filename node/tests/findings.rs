@@ -269,8 +269,15 @@ async fn submits_are_acknowledged_only_once_durable_and_share_one_commit() {
         submits.spawn(async move { (c.submit(req).await, label) });
     }
     wait_until("the 20 submits to reach the engine", async || writes() >= writes_before + 20).await;
-    // The event loop still answers while the disk is held.
+    // The event loop still answers while the disk is held; but what it says about tasks waits
+    // until that state is durable (a caller must not see what a power cut could take back).
     tokio::time::timeout(WAIT, c.stats()).await.unwrap().unwrap();
+    let listing = tokio::spawn({
+        let c = c.clone();
+        async move { c.tasks().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!listing.is_finished(), "tasks were listed before their writes were durable");
     assert!(submits.try_join_next().is_none(), "a submit was acknowledged before its write was durable");
     assert_eq!(commits(), commits_before, "the writer is held");
     drop(release);
@@ -279,6 +286,8 @@ async fn submits_are_acknowledged_only_once_durable_and_share_one_commit() {
         let (id, label) = joined.unwrap();
         done.push((id.unwrap(), label));
     }
+    let listed = tokio::time::timeout(WAIT, listing).await.unwrap().unwrap().unwrap();
+    assert_eq!(listed.len(), 20);
     let used = commits() - commits_before;
     assert!(used < 20, "20 queued submits took {used} transactions");
     for (id, label) in done {

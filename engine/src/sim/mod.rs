@@ -286,6 +286,8 @@ pub struct Sim {
     partitions: u32,
     /// Crashes and partitions asked for that have not happened yet (the run waits for them).
     faults_pending: u32,
+    /// Every (task, worker) an award named.
+    awarded: BTreeSet<(TaskId, PublicKey)>,
     partitioned: bool,
     violations: Vec<String>,
 }
@@ -430,6 +432,7 @@ impl Sim {
             crashes: 0,
             partitions: 0,
             faults_pending: 0,
+            awarded: BTreeSet::new(),
             partitioned: false,
             violations: Vec::new(),
             config,
@@ -712,6 +715,14 @@ impl Sim {
 
     fn send_request(&mut self, from: usize, to: usize, tag: Option<SendTag>, request: TaskRequest) {
         self.messages += 1;
+        // Every award ever sent, by (task, worker): what the hostile acts must not claim.
+        if let TaskRequest::Award { award, .. } = &request {
+            if let Ok(a) = fleetmesh_protocol::Award::open(award) {
+                for w in a.winners {
+                    self.awarded.insert((a.task_id, w));
+                }
+            }
+        }
         let life = self.vehicles[from].life;
         let lost = self.rng.chance_ppm(self.config.loss_ppm);
         if !self.reachable(from, to) || lost {
@@ -829,15 +840,10 @@ impl Sim {
                     return;
                 }
                 let (task, requester) = tasks[self.rng.range(0, tasks.len() as u64 - 1) as usize];
-                // Only where the requester can be asked (it is up and holds the task in
-                // memory) is "never awarded" known: a worker it receipted and forgot gets its
-                // receipt again, which is no acceptance.
-                let Some(t) = self.vehicles[requester].engine.as_ref().and_then(|e| e.requester.get(&task))
-                else {
-                    return;
-                };
-                let awarded = t.assignments.iter().any(|a| a.worker == identity.public());
-                if awarded || requester == i {
+                // The harness's own log of awards says who was never awarded, whether or not
+                // the requester still holds the task in memory (a worker it receipted and
+                // forgot gets its receipt again, which is no acceptance).
+                if self.awarded.contains(&(task, identity.public())) || requester == i {
                     return;
                 }
                 let output = vec![0xee; 16];
