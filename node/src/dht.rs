@@ -83,6 +83,9 @@ pub(crate) fn routable(addrs: Vec<Multiaddr>, local_loopback: bool) -> Vec<Multi
         .collect()
 }
 
+/// Provider keys kept for this node's own (the models it provides open tasks for).
+const RESERVED_PROVIDER_KEYS: usize = 256;
+
 /// The DHT record store: libp2p's memory store, with room kept for this node's own records.
 ///
 /// Other peers' records are capped at `max_foreign`; this node's own (its task specs and
@@ -94,6 +97,10 @@ pub(crate) struct Store {
     inner: MemoryStore,
     foreign: usize,
     max_foreign: usize,
+    /// Provider keys other peers' records created; at most `max_foreign_keys` of them (the
+    /// rest of the inner store's keys stay for this node's own).
+    provider_keys: std::collections::HashSet<RecordKey>,
+    max_foreign_keys: usize,
 }
 
 impl Store {
@@ -101,7 +108,16 @@ impl Store {
     pub(crate) fn new(local: PeerId, mut config: MemoryStoreConfig, reserved: usize) -> Self {
         let max_foreign = config.max_records;
         config.max_records = config.max_records.saturating_add(reserved);
-        Self { local, inner: MemoryStore::with_config(local, config), foreign: 0, max_foreign }
+        let max_foreign_keys = config.max_provided_keys;
+        config.max_provided_keys = config.max_provided_keys.saturating_add(RESERVED_PROVIDER_KEYS);
+        Self {
+            local,
+            inner: MemoryStore::with_config(local, config),
+            foreign: 0,
+            max_foreign,
+            provider_keys: std::collections::HashSet::new(),
+            max_foreign_keys,
+        }
     }
 
     fn is_foreign(&self, r: &Record) -> bool {
@@ -144,7 +160,19 @@ impl RecordStore for Store {
     }
 
     fn add_provider(&mut self, record: ProviderRecord) -> libp2p::kad::store::Result<()> {
-        self.inner.add_provider(record)
+        // Keys that other peers' records created count against their cap; keys this node
+        // provides itself do not.
+        let foreign = record.provider != self.local;
+        let new_key = self.inner.providers(&record.key).is_empty();
+        if foreign && new_key && self.provider_keys.len() >= self.max_foreign_keys {
+            return Err(libp2p::kad::store::Error::MaxProvidedKeys);
+        }
+        let key = record.key.clone();
+        self.inner.add_provider(record)?;
+        if foreign && new_key {
+            self.provider_keys.insert(key);
+        }
+        Ok(())
     }
 
     fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
@@ -156,7 +184,10 @@ impl RecordStore for Store {
     }
 
     fn remove_provider(&mut self, k: &RecordKey, p: &PeerId) {
-        self.inner.remove_provider(k, p)
+        self.inner.remove_provider(k, p);
+        if self.inner.providers(k).is_empty() {
+            self.provider_keys.remove(k);
+        }
     }
 }
 
@@ -243,5 +274,24 @@ mod tests {
         // A removed foreign record frees a foreign place.
         store.remove(&RecordKey::new(&vec![1u8]));
         store.put(record(13, PeerId::random())).unwrap();
+    }
+
+    #[test]
+    fn peers_cannot_take_every_provider_key() {
+        let local = PeerId::random();
+        let config = MemoryStoreConfig { max_provided_keys: 3, ..MemoryStoreConfig::default() };
+        let mut store = Store::new(local, config, 0);
+        let provider =
+            |key: u8, who: PeerId| ProviderRecord::new(RecordKey::new(&vec![key]), who, Vec::new());
+        for k in 0..3 {
+            store.add_provider(provider(k, PeerId::random())).unwrap();
+        }
+        assert!(store.add_provider(provider(9, PeerId::random())).is_err(), "peers' keys are capped");
+        store.add_provider(provider(0, PeerId::random())).unwrap();
+        store.add_provider(provider(10, local)).unwrap();
+        // When a key's last provider goes, its place is free again.
+        let only = store.providers(&RecordKey::new(&vec![1u8]));
+        store.remove_provider(&RecordKey::new(&vec![1u8]), &only[0].provider);
+        store.add_provider(provider(11, PeerId::random())).unwrap();
     }
 }

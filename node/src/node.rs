@@ -1550,6 +1550,21 @@ impl EventLoop {
                         let at = std::time::Instant::now() + until;
                         record.expires = Some(record.expires.map_or(at, |e| e.min(at)));
                     }
+                    // A replayed older copy (of an open-tasks record) does not replace the
+                    // current one.
+                    let current =
+                        self.swarm.behaviour_mut().kad.store_mut().get(&record.key).map(|r| r.value.clone());
+                    if current.is_some_and(|old| {
+                        !fleetmesh_protocol::records::record_replaces(
+                            &record.key.to_vec(),
+                            &old,
+                            &record.value,
+                        )
+                    }) {
+                        self.meters.node.records_refused.inc();
+                        tracing::debug!(%source, "refused a DHT record older than the one held");
+                        return;
+                    }
                     // Room is kept for this node's own records: a peer does not get it by
                     // naming this node as the publisher.
                     if record.publisher == Some(*self.swarm.local_peer_id()) {

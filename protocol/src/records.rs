@@ -24,6 +24,20 @@ pub fn record_is_valid(key: &[u8], value: &[u8]) -> bool {
     }
 }
 
+/// Whether a valid record `new` may replace `old` under the same key: an open-tasks record
+/// only by one at least as recent (a replayed older copy would hide the requester's current
+/// tasks); a task spec always (the key pins its content).
+pub fn record_replaces(key: &[u8], old: &[u8], new: &[u8]) -> bool {
+    let limit = crate::limits::MAX_RECORD_BYTES;
+    match ids::RecordKey::parse(key) {
+        Some(ids::RecordKey::OpenTasks(..)) => match OpenTasks::open_bytes(old, limit) {
+            Ok((_, o)) => OpenTasks::open_bytes(new, limit).is_ok_and(|(_, n)| n.updated_ms >= o.updated_ms),
+            Err(_) => true,
+        },
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use fleetmesh_crypto::{Identity, InputDigest, ModelId};
@@ -67,5 +81,18 @@ mod tests {
         assert!(!record_is_valid(&ids::open_tasks_record_key(&m, &other.public()), &rec));
         assert!(!record_is_valid(&ids::model_provider_key(&m), &rec));
         assert!(!record_is_valid(b"not a key", &rec));
+    }
+
+    #[test]
+    fn an_older_open_tasks_record_does_not_replace_a_newer_one() {
+        let id = Identity::from_secret_bytes(&[7; 32]);
+        let model = ModelId::of(b"m");
+        let rec =
+            |at: u64| crate::encode(&OpenTasks { v: 1, model, tasks: vec![], updated_ms: at }.sign(&id));
+        let key = ids::open_tasks_record_key(&model, &id.public());
+        assert!(record_replaces(&key, &rec(10), &rec(20)));
+        assert!(record_replaces(&key, &rec(10), &rec(10)));
+        assert!(!record_replaces(&key, &rec(20), &rec(10)), "a replayed older copy");
+        assert!(record_replaces(&key, b"junk", &rec(10)));
     }
 }
