@@ -39,7 +39,16 @@ enum Op {
     Submit { input: Vec<u8>, k: u8, window: u16, exec: u16, deadline: u32 },
     Connect(u8),
     Disconnect(u8),
-    Announce { peer: u8, round: u8, with_spec: bool, input_len: u8, exec: u16, deadline: u32, price: u8 },
+    Announce {
+        peer: u8,
+        round: u8,
+        with_spec: bool,
+        input_len: u8,
+        exec: u16,
+        deadline: u32,
+        price: u8,
+        select: Option<u32>,
+    },
     Award { peer: u8, task: u8, round: u8, good_input: bool, deadline: u64 },
     Bid { peer: u8, task: u8, round_ahead: u8, price: u8, promised: u16 },
     Result { peer: u8, task: u8, output: Vec<u8>, honest_digest: bool, signer: u8 },
@@ -204,7 +213,7 @@ impl Harness {
                 let pk = self.peer(p).public();
                 self.feed(Input::Disconnected(pk));
             }
-            Op::Announce { peer, round, with_spec, input_len, exec, deadline, price } => {
+            Op::Announce { peer, round, with_spec, input_len, exec, deadline, price, select } => {
                 let input = vec![input_len; usize::from(input_len) + 1];
                 let id = &self.peers[usize::from(peer) % 4];
                 let spec = TaskSpec {
@@ -230,7 +239,7 @@ impl Harness {
                     bid_deadline_ms: self.now.saturating_add(1_000),
                     max_price: u64::from(price),
                     spec: with_spec.then(|| spec.clone()),
-                    select_ppm: None,
+                    select_ppm: select,
                 }
                 .sign(id);
                 self.dht.insert(fleetmesh_protocol::ids::task_record_key(&task), fleetmesh_protocol::encode(&spec));
