@@ -362,6 +362,9 @@ async fn gossip(report: &mut BenchReport, n: usize) -> BenchResult<()> {
         // 200 nodes scanning keep both cores busy with Kademlia queries even when idle.
         c.dht_scan_interval_ms = 600_000;
         c.tasks.max_rounds = 1;
+        // One announcement per task, to every node: selection would widen rounds nobody bids
+        // on and announce again.
+        c.tasks.selection = false;
     })
     .await?;
     // Every node connected to a few peers (their gossipsub peers).

@@ -459,10 +459,6 @@ pub struct EngineConfig {
     /// (tests) Ignore task gossip.
     #[cfg(feature = "test-hooks")]
     pub ignore_task_gossip: bool,
-    /// (tests) Announce rounds without a selection threshold, so bids rank by price as
-    /// before market v2 (tests that need a chosen worker to win).
-    #[cfg(feature = "test-hooks")]
-    pub price_ranking: bool,
 }
 
 impl Default for EngineConfig {
@@ -485,8 +481,6 @@ impl Default for EngineConfig {
             misbehave: None,
             #[cfg(feature = "test-hooks")]
             ignore_task_gossip: false,
-            #[cfg(feature = "test-hooks")]
-            price_ranking: false,
         }
     }
 }
@@ -511,6 +505,11 @@ pub struct TaskDefaults {
     /// (and at least k bids are in). The award names the bid set, so this loses no
     /// determinism; it removes the bid window from the critical path.
     pub early_close: bool,
+    /// Market v2 selection: each round admits about 2k + 2 of the model's holders, chosen by
+    /// tickets from public data, and bids rank by ticket. Off: every holder may bid and bids
+    /// rank by price, promised time and load (their own claims), as before market v2; for a
+    /// closed fleet of trusted nodes, or to measure one announcement per task.
+    pub selection: bool,
 }
 
 impl Default for TaskDefaults {
@@ -523,6 +522,7 @@ impl Default for TaskDefaults {
             deadline_ms: 120_000,
             max_rounds: 6,
             early_close: true,
+            selection: true,
         }
     }
 }

@@ -147,12 +147,25 @@ pub struct ReqTask {
     /// After a publish that reached nobody, the next try is not before this (Unix ms).
     #[serde(skip)]
     pub next_announce_ms: u64,
-    /// The last announced round's sample for the holder estimate: (round, threshold, eligible
-    /// bids seen for it, late ones included). Learned from when the next round starts or the
-    /// task ends, so an early close does not cut the count short.
+    /// The last announced round's sample for the holder estimate: its round, threshold, and
+    /// the distinct bidders it admitted whose bids were valid, late ones included. Learned
+    /// from when the next round starts or the task ends, so an early close does not cut the
+    /// count short.
     #[serde(skip)]
-    pub sample: Option<(u32, u32, u32)>,
+    pub sample: Option<Sample>,
 }
+
+/// One round's evidence of how many hold the model (see [`ReqTask::sample`]).
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    round: u32,
+    ppm: u32,
+    /// Distinct admitted bidders (bounded: one peer repeating its bid counts once).
+    bidders: BTreeSet<PublicKey>,
+}
+
+/// Bidders one sample counts at most.
+const MAX_SAMPLE_BIDDERS: usize = 4096;
 
 impl ReqTask {
     /// The task id.
@@ -283,33 +296,33 @@ impl Requester {
 
     /// The threshold for a new task of `model` with redundancy `k`: sized for 2k + 2
     /// participants among the holders this node estimates (from earlier rounds; before any,
-    /// the neighbours that advertise the model, or all connected peers, whichever is more).
+    /// the neighbours that advertise the model, or, with no adverts at all, all connected
+    /// peers).
     fn threshold_for(&self, ctx: &Ctx<'_>, model: &fleetmesh_crypto::ModelId, k: u8) -> u32 {
         let holders = match self.holders.get(model) {
             Some(n) => *n,
             None => {
                 let advertising =
                     ctx.presence.iter().filter(|(_, a)| a.advert.models.contains(model)).count();
-                u32::try_from(advertising.max(ctx.connected.len())).unwrap_or(u32::MAX)
+                // With adverts from neighbours, they say who holds it (none: a rare model,
+                // everyone is admitted); without any, every connected peer might.
+                let known = if ctx.presence.is_empty() { ctx.connected.len() } else { advertising };
+                u32::try_from(known).unwrap_or(u32::MAX)
             }
         };
         selection::threshold(selection::expected_participants(k), holders)
     }
 
     fn first_threshold(&self, ctx: &Ctx<'_>, model: &fleetmesh_crypto::ModelId, k: u8) -> Option<u32> {
-        #[cfg(feature = "test-hooks")]
-        if ctx.config.price_ranking {
-            return None;
-        }
-        Some(self.threshold_for(ctx, model, k))
+        ctx.config.tasks.selection.then(|| self.threshold_for(ctx, model, k))
     }
 
     /// Learns from the task's last sampled round, once.
     fn learn_from_sample(&mut self, id: &TaskId) {
         let Some(t) = self.tasks.get_mut(id) else { return };
         let model = t.spec.model;
-        if let Some((_, ppm, n)) = t.sample.take() {
-            self.learn_holders(model, ppm, usize::try_from(n).unwrap_or(usize::MAX));
+        if let Some(sample) = t.sample.take() {
+            self.learn_holders(model, sample.ppm, sample.bidders.len());
         }
     }
 
@@ -319,10 +332,12 @@ impl Requester {
         let seen =
             valid.saturating_mul(u64::from(selection::ALL)).checked_div(u64::from(ppm)).unwrap_or(valid);
         let seen = u32::try_from(seen).unwrap_or(u32::MAX).max(1);
-        // A moving average: one round with lost bids does not halve the estimate.
+        // A moving average: one round with lost bids does not halve the estimate, and no one
+        // round (however many keys bid in it) moves it by more than four times.
         let next = match self.holders.get(&model) {
             Some(&old) => {
-                let sum = u64::from(old).saturating_mul(3).saturating_add(u64::from(seen));
+                let seen = u64::from(seen).min(u64::from(old).saturating_mul(4));
+                let sum = u64::from(old).saturating_mul(3).saturating_add(seen);
                 u32::try_from(sum / 4).unwrap_or(u32::MAX)
             }
             None => seen,
@@ -516,8 +531,8 @@ impl Requester {
             select_ppm: t.select_ppm,
         };
         if let Some(p) = t.select_ppm {
-            if t.sample.is_none_or(|(r, _, _)| r != t.round) {
-                t.sample = Some((t.round, p, 0));
+            if t.sample.as_ref().is_none_or(|s| s.round != t.round) {
+                t.sample = Some(Sample { round: t.round, ppm: p, bidders: BTreeSet::new() });
             }
         }
         t.bid_deadline_ms = a.bid_deadline_ms;
@@ -561,12 +576,16 @@ impl Requester {
         let Some(t) = self.tasks.get_mut(&b.task_id) else {
             return TaskResponse::Refused(Refusal::UnknownTask);
         };
-        // Every eligible bid for the sampled round counts towards the holder estimate, even
-        // one that comes after the round closed (once per bidder is not checked: a bidder
-        // bids once per round, and a liar only inflates its own requester's estimate).
-        if let Some((round, ppm, n)) = t.sample.as_mut() {
-            if b.round == *round && selection::eligible(&b.task_id, *round, &from, *ppm) {
-                *n = n.saturating_add(1);
+        // Every valid bid the sampled round admitted counts towards the holder estimate, once
+        // per bidder, even one that comes after the round closed.
+        let me = ctx.identity.public();
+        if let Some(sample) = t.sample.as_mut() {
+            if b.round == sample.round
+                && sample.bidders.len() < MAX_SAMPLE_BIDDERS
+                && selection::eligible(&b.task_id, sample.round, &from, sample.ppm)
+                && winner::bid_problem(&b.task_id, &t.spec, &me, sample.round, &from, &b).is_none()
+            {
+                sample.bidders.insert(from);
             }
         }
         if t.phase != Phase::Bidding {
@@ -576,7 +595,6 @@ impl Requester {
             return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::Late));
         }
         // Only bids that can rank enter the round, so they alone can close it early.
-        let me = ctx.identity.public();
         if let Some(reason) = winner::bid_problem(&b.task_id, &t.spec, &me, t.round, &from, &b) {
             return TaskResponse::Refused(Refusal::BidDeclined(reason));
         }
@@ -644,7 +662,9 @@ impl Requester {
                 t.select_ppm = Some(selection::escalate(p));
             }
         }
-        if decision.ranked.is_empty() && !t.unable.is_empty() {
+        // In a round that admitted only part of the holders, an empty round says nothing:
+        // widen it rather than believe reports (which anyone connected can send).
+        if decision.ranked.is_empty() && !t.unable.is_empty() && !narrowed {
             // No valid bid, and workers that hold the model said why they cannot run it:
             // that is the true reason, known now.
             let (n, first) = (t.unable.len(), t.unable[0].1.to_string());
@@ -694,6 +714,7 @@ impl Requester {
             return;
         }
         let take = needed.min(decision.ranked.len()).min(allowed);
+        let short = take < needed && take < allowed;
         let (win, rest) = decision.ranked.split_at(take);
         let winners: Vec<(PublicKey, u64)> = win.iter().map(|r| (r.bidder, r.bid.price)).collect();
         t.standby = rest.iter().map(|r| (r.bidder, r.bid.price)).collect();
@@ -721,6 +742,11 @@ impl Requester {
                 request: Outgoing::Request(TaskRequest::Decline { decline: d }),
                 tag: SendTag::Decline,
             });
+        }
+        // A round that brought fewer workers than needed: the rest are sought at once (in a
+        // wider round), not after the first ones' results.
+        if short {
+            self.next_round(ctx, id);
         }
     }
 

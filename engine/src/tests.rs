@@ -812,6 +812,79 @@ fn a_worker_given_up_on_that_returns_with_a_result_is_counted() {
     assert_eq!(r.requester.get(&id).unwrap().phase, fleetmesh_api::Phase::Verified);
 }
 
+fn connected_requester(i: u64, peers: u64) -> Engine {
+    let mut r = engine(i);
+    for p in 0..peers {
+        r.handle(T0, Input::Connected(identity(50_000 + p).public()));
+    }
+    r
+}
+
+fn announced_ppm(r: &mut Engine, now: u64, input: &[u8]) -> (TaskId, u32) {
+    let (id, actions) = submit(r, now, input);
+    let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (task, round) = ann.unwrap();
+    r.handle(now, Input::Published { task, round, ok: true });
+    (id, Announcement::open_bytes(&data, usize::MAX).unwrap().1.select_ppm.unwrap())
+}
+
+/// Selection review: one peer repeating its bid inflated the holder estimate (each copy
+/// counted as 10^6 / threshold holders), so later rounds admitted almost nobody. A bidder
+/// counts once per round.
+#[test]
+fn market_v2_a_repeated_bid_counts_once_in_the_holder_estimate() {
+    use fleetmesh_protocol::selection;
+    let mut r = connected_requester(1, 1000);
+    let (id, ppm) = announced_ppm(&mut r, T0, &[1; 16]);
+    assert_eq!(ppm, selection::threshold(4, 1000));
+    let yes = (100..10_000u64).find(|i| selection::eligible(&id, 0, &identity(*i).public(), ppm)).unwrap();
+    let bid = fleetmesh_protocol::Bid {
+        v: WIRE_VERSION,
+        task_id: id,
+        round: 0,
+        price: 1,
+        promised_ms: 10,
+        queue_depth: 0,
+        free_slots: 1,
+    }
+    .sign(&identity(yes));
+    for n in 0..100 {
+        let request = TaskRequest::Bid { bid: bid.clone() };
+        r.handle(T0 + 1, Input::Request { reply: n, from: identity(yes).public(), request });
+    }
+    // The round closes and awards it; the worker vanishes; the next round learns from this one.
+    r.handle(T0 + 60_000, Input::Tick);
+    r.handle(T0 + 60_001, Input::Disconnected(identity(yes).public()));
+    let (_, next) = announced_ppm(&mut r, T0 + 60_002, &[2; 16]);
+    let holders = 1_000_000 / ppm;
+    assert_eq!(next, selection::threshold(4, holders), "one bidder under {ppm} ppm stands for {holders}");
+}
+
+/// Selection review: in a round that admits only part of the holders, no bid is expected
+/// now and then, so a stranger's "input size" report there must not fail the task.
+#[test]
+fn market_v2_a_report_in_a_narrow_round_does_not_fail_the_task() {
+    let mut r = connected_requester(1, 1000);
+    let (id, ppm) = announced_ppm(&mut r, T0, &[1; 16]);
+    assert!(ppm < fleetmesh_protocol::selection::ALL);
+    let liar = identity(9);
+    let report = fleetmesh_protocol::Unable {
+        v: WIRE_VERSION,
+        task_id: id,
+        round: 0,
+        reason: fleetmesh_protocol::UnableReason::InputSize { expected: 32, got: 16 },
+    }
+    .sign(&liar);
+    r.handle(
+        T0 + 2,
+        Input::Request { reply: 1, from: liar.public(), request: TaskRequest::Unable { report } },
+    );
+    r.handle(T0 + 60_000, Input::Tick);
+    let t = r.requester.get(&id).unwrap();
+    assert_ne!(t.phase, fleetmesh_api::Phase::Failed, "{:?}", t.failure);
+    assert!(t.select_ppm.unwrap() > ppm, "the next round is wider");
+}
+
 /// Finding 12: a worker that knows the model's input size tells the requester, signed, that
 /// the input does not fit, instead of bidding; the requester fails the task at once with that
 /// reason (not after six empty rounds with "does any node hold model ...?").

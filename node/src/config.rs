@@ -92,10 +92,6 @@ pub struct NodeConfig {
     #[cfg(feature = "test-hooks")]
     #[serde(skip)]
     pub exec_delay_ms: u64,
-    /// (tests) Rank bids by price (no selection threshold), to make a chosen worker win.
-    #[cfg(feature = "test-hooks")]
-    #[serde(skip)]
-    pub price_ranking: bool,
 }
 
 impl Default for NodeConfig {
@@ -127,8 +123,6 @@ impl Default for NodeConfig {
             ignore_task_gossip: false,
             #[cfg(feature = "test-hooks")]
             exec_delay_ms: 0,
-            #[cfg(feature = "test-hooks")]
-            price_ranking: false,
         }
     }
 }

@@ -468,8 +468,6 @@ fn engine_config(c: &NodeConfig) -> EngineConfig {
         misbehave: c.misbehave,
         #[cfg(feature = "test-hooks")]
         ignore_task_gossip: c.ignore_task_gossip,
-        #[cfg(feature = "test-hooks")]
-        price_ranking: c.price_ranking,
     }
 }
 

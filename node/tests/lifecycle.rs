@@ -79,7 +79,7 @@ async fn worker_killed_mid_task_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     // Node 1 is the cheapest bidder and vanishes after accepting; nodes 2-4 cost more.
     let mut nodes = mesh(dir.path(), 5, |i, c| {
-        c.price_ranking = true;
+        c.tasks.selection = false; // a chosen (cheapest) worker must win
         c.price_floor = if i == 1 { 1 } else { 5 };
         if i == 1 {
             c.misbehave = Some(Misbehave::Vanish);
@@ -108,7 +108,7 @@ async fn worker_killed_mid_task_is_replaced() {
 async fn cheat_is_caught(how: Misbehave, expected_reason: &str, tasks: usize) {
     let dir = tempfile::tempdir().unwrap();
     let nodes = mesh(dir.path(), 4, |i, c: &mut NodeConfig| {
-        c.price_ranking = true;
+        c.tasks.selection = false; // a chosen (cheapest) worker must win
         c.price_floor = if i == 1 { 1 } else { 5 };
         if i == 1 {
             c.misbehave = Some(how);
@@ -154,7 +154,7 @@ async fn replayed_old_result_is_rejected() {
 async fn wrong_answer_is_outvoted_with_k2() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = mesh(dir.path(), 5, |i, c| {
-        c.price_ranking = true;
+        c.tasks.selection = false; // a chosen (cheapest) worker must win
         c.price_floor = match i {
             1 => 1,
             2 => 2,
