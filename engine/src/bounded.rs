@@ -105,6 +105,42 @@ impl<K: Ord + Clone> BoundedSet<K> {
     }
 }
 
+/// Records whose last durable write failed (tasks or jobs): each is written again once,
+/// then kept here (so it stays in memory) for a grace period in which a new failure would
+/// mark it due again. Holds only ids present in memory, so it is bounded by them.
+#[derive(Debug, Default)]
+pub(crate) struct Unsaved {
+    /// id -> when its last retry went out (0: due now).
+    at: BTreeMap<fleetmesh_crypto::TaskId, u64>,
+}
+
+impl Unsaved {
+    /// A write of `id` failed: write it again at the next retry.
+    pub(crate) fn mark(&mut self, id: fleetmesh_crypto::TaskId) {
+        self.at.insert(id, 0);
+    }
+
+    pub(crate) fn remove(&mut self, id: &fleetmesh_crypto::TaskId) {
+        self.at.remove(id);
+    }
+
+    /// Whether `id` may not leave memory yet.
+    pub(crate) fn contains(&self, id: &fleetmesh_crypto::TaskId) -> bool {
+        self.at.contains_key(id)
+    }
+
+    /// The ids to write again now (stamped as retried); forgets those whose retry had
+    /// `grace_ms` to fail and did not.
+    pub(crate) fn due(&mut self, now: u64, grace_ms: u64) -> Vec<fleetmesh_crypto::TaskId> {
+        self.at.retain(|_, at| *at == 0 || now.saturating_sub(*at) < grace_ms);
+        let due: Vec<_> = self.at.iter().filter(|(_, at)| **at == 0).map(|(id, _)| *id).collect();
+        for id in &due {
+            self.at.insert(*id, now.max(1));
+        }
+        due
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -270,7 +270,7 @@ pub struct Requester {
     /// Tasks whose last write failed: written again (every second) until a minute passes
     /// after a retry with no new failure; kept in memory all that time. Value: when the last
     /// retry went out (0: due).
-    unsaved: BTreeMap<TaskId, u64>,
+    unsaved: super::bounded::Unsaved,
     /// Receipts of finished tasks that left memory, by task.
     closed: BoundedMap<TaskId, Vec<(PublicKey, SignedEnvelope)>>,
     /// Models whose open-tasks record must be rewritten on the next flush.
@@ -286,7 +286,7 @@ impl Requester {
     pub(crate) fn new(_config: &EngineConfig) -> Self {
         Self {
             tasks: BTreeMap::new(),
-            unsaved: BTreeMap::new(),
+            unsaved: Default::default(),
             closed: BoundedMap::new(MAX_CLOSED_REMEMBERED),
             open_dirty: BTreeSet::new(),
             providing: BTreeSet::new(),
@@ -1232,7 +1232,7 @@ impl Requester {
         for (table, id, written) in keys {
             // Any other task's state is ahead of the disk: written again until it sticks.
             if *table == Table::Requests && *written && self.tasks.contains_key(id) {
-                self.unsaved.insert(*id, 0);
+                self.unsaved.mark(*id);
             }
         }
     }
@@ -1240,11 +1240,7 @@ impl Requester {
     /// Writes again the tasks whose last write failed (every second, from the tick); forgets
     /// those whose retry has had a minute to fail and did not.
     pub(crate) fn retry_unsaved(&mut self, ctx: &mut Ctx<'_>) {
-        let now = ctx.now;
-        self.unsaved.retain(|_, at| *at == 0 || now.saturating_sub(*at) < UNSAVED_GRACE_MS);
-        let due: Vec<TaskId> = self.unsaved.iter().filter(|(_, at)| **at == 0).map(|(id, _)| *id).collect();
-        for id in due {
-            self.unsaved.insert(id, now.max(1));
+        for id in self.unsaved.due(ctx.now, UNSAVED_GRACE_MS) {
             self.persist(ctx, &id);
         }
     }
@@ -1294,7 +1290,7 @@ impl Requester {
         done.sort_unstable();
         let excess = done.len().saturating_sub(cap);
         // A task whose state is not on disk yet stays in memory until it is.
-        for (_, id) in done.into_iter().filter(|(_, id)| !self.unsaved.contains_key(id)).take(excess) {
+        for (_, id) in done.into_iter().filter(|(_, id)| !self.unsaved.contains(id)).take(excess) {
             if let Some(t) = self.tasks.remove(&id) {
                 self.closed.insert(id, t.receipts);
             }

@@ -767,16 +767,7 @@ fn market_v2_only_workers_the_round_selects_bid() {
     let sent = sends(&gossip(&mut w_yes, T0 + 1, Topic::Tasks, r.public(), data));
     assert_eq!(sent.len(), 1, "the selected worker bids");
     // A bid from a worker the round did not select is refused.
-    let bid = fleetmesh_protocol::Bid {
-        v: WIRE_VERSION,
-        task_id: id,
-        round: 0,
-        price: 1,
-        promised_ms: 10,
-        queue_depth: 0,
-        free_slots: 1,
-    }
-    .sign(&identity(no));
+    let bid = round0_bid(id, &identity(no));
     let a = r.handle(
         T0 + 2,
         Input::Request { reply: 1, from: identity(no).public(), request: TaskRequest::Bid { bid } },
@@ -812,6 +803,20 @@ fn a_worker_given_up_on_that_returns_with_a_result_is_counted() {
     assert_eq!(r.requester.get(&id).unwrap().phase, fleetmesh_api::Phase::Verified);
 }
 
+/// A valid round-0 bid for `task` signed by `who`.
+fn round0_bid(task: TaskId, who: &Identity) -> SignedEnvelope {
+    fleetmesh_protocol::Bid {
+        v: WIRE_VERSION,
+        task_id: task,
+        round: 0,
+        price: 1,
+        promised_ms: 10,
+        queue_depth: 0,
+        free_slots: 1,
+    }
+    .sign(who)
+}
+
 fn connected_requester(i: u64, peers: u64) -> Engine {
     let mut r = engine(i);
     for p in 0..peers {
@@ -838,16 +843,7 @@ fn market_v2_a_repeated_bid_counts_once_in_the_holder_estimate() {
     let (id, ppm) = announced_ppm(&mut r, T0, &[1; 16]);
     assert_eq!(ppm, selection::threshold(4, 1000));
     let yes = (100..10_000u64).find(|i| selection::eligible(&id, 0, &identity(*i).public(), ppm)).unwrap();
-    let bid = fleetmesh_protocol::Bid {
-        v: WIRE_VERSION,
-        task_id: id,
-        round: 0,
-        price: 1,
-        promised_ms: 10,
-        queue_depth: 0,
-        free_slots: 1,
-    }
-    .sign(&identity(yes));
+    let bid = round0_bid(id, &identity(yes));
     for n in 0..100 {
         let request = TaskRequest::Bid { bid: bid.clone() };
         r.handle(T0 + 1, Input::Request { reply: n, from: identity(yes).public(), request });

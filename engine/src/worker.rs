@@ -265,7 +265,7 @@ pub struct Worker {
     jobs: BTreeMap<TaskId, Job>,
     /// Jobs whose last write failed, and when the last retry went out (0: due); as the
     /// requester's.
-    unsaved: BTreeMap<TaskId, u64>,
+    unsaved: crate::bounded::Unsaved,
     /// Finished jobs that left memory.
     done: BoundedSet<TaskId>,
     /// Rounds bid on, and to whom.
@@ -301,7 +301,7 @@ impl Worker {
     pub(crate) fn new(_config: &EngineConfig) -> Self {
         Self {
             jobs: BTreeMap::new(),
-            unsaved: BTreeMap::new(),
+            unsaved: Default::default(),
             done: BoundedSet::new(MAX_DONE_REMEMBERED),
             bids: BidMemory::default(),
             spec_lookups: BTreeSet::new(),
@@ -1070,19 +1070,14 @@ impl Worker {
         for (table, id, written) in keys {
             // Any other job's state is ahead of the disk: written again until it sticks.
             if *table == Table::Jobs && *written && self.jobs.contains_key(id) {
-                self.unsaved.insert(*id, 0);
+                self.unsaved.mark(*id);
             }
         }
     }
 
     /// Writes again the jobs whose last write failed (every second, from the tick).
     pub(crate) fn retry_unsaved(&mut self, ctx: &mut Ctx<'_>) {
-        let now = ctx.now;
-        let grace = crate::requester::UNSAVED_GRACE_MS;
-        self.unsaved.retain(|_, at| *at == 0 || now.saturating_sub(*at) < grace);
-        let due: Vec<TaskId> = self.unsaved.iter().filter(|(_, at)| **at == 0).map(|(id, _)| *id).collect();
-        for id in due {
-            self.unsaved.insert(id, now.max(1));
+        for id in self.unsaved.due(ctx.now, crate::requester::UNSAVED_GRACE_MS) {
             if let Some(j) = self.jobs.get(&id) {
                 ctx.push(Action::Persist(vec![j.op(&id)]));
             }
@@ -1104,7 +1099,7 @@ impl Worker {
         }
         done.sort_unstable();
         let excess = done.len().saturating_sub(cap);
-        for (_, id) in done.into_iter().filter(|(_, id)| !self.unsaved.contains_key(id)).take(excess) {
+        for (_, id) in done.into_iter().filter(|(_, id)| !self.unsaved.contains(id)).take(excess) {
             self.jobs.remove(&id);
             self.done.insert(id);
         }
