@@ -28,6 +28,7 @@
 pub mod bounded;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
+pub mod reputation;
 pub mod requester;
 #[allow(clippy::arithmetic_side_effects)] // the simulator's own clock and counters, not peer input
 pub mod sim;
@@ -191,6 +192,9 @@ pub enum Table {
     Jobs,
     /// Their inputs, kept until the job has run.
     JobInputs,
+    /// The requester's reputation ledger ([`reputation::Standing`], CBOR), keyed by the
+    /// worker's public key bytes.
+    Reputation,
 }
 
 /// One write of a durable transaction.
@@ -453,6 +457,8 @@ pub struct EngineConfig {
     pub dht_scan_interval_ms: u64,
     /// Finished tasks and jobs kept in memory.
     pub max_finished_in_memory: usize,
+    /// Reputation: whom this node trusts as a requester, and how much.
+    pub trust: reputation::TrustConfig,
     /// (tests) How a worker cheats.
     #[cfg(feature = "test-hooks")]
     pub misbehave: Option<crate::hooks::Misbehave>,
@@ -477,6 +483,7 @@ impl Default for EngineConfig {
             presence_interval_ms: 5_000,
             dht_scan_interval_ms: 5_000,
             max_finished_in_memory: 1024,
+            trust: reputation::TrustConfig::default(),
             #[cfg(feature = "test-hooks")]
             misbehave: None,
             #[cfg(feature = "test-hooks")]
@@ -680,6 +687,14 @@ impl Engine {
         requester.restore(&mut ctx, requests);
         worker.restore(&mut ctx, jobs);
         out
+    }
+
+    /// Takes back the reputation ledger persisted before a restart (call before
+    /// [`Engine::restore`]); records whose key is no valid public key are skipped.
+    pub fn restore_reputation(&mut self, entries: Vec<(TaskId, reputation::Standing)>) {
+        self.requester.restore_ledger(
+            entries.into_iter().filter_map(|(k, s)| reputation::worker_of(&k).map(|w| (w, s))),
+        );
     }
 
     /// Handles one input at `now` (Unix ms) and returns what to do, in order.

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use fleetmesh_crypto::{Digest, OutputDigest, PublicKey, SignedEnvelope, TaskId};
 use fleetmesh_protocol::selection;
-use fleetmesh_protocol::verify::{agreement, check_result, Agreement};
+use fleetmesh_protocol::verify::{anchored_agreement, check_result, Agreement};
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{
     ids, task_id_of, winner, Announcement, Award, Decline, DeclineReason, OpenTask, OpenTasks, Receipt,
@@ -30,6 +30,7 @@ use fleetmesh_protocol::{
 use serde::{Deserialize, Serialize};
 
 use super::bounded::BoundedMap;
+use super::reputation::{Ledger, Outcome, Trust, MAX_LEDGER};
 use super::{
     record, Action, Ctx, EngineConfig, Metric, Outgoing, SendFailure, SendTag, StoreOp, SubmitError,
     SubmitRequest, Table, Topic,
@@ -118,6 +119,26 @@ pub struct ReqTask {
     /// market v2 (everyone may bid, and bids rank by score).
     #[serde(default)]
     pub select_ppm: Option<u32>,
+    /// The first award added an unknown worker to check the trusted ones (market v2 spot
+    /// check): one more agreeing result is needed.
+    #[serde(default)]
+    pub spot_check: bool,
+    /// Workers the current round's announcement invited by name (trusted ones, and one
+    /// close to trust), admitted whatever their ticket.
+    #[serde(default)]
+    pub invited: Vec<PublicKey>,
+    /// A trusted worker was around for this task at some point: from then on only an output
+    /// a trusted worker produced verifies it (so using up the trusted workers, or making
+    /// them fail, does not open the door to a quorum of unknown keys).
+    #[serde(default)]
+    pub anchored: bool,
+    /// The task waits for a trusted worker: its rounds admit only the trusted workers they
+    /// invite (threshold 0), so the unknown holders do not bid again and again.
+    #[serde(default)]
+    pub seeking: bool,
+    /// Rounds spent seeking a trusted worker (their windows grow as empty rounds' do).
+    #[serde(default)]
+    pub seek_rounds: u32,
     /// Ranked bidders not awarded yet (worker, price), for replacements.
     pub standby: Vec<(PublicKey, u64)>,
     /// Everyone awarded, in order.
@@ -177,9 +198,21 @@ impl ReqTask {
         self.assignments.iter().map(|a| a.worker).collect()
     }
 
-    /// The bid window of the current round: doubled after each empty round, up to 8 times.
+    /// The bid window of the current round: doubled after each empty round (or round spent
+    /// seeking a trusted worker), up to 8 times.
     fn window_ms(&self) -> u64 {
-        u64::from(self.spec.bid_window_ms).saturating_mul(1u64 << self.empty_rounds.min(3))
+        let n = self.empty_rounds.max(self.seek_rounds).min(3);
+        u64::from(self.spec.bid_window_ms).saturating_mul(1u64 << n)
+    }
+
+    /// The current round's threshold as announced: 0 (invited workers only) while seeking a
+    /// trusted worker.
+    pub fn round_ppm(&self) -> Option<u32> {
+        if self.seeking {
+            Some(0)
+        } else {
+            self.select_ppm
+        }
     }
 
     /// What the API, the CLI and the demo show.
@@ -239,13 +272,19 @@ impl ReqTask {
             .collect()
     }
 
+    /// Agreeing results that verify this task: a strict majority of k, one more when a spot
+    /// check was added.
+    fn need(&self) -> usize {
+        fleetmesh_protocol::verify::quorum(self.spec.redundancy).saturating_add(usize::from(self.spot_check))
+    }
+
     /// Whether the results in hand plus the workers still running can reach a quorum.
     fn can_still_verify(&self) -> bool {
         let returned = self.returned();
         let best =
             returned.iter().map(|(_, d)| returned.iter().filter(|(_, e)| e == d).count()).max().unwrap_or(0);
         let waiting = self.assignments.iter().filter(|a| a.waiting()).count();
-        best.saturating_add(waiting) >= fleetmesh_protocol::verify::quorum(self.spec.redundancy)
+        best.saturating_add(waiting) >= self.need()
     }
 
     fn live_count(&self) -> usize {
@@ -280,10 +319,12 @@ pub struct Requester {
     /// Per model, how many workers hold it mesh-wide, as the last rounds' bids tell (bids
     /// under threshold `p` stand for `bids / p` holders). Sizes the next thresholds.
     holders: BoundedMap<fleetmesh_crypto::ModelId, u32>,
+    /// What this node has seen each worker do (market v2 reputation).
+    ledger: Ledger,
 }
 
 impl Requester {
-    pub(crate) fn new(_config: &EngineConfig) -> Self {
+    pub(crate) fn new(config: &EngineConfig) -> Self {
         Self {
             tasks: BTreeMap::new(),
             unsaved: Default::default(),
@@ -291,7 +332,107 @@ impl Requester {
             open_dirty: BTreeSet::new(),
             providing: BTreeSet::new(),
             holders: BoundedMap::new(MAX_MODELS_ESTIMATED),
+            ledger: Ledger::new(config.trust.trust_after, MAX_LEDGER),
         }
+    }
+
+    /// The reputation ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub(crate) fn restore_ledger(
+        &mut self,
+        entries: impl IntoIterator<Item = (PublicKey, super::reputation::Standing)>,
+    ) {
+        self.ledger.restore(entries);
+    }
+
+    /// How this node treats `worker` (everyone is alike with trust off).
+    fn trust_of(&self, ctx: &Ctx<'_>, worker: &PublicKey) -> Trust {
+        if ctx.config.trust.enabled {
+            self.ledger.trust(worker)
+        } else {
+            Trust::Unknown
+        }
+    }
+
+    /// Whether a verification of task `t` needs a trusted worker: trust is on and this
+    /// node trusts a worker that may hold the model (one whose presence advert does not list
+    /// only other models), or the task needed one before ([`ReqTask::anchored`]). With
+    /// none, a quorum of unknown workers is accepted, as in v1. Whether that worker is
+    /// connected does not matter: a partition, or an attacker that surrounds the node, must
+    /// not be what lets unknown keys verify a task (it fails instead, saying why).
+    fn anchor_required(&self, ctx: &Ctx<'_>, t: &ReqTask) -> bool {
+        ctx.config.trust.enabled
+            && (t.anchored
+                || self.has_trusted_worker(ctx, t)
+                || self.ledger.any_trusted(|k| {
+                    ctx.presence.get(k).is_none_or(|a| a.advert.models.contains(&t.spec.model))
+                }))
+    }
+
+    /// Whom a round of task `t` invites by name: up to k trusted workers (a different few
+    /// for each task, by rendezvous hashing on the task id) and the unknown worker closest
+    /// to trust, all connected and not known to lack the model and not on the task already.
+    /// So a trusted worker is in every round where one is around, and trust keeps growing.
+    fn invites(&self, ctx: &Ctx<'_>, id: &TaskId, t: &ReqTask) -> Vec<PublicKey> {
+        if !ctx.config.trust.enabled {
+            return Vec::new();
+        }
+        let me = ctx.identity.public();
+        let usable = |k: &PublicKey| {
+            *k != me
+                && ctx.connected.contains(k)
+                && ctx.presence.get(k).is_none_or(|a| a.advert.models.contains(&t.spec.model))
+                && !t.assignments.iter().any(|a| a.worker == *k)
+        };
+        let mut trusted: Vec<(u64, PublicKey)> = self
+            .ledger
+            .trusted_keys()
+            .filter(|k| usable(k))
+            .map(|k| (selection::invite_rank(id, k), *k))
+            .collect();
+        trusted.sort();
+        // Seeking a trusted worker: as many trusted ones as an announcement holds, nobody else.
+        let k = usize::from(t.spec.redundancy);
+        let take = if t.seeking { selection::MAX_INVITED } else { k.min(selection::MAX_INVITED) };
+        let mut out: Vec<PublicKey> = trusted.into_iter().take(take).map(|(_, k)| k).collect();
+        if t.seeking {
+            return out;
+        }
+        // The unknown workers closest to trust: one, or k + 1 while nobody is trusted yet (so
+        // the first ones get there quickly).
+        let mut promising: Vec<(std::cmp::Reverse<u32>, u64, PublicKey)> = self
+            .ledger
+            .promising()
+            .filter(|(w, _)| usable(w))
+            .map(|(w, agreed)| (std::cmp::Reverse(agreed), selection::invite_rank(id, w), *w))
+            .collect();
+        promising.sort();
+        let room = selection::MAX_INVITED.saturating_sub(out.len());
+        let want = if out.is_empty() { k.saturating_add(1) } else { 1 };
+        out.extend(promising.into_iter().take(want.min(room)).map(|(_, _, w)| w));
+        out
+    }
+
+    /// Whether a live worker on task `t` is trusted.
+    fn has_trusted_worker(&self, ctx: &Ctx<'_>, t: &ReqTask) -> bool {
+        t.assignments.iter().any(|a| a.live() && self.trust_of(ctx, &a.worker) == Trust::Trusted)
+    }
+
+    /// A private coin for task `id`: whether it gets a spot check. Drawn from this node's
+    /// secret, so no worker can tell in advance which tasks are checked.
+    fn spot_draw(ctx: &Ctx<'_>, id: &TaskId) -> bool {
+        let ppm = ctx.config.trust.spot_check_ppm;
+        if ppm == 0 {
+            return false;
+        }
+        let key = blake3::derive_key("fleetmesh 2026 spot check", ctx.identity.secret_bytes().as_slice());
+        let h = blake3::keyed_hash(&key, id.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&h.as_bytes()[..8]);
+        u64::from_le_bytes(first) % 1_000_000 < u64::from(ppm)
     }
 
     /// The threshold for a new task of `model` with redundancy `k`: sized for 2k + 2
@@ -310,7 +451,17 @@ impl Requester {
                 u32::try_from(known).unwrap_or(u32::MAX)
             }
         };
-        selection::threshold(selection::expected_participants(k), holders)
+        // Invited workers (trusted ones and one close to trust) take part on top of the
+        // ticket holders: the tickets are sized for the rest, k + 1 at least.
+        let invited = if ctx.config.trust.enabled {
+            let trusted = u32::try_from(self.ledger.trusted_count().min(usize::from(k))).unwrap_or(0);
+            trusted.saturating_add(u32::from(self.ledger.promising().next().is_some()))
+        } else {
+            0
+        };
+        let expected =
+            selection::expected_participants(k).saturating_sub(invited).max(u32::from(k).saturating_add(1));
+        selection::threshold(expected, holders)
     }
 
     fn first_threshold(&self, ctx: &Ctx<'_>, model: &fleetmesh_crypto::ModelId, k: u8) -> Option<u32> {
@@ -479,6 +630,11 @@ impl Requester {
             bid_root: None,
             bid_count: 0,
             select_ppm: self.first_threshold(ctx, &model, k),
+            spot_check: false,
+            invited: Vec::new(),
+            anchored: false,
+            seeking: false,
+            seek_rounds: 0,
             standby: Vec::new(),
             assignments: Vec::new(),
             outputs: Vec::new(),
@@ -516,10 +672,15 @@ impl Requester {
 
     /// Publishes the current round's announcement; its window starts when it is out.
     fn announce(&mut self, ctx: &mut Ctx<'_>, id: &TaskId) {
+        let invited = match self.tasks.get(id) {
+            Some(t) if !t.announce_in_flight && t.round_ppm().is_some() => self.invites(ctx, id, t),
+            _ => Vec::new(),
+        };
         let Some(t) = self.tasks.get_mut(id) else { return };
         if t.announce_in_flight {
             return;
         }
+        t.invited = invited;
         let a = Announcement {
             v: WIRE_VERSION,
             task_id: *id,
@@ -528,9 +689,10 @@ impl Requester {
             bid_deadline_ms: ctx.now.saturating_add(t.window_ms()).min(t.spec.deadline_ms),
             max_price: t.spec.max_price,
             spec: Some(t.spec_env.clone()),
-            select_ppm: t.select_ppm,
+            select_ppm: t.round_ppm(),
+            invited: t.invited.clone(),
         };
-        if let Some(p) = t.select_ppm {
+        if let Some(p) = t.select_ppm.filter(|_| !t.seeking) {
             if t.sample.as_ref().is_none_or(|s| s.round != t.round) {
                 t.sample = Some(Sample { round: t.round, ppm: p, bidders: BTreeSet::new() });
             }
@@ -598,7 +760,11 @@ impl Requester {
         if let Some(reason) = winner::bid_problem(&b.task_id, &t.spec, &me, t.round, &from, &b) {
             return TaskResponse::Refused(Refusal::BidDeclined(reason));
         }
-        if t.select_ppm.is_some_and(|p| !selection::eligible(&b.task_id, t.round, &from, p)) {
+        if t.round_ppm().is_some_and(|p| !selection::admitted(&b.task_id, t.round, &from, p, &t.invited)) {
+            return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::NotSelected));
+        }
+        // A worker that returned an output other than a verified one gets no more work here.
+        if ctx.config.trust.enabled && self.ledger.trust(&from) == Trust::Bad {
             return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::NotSelected));
         }
         if t.assignments.iter().any(|a| a.worker == from) {
@@ -635,7 +801,7 @@ impl Requester {
             .filter(|(p, adv)| ctx.connected.contains(p) && adv.advert.models.contains(&t.spec.model))
             .filter(|(p, _)| !t.assignments.iter().any(|a| a.worker == **p))
             // Only the neighbours this round admits are waited for.
-            .filter(|(p, _)| t.select_ppm.is_none_or(|s| selection::eligible(id, t.round, p, s)))
+            .filter(|(p, _)| t.round_ppm().is_none_or(|s| selection::admitted(id, t.round, p, s, &t.invited)))
             .map(|(p, _)| p)
             .collect();
         // Every capable neighbour has bid: bids from others do not stand in for theirs.
@@ -646,21 +812,62 @@ impl Requester {
     /// Applies the winner rule to the round's bids and awards the winners.
     fn close_round(&mut self, ctx: &mut Ctx<'_>, id: &TaskId) {
         let me = ctx.identity.public();
+        // Reputation: whether this task still needs a trusted worker to verify.
+        let Some(t) = self.tasks.get(id) else { return };
+        let anchor = self.anchor_required(ctx, t);
+        let seeking = anchor && !self.has_trusted_worker(ctx, t);
+        let trust_on = ctx.config.trust.enabled;
+        let ledger = &self.ledger;
         let Some(t) = self.tasks.get_mut(id) else { return };
+        t.anchored |= anchor;
         let assigned = t.awarded_keys();
         // Workers already on this task (or failed on it) take no part in a new round.
         let bids: Vec<SignedEnvelope> =
             std::mem::take(&mut t.bids).into_iter().filter(|b| !assigned.contains(&b.signer)).collect();
-        let decision = winner::choose_with(id, &t.spec, &me, t.round, t.select_ppm, &bids);
-        let needed = usize::from(t.spec.redundancy).saturating_sub(t.live_count()).max(1);
+        let mut decision =
+            winner::choose_invited(id, &t.spec, &me, t.round, t.round_ppm(), &t.invited, &bids);
+        if trust_on {
+            // Trusted bidders first (by ticket among them), then unknown ones, those with more
+            // corroborated work first; bad ones never.
+            decision.ranked.retain(|r| ledger.trust(&r.bidder) != Trust::Bad);
+            decision
+                .ranked
+                .sort_by_key(|r| (ledger.trust(&r.bidder), std::cmp::Reverse(ledger.agreed(&r.bidder))));
+        }
+        let round_trusted = decision.ranked.iter().any(|r| ledger.trust(&r.bidder) == Trust::Trusted);
+        let live = t.live_count();
+        let needed = usize::from(t.spec.redundancy).saturating_sub(live).max(1);
         let now = ctx.now;
+        // A task whose workers are all unknown, where a trusted holder is around, cannot
+        // verify with more unknown workers: widen the next round until a trusted one bids
+        // (keeping this round's bidders as standby), up to the deadline.
+        if round_trusted {
+            t.seeking = false;
+        }
+        if seeking && !round_trusted && live > 0 && !decision.ranked.is_empty() {
+            for r in &decision.ranked {
+                if t.standby.len() < MAX_BIDS_PER_ROUND && !t.standby.iter().any(|(w, _)| *w == r.bidder) {
+                    t.standby.push((r.bidder, r.bid.price));
+                }
+            }
+            t.seeking = true;
+            if now >= t.spec.deadline_ms {
+                self.fail(ctx, id, "deadline passed while looking for a trusted worker".into());
+            } else {
+                self.next_round(ctx, id);
+            }
+            return;
+        }
         // Selection: what this round says about how many hold the model, and a wider next
         // round when this one drew fewer bids than it needed.
-        let narrowed = t.select_ppm.is_some_and(|p| p < selection::ALL);
-        if let Some(p) = t.select_ppm {
+        let narrowed = t.round_ppm().is_some_and(|p| p < selection::ALL);
+        if let Some(p) = t.select_ppm.filter(|_| !t.seeking) {
             if decision.ranked.len() < needed {
                 t.select_ppm = Some(selection::escalate(p));
             }
+        }
+        if seeking && !round_trusted {
+            t.seeking = true;
         }
         // In a round that admitted only part of the holders, an empty round says nothing:
         // widen it rather than believe reports (which anyone connected can send).
@@ -714,20 +921,46 @@ impl Requester {
             return;
         }
         let take = needed.min(decision.ranked.len()).min(allowed);
-        let short = take < needed && take < allowed;
+        // Still no trusted worker on a task that needs one: the rest is sought at once.
+        let short = (take < needed && take < allowed) || (seeking && !round_trusted);
         let (win, rest) = decision.ranked.split_at(take);
         let winners: Vec<(PublicKey, u64)> = win.iter().map(|r| (r.bidder, r.bid.price)).collect();
-        t.standby = rest.iter().map(|r| (r.bidder, r.bid.price)).collect();
+        let mut spot = None;
+        let mut rest: Vec<(PublicKey, u64)> = rest.iter().map(|r| (r.bidder, r.bid.price)).collect();
+        // A check by one more worker, on a task's first award: trusted winners get an unknown
+        // worker beside them on a private random draw (a spot check); before anyone is
+        // trusted, a lone unknown k = 1 winner is always replicated. One more agreeing result
+        // is then needed. How unknown workers earn trust, and how a trusted worker that turns
+        // is caught.
+        let all_trusted = winners.iter().all(|(w, _)| ledger.trust(w) == Trust::Trusted);
+        if trust_on
+            && t.assignments.is_empty()
+            && winners.len() < allowed
+            && (if anchor { all_trusted && Self::spot_draw(ctx, id) } else { t.spec.redundancy == 1 })
+        {
+            if let Some(i) = rest.iter().position(|(w, _)| ledger.trust(w) == Trust::Unknown) {
+                spot = Some(rest.remove(i));
+                t.spot_check = true;
+            }
+        }
+        t.standby = rest;
         t.phase = Phase::Running;
         if t.times.awarded_ms == 0 {
             t.times.awarded_ms = now;
         }
         let round = t.round;
         let model = t.spec.model;
-        let declined: Vec<(PublicKey, DeclineReason)> =
-            decision.declined.into_iter().filter(|(pk, _)| !winners.iter().any(|(w, _)| w == pk)).collect();
+        let declined: Vec<(PublicKey, DeclineReason)> = decision
+            .declined
+            .into_iter()
+            .filter(|(pk, _)| !winners.iter().chain(&spot).any(|(w, _)| w == pk))
+            .collect();
         // The award is persisted first; then the losers hear why (best effort).
         self.award(ctx, id, winners);
+        // The spot checker gets an award of its own: an award never names more than k.
+        if let Some(s) = spot {
+            self.award(ctx, id, vec![s]);
+        }
         self.open_dirty.insert(model);
         for (pk, reason) in declined {
             ctx.trace(TaskRecord {
@@ -756,6 +989,9 @@ impl Requester {
         let Some(t) = self.tasks.get_mut(id) else { return };
         t.phase = Phase::Bidding;
         t.round = t.round.saturating_add(1);
+        if t.seeking {
+            t.seek_rounds = t.seek_rounds.saturating_add(1);
+        }
         t.bids.clear();
         t.unable.clear();
         t.announce_pending = true;
@@ -908,9 +1144,31 @@ impl Requester {
 
     /// Brings one more worker onto a running task: the next standby bidder, or a new round.
     fn add_worker(&mut self, ctx: &mut Ctx<'_>, id: &TaskId) {
+        let Some(t) = self.tasks.get(id) else { return };
+        let seeking = self.anchor_required(ctx, t) && !self.has_trusted_worker(ctx, t);
+        let ledger = &self.ledger;
         let Some(t) = self.tasks.get_mut(id) else { return };
         if t.phase.is_terminal() {
             return;
+        }
+        if seeking {
+            // Only a trusted worker can verify this task now: the first one on standby, or
+            // a wider round (unless one is already taking bids).
+            if let Some(i) = t.standby.iter().position(|(w, _)| ledger.trust(w) == Trust::Trusted) {
+                if t.assignments.len() < usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS) {
+                    let next = t.standby.remove(i);
+                    self.award(ctx, id, vec![next]);
+                    return;
+                }
+            } else if t.phase == Phase::Bidding {
+                return;
+            } else if ctx.now < t.spec.deadline_ms
+                && t.assignments.len() < usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS)
+            {
+                t.seeking = true;
+                self.next_round(ctx, id);
+                return;
+            }
         }
         if t.assignments.len() >= usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS) {
             let reason = format!("gave up after {} workers failed or disagreed", t.assignments.len());
@@ -939,6 +1197,7 @@ impl Requester {
         output: Vec<u8>,
     ) -> TaskResponse {
         ctx.count(Metric::ResultsReceived);
+        let anchor = self.tasks.get(&id).is_some_and(|t| self.anchor_required(ctx, t));
         let h = match fleetmesh_protocol::ResultHeader::open(&header) {
             Ok(h) => h,
             Err(_) => {
@@ -1035,8 +1294,15 @@ impl Requester {
         if t.times.first_result_ms == 0 {
             t.times.first_result_ms = ctx.now;
         }
-        let results = t.returned();
-        match agreement(t.spec.redundancy, t.live_count(), &results) {
+        let trust_on = ctx.config.trust.enabled;
+        let results: Vec<(PublicKey, OutputDigest, bool)> = t
+            .returned()
+            .into_iter()
+            .map(|(w, d)| (w, d, trust_on && self.ledger.trust(&w) == Trust::Trusted))
+            .collect();
+        t.anchored |= anchor;
+        let judged = anchored_agreement(t.need(), t.live_count(), &results, anchor);
+        match judged {
             Agreement::Verified(digest, workers) => {
                 self.verify_task(ctx, &id, digest, workers);
                 let receipt = self
@@ -1072,6 +1338,21 @@ impl Requester {
         t.times.finished_ms = now;
         t.verified = Some((digest, workers.clone()));
         let mut to_notify = Vec::new();
+        // What this verification says about each worker that returned a result.
+        let mut ledger_ops = Vec::new();
+        let corroborated = workers.len() >= 2;
+        for a in &t.assignments {
+            if let AssignStatus::Returned(d) = &a.status {
+                let outcome = if *d != digest {
+                    Outcome::Disagreed
+                } else if corroborated {
+                    Outcome::Agreed
+                } else {
+                    Outcome::Alone
+                };
+                ledger_ops.extend(self.ledger.record(a.worker, outcome, now));
+            }
+        }
         for a in &mut t.assignments {
             match &a.status {
                 AssignStatus::Returned(d) if *d == digest && workers.contains(&a.worker) => {
@@ -1095,9 +1376,11 @@ impl Requester {
             }
         }
         let model = t.spec.model;
-        // Finished: its input is not needed again.
+        // Finished: its input is not needed again. The ledger changes in the same write.
         let drop_input = StoreOp { table: Table::RequestInputs, key: *id, value: None };
-        ctx.push(Action::Persist(vec![t.persist(id), drop_input]));
+        let mut ops = vec![t.persist(id), drop_input];
+        ops.extend(ledger_ops);
+        ctx.push(Action::Persist(ops));
         ctx.count(Metric::TasksVerified);
         ctx.trace(TaskRecord {
             digest: Some(digest.to_string()),
@@ -1258,7 +1541,7 @@ impl Requester {
                     task_id: t.id(),
                     round: t.round,
                     bid_deadline_ms: t.bid_deadline_ms,
-                    select_ppm: t.select_ppm,
+                    select_ppm: t.round_ppm(),
                 })
                 .collect();
             open.sort_by_key(|o| std::cmp::Reverse(o.bid_deadline_ms));

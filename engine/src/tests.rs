@@ -292,6 +292,7 @@ fn finding_4_announcements_must_come_from_the_spec_signer_and_replays_are_not_re
             max_price: 100,
             spec: None,
             select_ppm: None,
+            invited: Vec::new(),
         }
         .sign(&stranger);
         let v = gossip(&mut w2, T0, Topic::Tasks, stranger.public(), fleetmesh_protocol::encode(&a));
@@ -1049,4 +1050,225 @@ fn finding_9_a_nearly_full_disk_takes_no_new_work() {
     let again = Announcement { round: fresh.round + 1, ..fresh }.sign(&identity(1));
     let bids = sends(&gossip(&mut w, T0 + 4, Topic::Tasks, r.public(), fleetmesh_protocol::encode(&again)));
     assert_eq!(bids.len(), 1, "bids again once there is room");
+}
+
+/// A requester that trusts worker 100 (three corroborated tasks on record), is connected to
+/// it and to unknown workers 101 to 104, takes k from `k` and spot checks at `spot_ppm`.
+/// Selection and early close are off so every bid enters and rounds close on the tick
+/// (this is about ranking and verification).
+fn trusting_requester(k: u8, spot_ppm: u32) -> Engine {
+    let mut r = engine_with(1, |c| {
+        c.tasks.redundancy = k;
+        c.tasks.selection = false;
+        c.tasks.early_close = false;
+        c.trust.spot_check_ppm = spot_ppm;
+    });
+    let trusted = reputation::Standing { agreed: 3, disagreed: 0, alone: 0, last_ms: T0 };
+    r.restore_reputation(vec![(reputation::store_key(&identity(100).public()), trusted)]);
+    for i in 100..105 {
+        r.handle(T0, Input::Connected(identity(i).public()));
+    }
+    r
+}
+
+/// Submits and publishes a task; the workers in `bidders` bid in round `round`.
+fn bid_round(r: &mut Engine, id: TaskId, now: u64, round: u32, bidders: &[u64]) {
+    for (n, i) in bidders.iter().enumerate() {
+        let bid = fleetmesh_protocol::Bid {
+            v: WIRE_VERSION,
+            task_id: id,
+            round,
+            price: 1,
+            promised_ms: 10,
+            queue_depth: 0,
+            free_slots: 1,
+        }
+        .sign(&identity(*i));
+        let a = r.handle(
+            now,
+            Input::Request {
+                reply: n as u64,
+                from: identity(*i).public(),
+                request: TaskRequest::Bid { bid },
+            },
+        );
+        assert_eq!(reply(&a), TaskResponse::Ack, "bid of {i}");
+    }
+}
+
+/// The workers an action list awards.
+fn awarded_to(actions: &[Action]) -> Vec<PublicKey> {
+    sends(actions)
+        .into_iter()
+        .filter_map(|(to, req, _)| matches!(req, Outgoing::Award { .. }).then_some(to))
+        .collect()
+}
+
+/// Worker `i` returns `output` for task `id`; the requester's answer.
+fn return_result(r: &mut Engine, now: u64, id: TaskId, i: u64, output: &[u8]) -> TaskResponse {
+    let spec = r.requester.get(&id).unwrap().spec.clone();
+    let header = fleetmesh_protocol::ResultHeader {
+        v: WIRE_VERSION,
+        task_id: id,
+        input_digest: spec.input_digest,
+        model: spec.model,
+        output_digest: fleetmesh_crypto::OutputDigest::of(output),
+        output_size: output.len() as u64,
+        run_time_us: 5,
+        runtime: fleetmesh_protocol::RuntimeProfile::default(),
+    }
+    .sign(&identity(i));
+    let request = TaskRequest::Result { task_id: id, header, output: output.to_vec() };
+    let a = r.handle(now, Input::Request { reply: 77, from: identity(i).public(), request });
+    // A new round it starts is heard at once.
+    published_now(r, now, &a);
+    reply(&a)
+}
+
+fn published_now(r: &mut Engine, now: u64, actions: &[Action]) {
+    if let Some((_, _, Some((task, round)))) = published(actions).into_iter().find(|p| p.0 == Topic::Tasks) {
+        r.handle(now, Input::Published { task, round, ok: true });
+    }
+}
+
+/// Market v2, reputation: fresh keys that agree on an output cannot verify a task while a
+/// trusted holder of the model is around; the task waits for a trusted worker, the trusted
+/// worker's output wins with one more agreeing worker, and the keys that lied are refused
+/// from then on.
+#[test]
+fn market_v2_fresh_keys_that_agree_cannot_verify_once_a_trusted_worker_is_known() {
+    let mut r = trusting_requester(2, 0);
+    let (id, actions) = submit(&mut r, T0, &[3; 16]);
+    published_now(&mut r, T0, &actions);
+    bid_round(&mut r, id, T0 + 1, 0, &[101, 102]);
+    let a = r.handle(T0 + 5_000, Input::Tick);
+    let mut won = awarded_to(&a);
+    won.sort();
+    let mut want = vec![identity(101).public(), identity(102).public()];
+    want.sort();
+    assert_eq!(won, want, "the unknown bidders are awarded");
+    published_now(&mut r, T0 + 5_000, &a);
+    let t = r.requester.get(&id).unwrap();
+    assert_eq!(t.phase, fleetmesh_api::Phase::Bidding, "a trusted worker is sought at once");
+    assert!(t.round >= 1);
+    let round = t.round;
+    // The two fresh keys agree on a wrong output: not enough.
+    let (wrong, right) = (b"wrong".as_slice(), b"right".as_slice());
+    assert_eq!(return_result(&mut r, T0 + 5_001, id, 101, wrong), TaskResponse::Pending);
+    assert_eq!(return_result(&mut r, T0 + 5_002, id, 102, wrong), TaskResponse::Pending);
+    assert_ne!(r.requester.get(&id).unwrap().phase, fleetmesh_api::Phase::Verified);
+    // The trusted worker bids and is awarded; its output differs. Its weight beats the two
+    // fresh keys, but one worker is short of the quorum of 2: one more is sought.
+    bid_round(&mut r, id, T0 + 5_003, round, &[100]);
+    let a = r.handle(T0 + 10_000, Input::Tick);
+    assert_eq!(awarded_to(&a), vec![identity(100).public()]);
+    assert_eq!(return_result(&mut r, T0 + 10_001, id, 100, right), TaskResponse::Pending);
+    let t = r.requester.get(&id).unwrap();
+    assert_ne!(t.phase, fleetmesh_api::Phase::Verified);
+    assert_eq!(t.phase, fleetmesh_api::Phase::Bidding, "one more worker is sought");
+    let round = t.round;
+    bid_round(&mut r, id, T0 + 10_003, round, &[103]);
+    let a = r.handle(T0 + 15_000, Input::Tick);
+    assert_eq!(awarded_to(&a), vec![identity(103).public()]);
+    assert!(matches!(return_result(&mut r, T0 + 15_001, id, 103, right), TaskResponse::Receipt(_)));
+    let t = r.requester.get(&id).unwrap();
+    assert_eq!(t.phase, fleetmesh_api::Phase::Verified);
+    assert_eq!(t.verified.as_ref().unwrap().0, fleetmesh_crypto::OutputDigest::of(right));
+    // What the ledger learned: the liars are bad, the new honest worker has one agreement.
+    let ledger = r.requester.ledger();
+    assert_eq!(ledger.trust(&identity(101).public()), reputation::Trust::Bad);
+    assert_eq!(ledger.trust(&identity(102).public()), reputation::Trust::Bad);
+    assert_eq!(ledger.standing(&identity(103).public()).unwrap().agreed, 1);
+    assert_eq!(ledger.standing(&identity(100).public()).unwrap().agreed, 4);
+    // A liar's next bid is refused.
+    let (id2, actions) = submit(&mut r, T0 + 20_000, &[4; 16]);
+    published_now(&mut r, T0 + 20_000, &actions);
+    let bid = round0_bid(id2, &identity(101));
+    let a = r.handle(
+        T0 + 20_001,
+        Input::Request { reply: 1, from: identity(101).public(), request: TaskRequest::Bid { bid } },
+    );
+    assert_eq!(
+        reply(&a),
+        TaskResponse::Refused(Refusal::BidDeclined(fleetmesh_protocol::DeclineReason::NotSelected))
+    );
+}
+
+/// Market v2, reputation: a trusted worker ranks first and runs a k = 1 task alone; with
+/// a spot check, an unknown worker runs it too and both results must agree. The ledger
+/// records the corroboration in the same write as the verified task.
+#[test]
+fn market_v2_a_trusted_worker_runs_alone_unless_a_spot_check_adds_an_unknown_one() {
+    let out = b"the output".as_slice();
+    // No spot check: the trusted worker wins over earlier unknown bidders and is enough.
+    let mut r = trusting_requester(1, 0);
+    let (id, actions) = submit(&mut r, T0, &[5; 16]);
+    published_now(&mut r, T0, &actions);
+    bid_round(&mut r, id, T0 + 1, 0, &[101, 102, 100]);
+    let a = r.handle(T0 + 5_000, Input::Tick);
+    assert_eq!(awarded_to(&a), vec![identity(100).public()]);
+    assert!(matches!(return_result(&mut r, T0 + 5_001, id, 100, out), TaskResponse::Receipt(_)));
+
+    // Every task spot-checked: the first unknown bidder joins, and the trusted result waits.
+    let mut r = trusting_requester(1, 1_000_000);
+    let (id, actions) = submit(&mut r, T0, &[5; 16]);
+    published_now(&mut r, T0, &actions);
+    bid_round(&mut r, id, T0 + 1, 0, &[101, 100]);
+    let a = r.handle(T0 + 5_000, Input::Tick);
+    assert_eq!(awarded_to(&a), vec![identity(100).public(), identity(101).public()]);
+    assert!(r.requester.get(&id).unwrap().spot_check);
+    assert_eq!(return_result(&mut r, T0 + 5_001, id, 100, out), TaskResponse::Pending);
+    let a = {
+        let spec = r.requester.get(&id).unwrap().spec.clone();
+        let header = fleetmesh_protocol::ResultHeader {
+            v: WIRE_VERSION,
+            task_id: id,
+            input_digest: spec.input_digest,
+            model: spec.model,
+            output_digest: fleetmesh_crypto::OutputDigest::of(out),
+            output_size: out.len() as u64,
+            run_time_us: 5,
+            runtime: fleetmesh_protocol::RuntimeProfile::default(),
+        }
+        .sign(&identity(101));
+        let request = TaskRequest::Result { task_id: id, header, output: out.to_vec() };
+        r.handle(T0 + 5_002, Input::Request { reply: 9, from: identity(101).public(), request })
+    };
+    assert!(matches!(reply(&a), TaskResponse::Receipt(_)));
+    let writes: Vec<&StoreOp> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Persist(ops) => Some(ops),
+            _ => None,
+        })
+        .flatten()
+        .filter(|o| o.table == Table::Reputation)
+        .collect();
+    assert_eq!(writes.len(), 2, "both workers' records are written with the verified task");
+    let standing: reputation::Standing =
+        fleetmesh_protocol::decode(writes[1].value.as_deref().unwrap(), 1024).unwrap();
+    assert_eq!(standing.agreed, 1, "the unknown worker's corroborated result counts");
+    assert_eq!(r.requester.ledger().standing(&identity(100).public()).unwrap().agreed, 4);
+}
+
+/// Market v2, reputation: before any worker is trusted, a k = 1 result is accepted alone
+/// (as in v1) but earns its worker nothing; trust comes only from corroborated work.
+#[test]
+fn market_v2_unchecked_results_earn_no_trust() {
+    let mut r = engine_with(1, |c| {
+        c.tasks.selection = false;
+        c.trust.spot_check_ppm = 0;
+    });
+    r.handle(T0, Input::Connected(identity(101).public()));
+    for n in 0..5u8 {
+        let now = T0 + u64::from(n) * 10_000;
+        let (id, actions) = submit(&mut r, now, &[n; 16]);
+        published_now(&mut r, now, &actions);
+        bid_round(&mut r, id, now + 1, 0, &[101]);
+        r.handle(now + 5_000, Input::Tick);
+        assert!(matches!(return_result(&mut r, now + 5_001, id, 101, b"x"), TaskResponse::Receipt(_)));
+    }
+    let s = r.requester.ledger().standing(&identity(101).public()).unwrap().clone();
+    assert_eq!((s.agreed, s.alone), (0, 5));
+    assert_eq!(r.requester.ledger().trust(&identity(101).public()), reputation::Trust::Unknown);
 }

@@ -431,7 +431,9 @@ impl Worker {
         if ctx.config.ignore_task_gossip {
             return;
         }
-        let (price, select) = (Some(a.max_price), a.select_ppm);
+        let me = ctx.identity.public();
+        let invited = a.invited.iter().take(fleetmesh_protocol::selection::MAX_INVITED).any(|k| *k == me);
+        let (price, select) = (Some(a.max_price), a.select_ppm.filter(|_| !invited));
         if !self.worth_bidding(ctx, a.task_id, a.model, a.round, a.bid_deadline_ms, price, select) {
             return;
         }

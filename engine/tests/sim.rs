@@ -108,3 +108,29 @@ fn participation_per_task_does_not_grow_with_the_fleet() {
         large.participants_per_task
     );
 }
+
+/// Market v2, reputation: 30 % of the fleet are one attacker's fresh keys that join once the
+/// fleet has worked for a while, and all return the same wrong output (so they agree with one
+/// another). With every fault on, no requester accepts their output: it needs a trusted
+/// worker's agreement, and fresh keys are not trusted. (A requester that trusts nobody yet
+/// is exposed as in v1: docs/SECURITY.md.)
+#[test]
+fn sybils_joining_a_working_fleet_get_no_wrong_output_accepted() {
+    for seed in 11..=13 {
+        let c =
+            SimConfig { vehicles: 40, tasks: 200, seed, redundancy: 2, sybils: 12, ..SimConfig::default() }
+                .with_faults();
+        let r = check(c);
+        assert_eq!(r.wrong_accepted, 0, "{}", r.summary());
+        assert_eq!(r.sybil_share_by_quarter.len(), 4);
+        assert!(r.verified >= 190, "{}", r.summary());
+    }
+    // k = 1: trusted workers run alone, with spot checks; the sybils get next to no work.
+    let c =
+        SimConfig { vehicles: 40, tasks: 200, seed: 11, redundancy: 1, sybils: 12, ..SimConfig::default() };
+    let r = check(c);
+    assert_eq!(r.wrong_accepted, 0, "{}", r.summary());
+    assert_eq!(r.verified, 200, "{}", r.summary());
+    assert!(r.sybil_task_share < 0.05, "{}", r.summary());
+    assert!(r.spot_checks > 0, "{}", r.summary());
+}

@@ -240,6 +240,7 @@ impl Harness {
                     max_price: u64::from(price),
                     spec: with_spec.then(|| spec.clone()),
                     select_ppm: select,
+                    invited: Vec::new(),
                 }
                 .sign(id);
                 self.dht.insert(fleetmesh_protocol::ids::task_record_key(&task), fleetmesh_protocol::encode(&spec));

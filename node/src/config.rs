@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use fleetmesh_engine::reputation::TrustConfig;
 pub use fleetmesh_engine::TaskDefaults;
 
 /// `api_addr` in TOML: an `ip:port`, or `"off"`.
@@ -57,6 +58,8 @@ pub struct NodeConfig {
     pub serve: bool,
     /// Defaults for tasks this node submits.
     pub tasks: TaskDefaults,
+    /// Reputation: whom this node trusts with its tasks (docs/MARKET.md).
+    pub trust: TrustConfig,
     /// How often the presence advert is gossiped, ms.
     pub presence_interval_ms: u64,
     /// How often the node looks in the DHT for open tasks it missed, ms.
@@ -108,6 +111,7 @@ impl Default for NodeConfig {
             price_floor: 1,
             serve: true,
             tasks: TaskDefaults::default(),
+            trust: TrustConfig::default(),
             presence_interval_ms: 5_000,
             dht_scan_interval_ms: 5_000,
             idle_connection_timeout_ms: 120_000,
@@ -154,6 +158,12 @@ impl NodeConfig {
         }
         if t.max_rounds == 0 {
             return bad("tasks.max_rounds must be at least 1");
+        }
+        if self.trust.trust_after == 0 {
+            return bad("trust.trust_after must be at least 1 (a worker needs some corroborated work)");
+        }
+        if self.trust.spot_check_ppm > 1_000_000 {
+            return bad("trust.spot_check_ppm must be at most 1000000 (every task)");
         }
         Ok(())
     }

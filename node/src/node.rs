@@ -458,6 +458,7 @@ fn engine_config(c: &NodeConfig) -> EngineConfig {
         max_jobs_per_requester: c.max_jobs_per_requester,
         price_floor: c.price_floor,
         tasks: c.tasks.clone(),
+        trust: c.trust.clone(),
         default_model: Some(crate::digits::model_id()),
         model_inputs: Default::default(),
         model_outputs: Default::default(),
@@ -1174,6 +1175,12 @@ impl EventLoop {
         for t in bad {
             tracing::error!(task = %t, "job record does not decode; skipped");
         }
+        let (ledger, bad) =
+            self.store.load_all::<fleetmesh_engine::reputation::Standing>(crate::store::REPUTATION)?;
+        if !bad.is_empty() {
+            tracing::error!(records = bad.len(), "reputation records do not decode; skipped");
+        }
+        self.engine.restore_reputation(ledger);
         let actions = self.engine.restore(now_ms(), reqs, jobs);
         let mut follow_up = VecDeque::new();
         self.perform(actions, &mut follow_up);

@@ -23,6 +23,8 @@ pub(crate) const REQUEST_INPUTS: Table = Table(TableDefinition::new("request_inp
 pub(crate) const JOBS: Table = Table(TableDefinition::new("jobs"));
 /// Inputs of tasks this node was awarded.
 pub(crate) const JOB_INPUTS: Table = Table(TableDefinition::new("job_inputs"));
+/// The requester's reputation ledger: one record per worker, keyed by its public key.
+pub(crate) const REPUTATION: Table = Table(TableDefinition::new("reputation"));
 
 /// The store table behind an engine table.
 pub(crate) fn table_of(t: fleetmesh_engine::Table) -> Table {
@@ -32,6 +34,7 @@ pub(crate) fn table_of(t: fleetmesh_engine::Table) -> Table {
         T::RequestInputs => REQUEST_INPUTS,
         T::Jobs => JOBS,
         T::JobInputs => JOB_INPUTS,
+        T::Reputation => REPUTATION,
     }
 }
 
@@ -70,7 +73,7 @@ impl Store {
             ))
         })?;
         let txn = db.begin_write().map_err(db_err)?;
-        for t in [REQUESTS, REQUEST_INPUTS, JOBS, JOB_INPUTS] {
+        for t in [REQUESTS, REQUEST_INPUTS, JOBS, JOB_INPUTS, REPUTATION] {
             txn.open_table(t.0).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;

@@ -54,7 +54,10 @@ pub async fn wait_until_with(what: &str, mut f: impl AsyncFnMut() -> bool, state
 pub fn assert_verified(v: &TaskView, label: u8) {
     assert_eq!(v.phase, Phase::Verified, "task not verified: {v:#?}");
     assert_eq!(v.label, Some(u32::from(label)), "wrong label: {v:#?}");
-    assert_eq!(v.verified_by.len(), usize::from(v.redundancy));
+    // At least k agreeing workers: more where the requester had an unknown worker checked
+    // by another one (market v2 reputation: a lone k = 1 result from an unknown worker is
+    // replicated, a trusted one's is spot-checked now and then).
+    assert!(v.verified_by.len() >= usize::from(v.redundancy), "too few agreeing workers: {v:#?}");
 }
 
 pub async fn stop_all(nodes: Vec<Node>) {

@@ -159,6 +159,7 @@ async fn hostile_gossip_and_dht_records_are_refused() {
         max_price: 100,
         spec: None,
         select_ppm: None,
+        invited: Vec::new(),
     };
     let wrong_kind = SignedEnvelope::sign(&stranger, MessageKind::Bid, fleetmesh_protocol::encode(&a));
     attacker.publish_raw(ids::TOPIC_TASKS, fleetmesh_protocol::encode(&wrong_kind)).await.unwrap().unwrap();

@@ -135,6 +135,10 @@ pub struct Announcement {
     /// before market v2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub select_ppm: Option<u32>,
+    /// Workers the requester invites by name whatever their ticket: the ones its reputation
+    /// ledger trusts ([`crate::selection::admitted`]). Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invited: Vec<PublicKey>,
 }
 signed!(Announcement, MessageKind::Announcement, limits::MAX_GOSSIP_BYTES);
 
@@ -519,6 +523,7 @@ mod tests {
             max_price: 10,
             spec: Some(spec_env.clone()),
             select_ppm: None,
+            invited: Vec::new(),
         };
         assert_eq!(Announcement::open(&with.sign(&id)).unwrap(), with);
         // An announcement from a node that does not send the spec (field absent) still decodes.

@@ -1,5 +1,5 @@
 //! Bounded, verifiable participation in a task's round (market v2, first part; see
-//! `docs/MARKET.md`). Not yet used by the engine.
+//! `docs/MARKET.md`).
 //!
 //! Today every worker that holds the model bids on every task, so a round costs messages and
 //! signatures in proportion to the mesh. Here a round admits only the workers whose *ticket*
@@ -63,6 +63,31 @@ pub fn threshold(expected: u32, holders: u32) -> u32 {
 /// The threshold of the next round after one that drew too few bids: doubled, up to all.
 pub fn escalate(ppm: u32) -> u32 {
     ppm.saturating_mul(2).min(ALL)
+}
+
+/// Workers one announcement may invite at most.
+pub const MAX_INVITED: usize = 8;
+
+const INVITE_DOMAIN: &[u8] = b"fleetmesh/invite/v2";
+
+/// Whether `worker` may take part in `round`: its ticket is below `ppm`, or the requester
+/// invited it by name in the round's signed announcement (market v2 reputation: the
+/// requester's trusted workers; only the first [`MAX_INVITED`] names count).
+pub fn admitted(task_id: &TaskId, round: u32, worker: &PublicKey, ppm: u32, invited: &[PublicKey]) -> bool {
+    invited.iter().take(MAX_INVITED).any(|k| k == worker) || eligible(task_id, round, worker, ppm)
+}
+
+/// A worker's rank among a requester's trusted workers for a task (lowest first):
+/// rendezvous hashing seeded by the task id, so each task invites a different few and the
+/// work spreads over all of them.
+pub fn invite_rank(task_id: &TaskId, worker: &PublicKey) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(INVITE_DOMAIN);
+    h.update(task_id.as_bytes());
+    h.update(&worker.to_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// The participants a round of a task with redundancy `k` is sized for: the k winners, as

@@ -54,19 +54,51 @@ pub enum Agreement {
 
 /// Applies the majority rule to the checked results so far (`awarded` workers in total).
 pub fn agreement(k: u8, awarded: usize, results: &[(PublicKey, OutputDigest)]) -> Agreement {
-    let need = quorum(k);
-    let mut counts: Vec<(OutputDigest, Vec<PublicKey>)> = Vec::new();
-    for (worker, digest) in results {
-        match counts.iter_mut().find(|(d, _)| d == digest) {
-            Some((_, ws)) => ws.push(*worker),
-            None => counts.push((*digest, vec![*worker])),
+    let results: Vec<(PublicKey, OutputDigest, bool)> =
+        results.iter().map(|(w, d)| (*w, *d, false)).collect();
+    anchored_agreement(quorum(k), awarded, &results, false)
+}
+
+/// How much more a trusted worker's result weighs than an unknown one's.
+pub const TRUSTED_WEIGHT: usize = 4;
+
+/// The majority rule with reputation (market v2). `results` are (worker, digest, trusted).
+/// An output is verified when at least `need` workers produced it, its weight (a trusted
+/// worker counts [`TRUSTED_WEIGHT`], an unknown one 1) is above every other output's, and,
+/// when `anchor` is set, a trusted worker is among them: then no number of unknown keys
+/// agreeing on an output is enough on its own. Without trust (`anchor` false, no worker
+/// trusted) this is the plain strict majority.
+pub fn anchored_agreement(
+    need: usize,
+    awarded: usize,
+    results: &[(PublicKey, OutputDigest, bool)],
+    anchor: bool,
+) -> Agreement {
+    // Per output: its workers, and how many of them are trusted.
+    let mut outputs: Vec<(OutputDigest, Vec<PublicKey>, usize)> = Vec::new();
+    for (worker, digest, trusted) in results {
+        let i = match outputs.iter().position(|(d, _, _)| d == digest) {
+            Some(i) => i,
+            None => {
+                outputs.push((*digest, Vec::new(), 0));
+                outputs.len().saturating_sub(1)
+            }
+        };
+        if let Some(o) = outputs.get_mut(i) {
+            if !o.1.contains(worker) {
+                o.1.push(*worker);
+                o.2 = o.2.saturating_add(usize::from(*trusted));
+            }
         }
     }
-    counts.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
-    if let Some((digest, workers)) = counts.first() {
-        let runner_up = counts.get(1).map_or(0, |c| c.1.len());
-        if workers.len() >= need && workers.len() > runner_up {
-            return Agreement::Verified(*digest, workers.clone());
+    let weight = |o: &(OutputDigest, Vec<PublicKey>, usize)| {
+        o.1.len().saturating_add(o.2.saturating_mul(TRUSTED_WEIGHT.saturating_sub(1)))
+    };
+    outputs.sort_by(|a, b| weight(b).cmp(&weight(a)).then(b.1.len().cmp(&a.1.len())).then(a.0.cmp(&b.0)));
+    if let Some(top) = outputs.first() {
+        let runner_up = outputs.get(1).map_or(0, weight);
+        if top.1.len() >= need && weight(top) > runner_up && (!anchor || top.2 > 0) {
+            return Agreement::Verified(top.0, top.1.clone());
         }
     }
     if results.len() >= awarded {
@@ -103,6 +135,43 @@ mod tests {
         assert_eq!(
             agreement(2, 3, &[(pk(1), a), (pk(2), b), (pk(3), b)]),
             Agreement::Verified(b, vec![pk(2), pk(3)])
+        );
+    }
+
+    #[test]
+    fn anchored_agreement_needs_a_trusted_worker_and_weighs_it() {
+        let (a, b) = (OutputDigest::of(b"a"), OutputDigest::of(b"b"));
+        // Three unknown keys agreeing on b are not enough once an anchor is required.
+        let unknown_crowd = [(pk(1), b, false), (pk(2), b, false), (pk(3), b, false)];
+        assert_eq!(anchored_agreement(2, 3, &unknown_crowd, true), Agreement::Disagree);
+        assert_eq!(anchored_agreement(2, 4, &unknown_crowd, true), Agreement::Waiting);
+        // Without an anchor the plain majority holds.
+        assert_eq!(
+            anchored_agreement(2, 3, &unknown_crowd, false),
+            Agreement::Verified(b, vec![pk(1), pk(2), pk(3)])
+        );
+        // A trusted worker alone, k = 1: verified.
+        assert_eq!(anchored_agreement(1, 1, &[(pk(4), a, true)], true), Agreement::Verified(a, vec![pk(4)]));
+        // Spot check (need 2): the trusted result waits for the unknown one, and a
+        // disagreement calls for another worker.
+        assert_eq!(anchored_agreement(2, 2, &[(pk(4), a, true)], true), Agreement::Waiting);
+        assert_eq!(
+            anchored_agreement(2, 2, &[(pk(4), a, true), (pk(1), b, false)], true),
+            Agreement::Disagree
+        );
+        // Two unknown keys that agree on b do not outvote a trusted worker on a; a second
+        // worker on a settles it.
+        let split = [(pk(4), a, true), (pk(1), b, false), (pk(2), b, false)];
+        assert_eq!(anchored_agreement(2, 3, &split, true), Agreement::Disagree);
+        let settled = [(pk(4), a, true), (pk(1), b, false), (pk(2), b, false), (pk(5), a, false)];
+        assert_eq!(anchored_agreement(2, 4, &settled, true), Agreement::Verified(a, vec![pk(4), pk(5)]));
+        // Two trusted workers that disagree: neither side wins until a third speaks.
+        let tie = [(pk(4), a, true), (pk(5), b, true)];
+        assert_eq!(anchored_agreement(1, 2, &tie, true), Agreement::Disagree);
+        // A worker listed twice counts once.
+        assert_eq!(
+            anchored_agreement(2, 2, &[(pk(1), a, false), (pk(1), a, false)], false),
+            Agreement::Disagree
         );
     }
 

@@ -128,6 +128,21 @@ pub fn choose_with(
     select_ppm: Option<u32>,
     bids: &[SignedEnvelope],
 ) -> Decision {
+    choose_invited(task_id, spec, requester, round, select_ppm, &[], bids)
+}
+
+/// As [`choose_with`], where the round's announcement also invited `invited` by name: they
+/// are admitted whatever their ticket ([`crate::selection::admitted`]) and rank by ticket
+/// like everyone else.
+pub fn choose_invited(
+    task_id: &TaskId,
+    spec: &TaskSpec,
+    requester: &PublicKey,
+    round: u32,
+    select_ppm: Option<u32>,
+    invited: &[PublicKey],
+    bids: &[SignedEnvelope],
+) -> Decision {
     let mut declined = Vec::new();
     // Per bidder, the valid bid with the lowest digest; later ones are duplicates.
     let mut best: BTreeMap<PublicKey, (Digest, Bid)> = BTreeMap::new();
@@ -140,7 +155,7 @@ pub fn choose_with(
         };
         let reason = bid_problem(task_id, spec, requester, round, &bidder, &bid).or_else(|| {
             select_ppm
-                .filter(|p| !crate::selection::eligible(task_id, round, &bidder, *p))
+                .filter(|p| !crate::selection::admitted(task_id, round, &bidder, *p, invited))
                 .map(|_| DeclineReason::NotSelected)
         });
         if let Some(reason) = reason {

@@ -39,6 +39,13 @@ pub(crate) struct SimArgs {
     /// Vehicles that compute wrong outputs (overrides --faults).
     #[arg(long)]
     pub(crate) liars: Option<usize>,
+    /// Share of the fleet that is one attacker's sybil keys (0 to 0.9): fresh keys that join
+    /// once half of the tasks were submitted and all return the same wrong output.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) sybil: f64,
+    /// When the sybils join, virtual ms (default: once half of the tasks were submitted).
+    #[arg(long)]
+    pub(crate) sybil_join_ms: Option<u64>,
     /// Largest clock skew, ms (overrides --faults).
     #[arg(long)]
     pub(crate) skew_ms: Option<u64>,
@@ -78,6 +85,11 @@ pub(crate) fn run(a: SimArgs) -> Result<()> {
     c.hostile = a.hostile.unwrap_or(c.hostile);
     c.liars = a.liars.unwrap_or(c.liars);
     c.max_skew_ms = a.skew_ms.unwrap_or(c.max_skew_ms);
+    if !(0.0..=0.9).contains(&a.sybil) {
+        bail!("--sybil is a share of the fleet from 0 to 0.9, not {}", a.sybil);
+    }
+    c.sybils = (a.sybil * a.vehicles as f64).round() as usize;
+    c.sybil_join_ms = a.sybil_join_ms;
     let report = sim::run(c).map_err(|e| anyhow::anyhow!("sim: {e}"))?;
     if a.json {
         say!("{}", serde_json::to_string(&report)?);

@@ -80,6 +80,13 @@ pub struct SimConfig {
     pub hostile: usize,
     /// Vehicles that compute wrong outputs.
     pub liars: usize,
+    /// Sybil vehicles: one attacker's fresh keys that join the fleet late (at
+    /// `sybil_join_ms`) and all return the same wrong output for an input, so they agree
+    /// with one another.
+    pub sybils: usize,
+    /// When the sybils join, virtual ms; `None`: once half of the tasks were submitted (the
+    /// honest fleet has worked together for a while: docs/SIMULATION.md says why).
+    pub sybil_join_ms: Option<u64>,
     /// Time between two submissions, ms.
     pub submit_interval_ms: u64,
     /// Execution time range, ms.
@@ -108,6 +115,8 @@ impl Default for SimConfig {
             max_skew_ms: 0,
             hostile: 0,
             liars: 0,
+            sybils: 0,
+            sybil_join_ms: None,
             submit_interval_ms: 20,
             exec_ms: (20, 120),
             presence: None,
@@ -148,6 +157,20 @@ pub struct SimReport {
     pub duplicates_accepted: usize,
     /// Verified tasks whose output is not the honest one (possible only with k = 1 liars).
     pub wrong_verified: usize,
+    /// Sybil vehicles (one attacker's fresh keys, agreeing on wrong outputs).
+    pub sybils: usize,
+    /// Verified tasks whose output is the sybils' wrong one.
+    pub wrong_accepted: usize,
+    /// Share of the awards made after the sybils joined that went to a sybil.
+    pub sybil_task_share: f64,
+    /// The same share in each quarter of the time after the sybils joined (how it falls as
+    /// requesters learn).
+    pub sybil_share_by_quarter: Vec<f64>,
+    /// Workers awarded per accepted task (k is the floor: replacements, spot checks and
+    /// the search for a trusted worker add to it).
+    pub awards_per_task: f64,
+    /// Verified tasks that had a spot check.
+    pub spot_checks: usize,
     /// Network messages (gossip deliveries, requests, responses) per accepted task.
     pub messages_per_task: f64,
     /// Vehicles whose timeline mentions a task, per task (requester included).
@@ -202,6 +225,7 @@ enum Kind {
     Honest,
     Liar,
     Hostile,
+    Sybil,
 }
 
 struct Vehicle {
@@ -223,6 +247,7 @@ fn table_tag(t: Table) -> u8 {
         Table::RequestInputs => 1,
         Table::Jobs => 2,
         Table::JobInputs => 3,
+        Table::Reputation => 4,
     }
 }
 
@@ -288,6 +313,10 @@ pub struct Sim {
     faults_pending: u32,
     /// Every (task, worker) an award named.
     awarded: BTreeSet<(TaskId, PublicKey)>,
+    /// Distinct (task, worker) awards.
+    awards: usize,
+    /// Per quarter after the sybils joined: (awards, awards to sybils).
+    sybil_awards: [(usize, usize); 4],
     partitioned: bool,
     violations: Vec<String>,
 }
@@ -313,8 +342,8 @@ impl Sim {
         if config.redundancy == 0 || config.redundancy > fleetmesh_protocol::limits::MAX_REDUNDANCY {
             return Err(format!("redundancy must be 1 to {}", fleetmesh_protocol::limits::MAX_REDUNDANCY));
         }
-        if config.hostile.saturating_add(config.liars) >= config.vehicles {
-            return Err("hostile vehicles and liars must leave some honest ones".into());
+        if config.hostile.saturating_add(config.liars).saturating_add(config.sybils) >= config.vehicles {
+            return Err("hostile vehicles, liars and sybils must leave some honest ones".into());
         }
         // Limits that keep virtual time and its arithmetic far from overflow.
         const HOUR: u64 = 3_600_000;
@@ -359,6 +388,8 @@ impl Sim {
                 Kind::Hostile
             } else if i >= config.vehicles - config.hostile - config.liars {
                 Kind::Liar
+            } else if i >= config.vehicles - config.hostile - config.liars - config.sybils {
+                Kind::Sybil
             } else {
                 Kind::Honest
             };
@@ -433,12 +464,21 @@ impl Sim {
             partitions: 0,
             faults_pending: 0,
             awarded: BTreeSet::new(),
+            awards: 0,
+            sybil_awards: [(0, 0); 4],
             partitioned: false,
             violations: Vec::new(),
             config,
         };
         sim.boot();
         Ok(sim)
+    }
+
+    /// When the sybils join (virtual ms).
+    fn sybil_join_ms(&self) -> u64 {
+        self.config.sybil_join_ms.unwrap_or_else(|| {
+            1_000 + self.config.submit_interval_ms.saturating_mul(self.config.tasks as u64 / 2)
+        })
     }
 
     fn schedule(&mut self, at: u64, e: Event) {
@@ -465,8 +505,13 @@ impl Sim {
 
     fn boot(&mut self) {
         let n = self.vehicles.len();
+        let join = self.sybil_join_ms();
         for i in 0..n {
-            self.start(i);
+            if self.vehicles[i].kind == Kind::Sybil {
+                self.schedule(join, Event::Restart(i));
+            } else {
+                self.start(i);
+            }
         }
         for i in 0..n {
             let jitter = self.rng.range(0, TICK_MS);
@@ -507,8 +552,14 @@ impl Sim {
             Engine::new(v.identity.clone(), self.engine_config.clone(), BTreeSet::from([self.model]), now);
         let mut reqs = Vec::new();
         let mut jobs = Vec::new();
+        let mut ledger = Vec::new();
         for ((table, key), bytes) in &v.store {
             match *table {
+                4 => {
+                    if let Ok(s) = fleetmesh_protocol::decode(bytes, usize::MAX) {
+                        ledger.push((*key, s));
+                    }
+                }
                 0 => {
                     if let Ok(t) = fleetmesh_protocol::decode::<ReqTask>(bytes, usize::MAX) {
                         reqs.push((*key, t));
@@ -522,6 +573,7 @@ impl Sim {
                 _ => {}
             }
         }
+        engine.restore_reputation(ledger);
         let actions = engine.restore(now, reqs, jobs);
         v.engine = Some(engine);
         self.perform(i, actions);
@@ -636,6 +688,13 @@ impl Sim {
                     let result = match self.vehicles[i].store.get(&(table_tag(Table::JobInputs), task)) {
                         Some(input) => {
                             let output = match self.vehicles[i].kind {
+                                // One attacker: every sybil key returns the same wrong output.
+                                Kind::Sybil => {
+                                    let mut h = blake3::Hasher::new();
+                                    h.update(b"the attacker's output");
+                                    h.update(input);
+                                    output_of(h.finalize().as_bytes())
+                                }
                                 Kind::Liar => {
                                     let mut h = blake3::Hasher::new();
                                     h.update(input);
@@ -718,8 +777,25 @@ impl Sim {
         // Every award ever sent, by (task, worker): what the hostile acts must not claim.
         if let TaskRequest::Award { award, .. } = &request {
             if let Ok(a) = fleetmesh_protocol::Award::open(award) {
+                // Awards made after the sybils joined, by quarter of the time left.
+                let join = self.sybil_join_ms();
+                let end = 1_000 + self.config.submit_interval_ms.saturating_mul(self.config.tasks as u64);
+                let quarter = if self.now < join {
+                    None
+                } else {
+                    let span = end.saturating_sub(join).max(4);
+                    Some((((self.now - join) * 4 / span) as usize).min(3))
+                };
                 for w in a.winners {
-                    self.awarded.insert((a.task_id, w));
+                    if self.awarded.insert((a.task_id, w)) {
+                        self.awards += 1;
+                        if let Some(q) = quarter {
+                            let sybil =
+                                self.by_key.get(&w).is_some_and(|&j| self.vehicles[j].kind == Kind::Sybil);
+                            self.sybil_awards[q].0 += 1;
+                            self.sybil_awards[q].1 += usize::from(sybil);
+                        }
+                    }
                 }
             }
         }
@@ -919,6 +995,7 @@ impl Sim {
                         max_price: u64::MAX,
                         spec: None,
                         select_ppm: None,
+                        invited: Vec::new(),
                     }
                     .sign(&identity);
                     self.hostile_sent += 1;
@@ -1182,6 +1259,19 @@ impl Sim {
                         .inputs
                         .get(task)
                         .map(|input| fleetmesh_crypto::OutputDigest::of(&honest_output(input)));
+                    let sybils_output = self.inputs.get(task).map(|input| {
+                        let mut h = blake3::Hasher::new();
+                        h.update(b"the attacker's output");
+                        h.update(input);
+                        fleetmesh_crypto::OutputDigest::of(&output_of(h.finalize().as_bytes()))
+                    });
+                    if self.config.sybils > 0 && sybils_output.as_ref() == Some(digest) {
+                        r.wrong_accepted += 1;
+                        self.violations.push(format!("task {task} accepted the sybils' wrong output"));
+                    }
+                    if t.spot_check {
+                        r.spot_checks += 1;
+                    }
                     if honest.as_ref() != Some(digest) {
                         r.wrong_verified += 1;
                         if *k >= 2 {
@@ -1197,6 +1287,13 @@ impl Sim {
                     } else if reason.starts_with("no valid bids in ") {
                         reason
                             .trim_start_matches("no valid bids in ")
+                            .split(' ')
+                            .next()
+                            .and_then(|n| n.parse::<u32>().ok())
+                            == Some(self.engine_config.tasks.max_rounds)
+                    } else if reason.starts_with("no trusted worker bid in ") {
+                        reason
+                            .trim_start_matches("no trusted worker bid in ")
                             .split(' ')
                             .next()
                             .and_then(|n| n.parse::<u32>().ok())
@@ -1250,6 +1347,14 @@ impl Sim {
                 let _ = w.flush();
             }
         }
+        r.sybils = self.config.sybils;
+        r.awards_per_task = self.awards as f64 / accepted.len().max(1) as f64;
+        if self.config.sybils > 0 {
+            let share = |(all, sybil): (usize, usize)| if all == 0 { 0.0 } else { sybil as f64 / all as f64 };
+            r.sybil_share_by_quarter = self.sybil_awards.iter().map(|q| share(*q)).collect();
+            let total = self.sybil_awards.iter().fold((0, 0), |(a, s), q| (a + q.0, s + q.1));
+            r.sybil_task_share = share(total);
+        }
         r.violations = self.violations;
         r
     }
@@ -1269,6 +1374,18 @@ impl SimReport {
             self.wrong_verified, self.messages_per_task, self.participants_per_task, self.crashes, self.partitions,
             self.hostile_sent, self.hostile_accepted, self.virtual_s, self.wall_s
         );
+        s.push_str(&format!("  awards/task {:.2}  spot checks {}\n", self.awards_per_task, self.spot_checks));
+        if self.sybils > 0 {
+            let q: Vec<String> =
+                self.sybil_share_by_quarter.iter().map(|x| format!("{:.1} %", x * 100.0)).collect();
+            s.push_str(&format!(
+                "  sybils {}  wrong accepted {}  sybil share of awards {:.1} % (by quarter: {})\n",
+                self.sybils,
+                self.wrong_accepted,
+                self.sybil_task_share * 100.0,
+                q.join(", ")
+            ));
+        }
         for (reason, n) in &self.failures {
             s.push_str(&format!("  failed x{n}: {reason}\n"));
         }
