@@ -478,22 +478,41 @@ impl Requester {
     }
 
     /// Learns from a closed round: `valid` bids came in under threshold `ppm`.
-    fn learn_holders(&mut self, model: fleetmesh_crypto::ModelId, ppm: u32, valid: usize) {
+    pub(crate) fn learn_holders(&mut self, model: fleetmesh_crypto::ModelId, ppm: u32, valid: usize) {
+        let old = self.holders.get(&model).copied();
+        // A round without one eligible bid (its bids came from invited workers, or were lost)
+        // is no count of holders: with no estimate yet it teaches nothing (the first one came
+        // from adverts and stays); after, it lowers the estimate by a quarter. Taking it as
+        // one holder made every later round admit everyone, and the average never climbed
+        // back (found by the simulator at 100 vehicles).
+        if valid == 0 {
+            if let Some(old) = old {
+                self.holders.insert(model, old.saturating_sub(old / 4).max(1));
+            }
+            return;
+        }
         let valid = u64::try_from(valid).unwrap_or(u64::MAX);
         let seen =
             valid.saturating_mul(u64::from(selection::ALL)).checked_div(u64::from(ppm)).unwrap_or(valid);
         let seen = u32::try_from(seen).unwrap_or(u32::MAX).max(1);
         // A moving average: one round with lost bids does not halve the estimate, and no one
-        // round (however many keys bid in it) moves it by more than four times.
-        let next = match self.holders.get(&model) {
-            Some(&old) => {
+        // round (however many keys bid in it) moves it by more than four times. Rounded up,
+        // so a small estimate can still grow.
+        let next = match old {
+            Some(old) => {
                 let seen = u64::from(seen).min(u64::from(old).saturating_mul(4));
                 let sum = u64::from(old).saturating_mul(3).saturating_add(seen);
-                u32::try_from(sum / 4).unwrap_or(u32::MAX)
+                u32::try_from(sum.div_ceil(4)).unwrap_or(u32::MAX)
             }
             None => seen,
         };
         self.holders.insert(model, next.max(1));
+    }
+
+    /// The current estimate of `model`'s holders (tests).
+    #[cfg(test)]
+    pub(crate) fn holders_of(&self, model: &fleetmesh_crypto::ModelId) -> Option<u32> {
+        self.holders.get(model).copied()
     }
 
     /// A task held in memory.

@@ -1272,3 +1272,27 @@ fn market_v2_unchecked_results_earn_no_trust() {
     assert_eq!((s.agreed, s.alone), (0, 5));
     assert_eq!(r.requester.ledger().trust(&identity(101).public()), reputation::Trust::Unknown);
 }
+
+/// Selection, found with reputation on: a first round whose only bids came from invited
+/// workers counted as one holder, every later round then admitted everyone, and the moving
+/// average (rounded down) could never climb back from 1.
+#[test]
+fn market_v2_the_holder_estimate_ignores_empty_samples_and_recovers_from_a_low_one() {
+    let mut r = engine(1);
+    let m = model();
+    r.requester.learn_holders(m, 20_000, 0);
+    assert_eq!(r.requester.holders_of(&m), None, "no eligible bid teaches nothing");
+    // A round under 1 % that drew one bid: 100 holders.
+    r.requester.learn_holders(m, 10_000, 1);
+    assert_eq!(r.requester.holders_of(&m), Some(100));
+    r.requester.learn_holders(m, 10_000, 0);
+    assert_eq!(r.requester.holders_of(&m), Some(75), "an empty round lowers it by a quarter");
+    // From the lowest estimate, rounds that see 100 holders bring it back.
+    let mut low = engine(2);
+    low.requester.learn_holders(m, 1_000_000, 1);
+    assert_eq!(low.requester.holders_of(&m), Some(1));
+    for _ in 0..20 {
+        low.requester.learn_holders(m, 1_000_000, 100);
+    }
+    assert!(low.requester.holders_of(&m).unwrap() >= 90, "{:?}", low.requester.holders_of(&m));
+}

@@ -94,6 +94,7 @@ fn tag(t: Table) -> u8 {
         Table::RequestInputs => 1,
         Table::Jobs => 2,
         Table::JobInputs => 3,
+        Table::Reputation => 4,
     }
 }
 
@@ -421,10 +422,12 @@ impl Harness {
                 // Everything in memory is gone; the store is what remains.
                 let mut reqs = Vec::new();
                 let mut jobs = Vec::new();
+                let mut ledger = Vec::new();
                 for ((t, key), bytes) in &self.store {
                     match t {
                         0 => reqs.extend(fleetmesh_protocol::decode::<ReqTask>(bytes, usize::MAX).ok().map(|v| (*key, v))),
                         2 => jobs.extend(fleetmesh_protocol::decode::<Job>(bytes, usize::MAX).ok().map(|v| (*key, v))),
+                        4 => ledger.extend(fleetmesh_protocol::decode(bytes, usize::MAX).ok().map(|v| (*key, v))),
                         _ => {}
                     }
                 }
@@ -444,6 +447,7 @@ impl Harness {
                 self.executes.clear();
                 self.publishes.clear();
                 self.lookups.clear();
+                self.engine.restore_reputation(ledger);
                 let actions = self.engine.restore(self.now, reqs, jobs);
                 for a in actions {
                     if let Action::Execute { task, .. } = a {
