@@ -310,6 +310,13 @@ pub enum Input {
         /// It ran without a fault.
         ok: bool,
     },
+    /// An [`Action::Check`] finished: the digest of this node's own output for its task.
+    Checked {
+        /// The task.
+        task: TaskId,
+        /// The output digest, or why the model did not run.
+        result: Result<fleetmesh_crypto::OutputDigest, String>,
+    },
     /// An [`Action::Execute`] finished.
     Executed {
         /// The task.
@@ -397,6 +404,15 @@ pub enum Action {
     /// Run a model once on a test input (after repeated failures, before bidding on it
     /// again); answered by [`Input::SelfTested`].
     SelfTest {
+        /// The model.
+        model: ModelId,
+    },
+    /// Run a model on the input of a task this node requested (stored under
+    /// [`Table::RequestInputs`]), to check the workers' results itself; answered by
+    /// [`Input::Checked`].
+    Check {
+        /// The task.
+        task: TaskId,
         /// The model.
         model: ModelId,
     },
@@ -743,6 +759,7 @@ impl Engine {
                         worker.on_providers(&mut ctx, model, providers, last)
                     }
                     Input::Executed { task, result } => worker.on_executed(&mut ctx, task, result),
+                    Input::Checked { task, result } => requester.on_checked(&mut ctx, task, result),
                     Input::SelfTested { model, ok } => worker.on_self_tested(ctx.now, model, ok),
                     Input::PersistFailed { keys } => {
                         requester.on_persist_failed(&mut ctx, &keys);

@@ -82,11 +82,15 @@ pub struct TrustConfig {
     /// an unknown worker, both outputs compared: how unknown workers earn trust and how a
     /// trusted worker that turns is caught.
     pub spot_check_ppm: u32,
+    /// While this node trusts nobody who may hold a task's model and holds the model itself,
+    /// it runs the task too and checks the workers against its own output (and only that
+    /// agreement earns them trust then).
+    pub self_check: bool,
 }
 
 impl Default for TrustConfig {
     fn default() -> Self {
-        Self { enabled: true, trust_after: 3, spot_check_ppm: 100_000 }
+        Self { enabled: true, trust_after: 3, spot_check_ppm: 100_000, self_check: true }
     }
 }
 

@@ -67,6 +67,18 @@ pub enum AssignStatus {
     Failed(String),
 }
 
+/// The requester's own run of a task (market v2 reputation: what a requester that trusts
+/// nobody yet checks the workers against).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SelfCheck {
+    /// Asked for ([`Action::Check`]), not back yet.
+    Running,
+    /// Its output's digest.
+    Done(OutputDigest),
+    /// The model did not run here: why (the task is then verified as v1 would).
+    Failed(String),
+}
+
 /// One awarded worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Assignment {
@@ -139,6 +151,10 @@ pub struct ReqTask {
     /// Rounds spent seeking a trusted worker (their windows grow as empty rounds' do).
     #[serde(default)]
     pub seek_rounds: u32,
+    /// This node's own run of the task, when it holds the model and trusted nobody at the
+    /// first award: the workers' outputs are checked against it.
+    #[serde(default)]
+    pub self_check: Option<SelfCheck>,
     /// Ranked bidders not awarded yet (worker, price), for replacements.
     pub standby: Vec<(PublicKey, u64)>,
     /// Everyone awarded, in order.
@@ -654,6 +670,7 @@ impl Requester {
             anchored: false,
             seeking: false,
             seek_rounds: 0,
+            self_check: None,
             standby: Vec::new(),
             assignments: Vec::new(),
             outputs: Vec::new(),
@@ -952,10 +969,27 @@ impl Requester {
         // is then needed. How unknown workers earn trust, and how a trusted worker that turns
         // is caught.
         let all_trusted = winners.iter().all(|(w, _)| ledger.trust(w) == Trust::Trusted);
+        // Trusting nobody yet, a requester that holds the model runs the task itself and
+        // checks the workers against its own output: colluding fresh keys can neither pass
+        // a wrong output nor earn trust by agreeing with each other.
+        let check_here = trust_on
+            && ctx.config.trust.self_check
+            && !anchor
+            && t.assignments.is_empty()
+            && t.self_check.is_none()
+            && ctx.models.contains(&t.spec.model);
+        if check_here {
+            t.self_check = Some(SelfCheck::Running);
+            ctx.push(Action::Check { task: *id, model: t.spec.model });
+        }
         if trust_on
             && t.assignments.is_empty()
             && winners.len() < allowed
-            && (if anchor { all_trusted && Self::spot_draw(ctx, id) } else { t.spec.redundancy == 1 })
+            && (if anchor {
+                all_trusted && Self::spot_draw(ctx, id)
+            } else {
+                t.spec.redundancy == 1 && !check_here
+            })
         {
             if let Some(i) = rest.iter().position(|(w, _)| ledger.trust(w) == Trust::Unknown) {
                 spot = Some(rest.remove(i));
@@ -1313,40 +1347,86 @@ impl Requester {
         if t.times.first_result_ms == 0 {
             t.times.first_result_ms = ctx.now;
         }
-        let trust_on = ctx.config.trust.enabled;
-        let results: Vec<(PublicKey, OutputDigest, bool)> = t
-            .returned()
-            .into_iter()
-            .map(|(w, d)| (w, d, trust_on && self.ledger.trust(&w) == Trust::Trusted))
-            .collect();
         t.anchored |= anchor;
-        let judged = anchored_agreement(t.need(), t.live_count(), &results, anchor);
-        match judged {
+        if self.judge(ctx, &id, anchor) {
+            let receipt = self
+                .tasks
+                .get(&id)
+                .and_then(|t| t.receipts.iter().find(|(w, _)| *w == from).map(|(_, r)| r.clone()));
+            match receipt {
+                Some(r) => TaskResponse::Receipt(r),
+                None => TaskResponse::Rejected(RejectReason::Disagreement),
+            }
+        } else {
+            TaskResponse::Pending
+        }
+    }
+
+    /// Applies the verification rule to task `id`'s results so far and acts on it: verifies
+    /// the task, brings in another worker, or waits (persisting the task in each case).
+    /// Returns whether the task is verified now.
+    fn judge(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, anchor: bool) -> bool {
+        let Some(t) = self.tasks.get(id) else { return false };
+        let trust_on = ctx.config.trust.enabled;
+        let returned = t.returned();
+        // The node's own run, when it made one, stands as a trusted result (it is not a
+        // worker, so it joins no quorum count); while it runs, nothing is decided.
+        let own = match &t.self_check {
+            Some(SelfCheck::Done(d)) => Some(*d),
+            Some(SelfCheck::Running) => {
+                self.persist(ctx, id);
+                return false;
+            }
+            _ => None,
+        };
+        if returned.is_empty() {
+            self.persist(ctx, id);
+            return false;
+        }
+        let results: Vec<(PublicKey, OutputDigest, bool)> = returned
+            .into_iter()
+            .map(|(w, d)| (w, d, trust_on && (self.ledger.trust(&w) == Trust::Trusted || own == Some(d))))
+            .collect();
+        match anchored_agreement(t.need(), t.live_count(), &results, anchor || own.is_some()) {
             Agreement::Verified(digest, workers) => {
-                self.verify_task(ctx, &id, digest, workers);
-                let receipt = self
-                    .tasks
-                    .get(&id)
-                    .and_then(|t| t.receipts.iter().find(|(w, _)| *w == from).map(|(_, r)| r.clone()));
-                match receipt {
-                    Some(r) => TaskResponse::Receipt(r),
-                    None => TaskResponse::Rejected(RejectReason::Disagreement),
-                }
+                self.verify_task(ctx, id, digest, workers);
+                true
             }
             Agreement::Waiting => {
-                self.persist(ctx, &id);
-                TaskResponse::Pending
+                self.persist(ctx, id);
+                false
             }
             Agreement::Disagree => {
                 // Counted only when outputs differ: one result short of a quorum is not one.
-                if self.tasks.get(&id).is_some_and(|t| t.outputs.len() > 1) {
+                if self.tasks.get(id).is_some_and(|t| t.outputs.len() > 1) {
                     ctx.count(Metric::Disagreements);
                 }
-                self.add_worker(ctx, &id);
-                self.persist(ctx, &id);
-                TaskResponse::Pending
+                self.add_worker(ctx, id);
+                self.persist(ctx, id);
+                false
             }
         }
+    }
+
+    /// This node's own run of a task it requested ([`Action::Check`]) finished.
+    pub(crate) fn on_checked(&mut self, ctx: &mut Ctx<'_>, id: TaskId, result: Result<OutputDigest, String>) {
+        let Some(t) = self.tasks.get_mut(&id) else { return };
+        if t.self_check != Some(SelfCheck::Running) {
+            return;
+        }
+        t.self_check = Some(match result {
+            Ok(d) => SelfCheck::Done(d),
+            Err(e) => {
+                tracing::warn!(task = %id, error = %e, "own check of a task did not run; verifying as v1 does");
+                SelfCheck::Failed(e)
+            }
+        });
+        if t.phase.is_terminal() {
+            self.persist(ctx, &id);
+            return;
+        }
+        let anchor = self.tasks.get(&id).is_some_and(|t| self.anchor_required(ctx, t));
+        self.judge(ctx, &id, anchor);
     }
 
     fn verify_task(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, digest: OutputDigest, workers: Vec<PublicKey>) {
@@ -1359,7 +1439,8 @@ impl Requester {
         let mut to_notify = Vec::new();
         // What this verification says about each worker that returned a result.
         let mut ledger_ops = Vec::new();
-        let corroborated = workers.len() >= 2;
+        let own = matches!(&t.self_check, Some(SelfCheck::Done(d)) if *d == digest);
+        let corroborated = workers.len() >= 2 || own;
         for a in &t.assignments {
             if let AssignStatus::Returned(d) = &a.status {
                 let outcome = if *d != digest {
@@ -1517,6 +1598,10 @@ impl Requester {
                     value: fleetmesh_protocol::encode(&t.spec_env),
                 });
                 ctx.push(Action::Persist(vec![t.persist(&id)]));
+                // An own check that was running is run again.
+                if t.self_check == Some(SelfCheck::Running) {
+                    ctx.push(Action::Check { task: id, model: t.spec.model });
+                }
             }
             self.tasks.insert(id, t);
         }

@@ -30,9 +30,12 @@ fn engine(i: u64) -> Engine {
     engine_with(i, |_| {})
 }
 
+/// An engine holding the test model. Its own checks of its tasks are off (most tests drive
+/// results by hand and expect them judged at once); the tests about them turn them on.
 fn engine_with(i: u64, f: impl FnOnce(&mut EngineConfig)) -> Engine {
     let mut c =
         EngineConfig { presence_interval_ms: 0, default_model: Some(model()), ..EngineConfig::default() };
+    c.trust.self_check = false;
     f(&mut c);
     Engine::new(identity(i), c, BTreeSet::from([model()]), T0)
 }
@@ -1295,4 +1298,46 @@ fn market_v2_the_holder_estimate_ignores_empty_samples_and_recovers_from_a_low_o
         low.requester.learn_holders(m, 1_000_000, 100);
     }
     assert!(low.requester.holders_of(&m).unwrap() >= 90, "{:?}", low.requester.holders_of(&m));
+}
+
+/// Market v2, reputation: a requester that trusts nobody yet and holds the model runs the
+/// task itself and checks the workers against its own output: a wrong result waits for the
+/// check, is refused, its worker is marked bad, and the next worker's agreeing result
+/// verifies the task and earns that worker a corroborated task.
+#[test]
+fn market_v2_a_requester_that_trusts_nobody_checks_results_against_its_own_run() {
+    let mut r = engine_with(1, |c| {
+        c.tasks.selection = false;
+        c.tasks.early_close = false;
+        c.trust.spot_check_ppm = 0;
+        c.trust.self_check = true;
+    });
+    for i in [101, 102] {
+        r.handle(T0, Input::Connected(identity(i).public()));
+    }
+    let (id, actions) = submit(&mut r, T0, &[6; 16]);
+    published_now(&mut r, T0, &actions);
+    bid_round(&mut r, id, T0 + 1, 0, &[101, 102]);
+    let a = r.handle(T0 + 5_000, Input::Tick);
+    assert_eq!(awarded_to(&a).len(), 1, "its own run replaces the second worker");
+    assert!(a.iter().any(|x| matches!(x, Action::Check { task, .. } if *task == id)));
+    let (wrong, right) = (b"wrong".as_slice(), b"right".as_slice());
+    let first = awarded_to(&a)[0];
+    let (liar, honest) = if first == identity(101).public() { (101, 102) } else { (102, 101) };
+    assert_eq!(
+        return_result(&mut r, T0 + 5_001, id, liar, wrong),
+        TaskResponse::Pending,
+        "waits for the check"
+    );
+    let a = r.handle(
+        T0 + 5_002,
+        Input::Checked { task: id, result: Ok(fleetmesh_crypto::OutputDigest::of(right)) },
+    );
+    assert_eq!(awarded_to(&a), vec![identity(honest).public()], "a wrong result calls in the next worker");
+    assert!(matches!(return_result(&mut r, T0 + 5_003, id, honest, right), TaskResponse::Receipt(_)));
+    let t = r.requester.get(&id).unwrap();
+    assert_eq!(t.verified.as_ref().unwrap().0, fleetmesh_crypto::OutputDigest::of(right));
+    let ledger = r.requester.ledger();
+    assert_eq!(ledger.trust(&identity(liar).public()), reputation::Trust::Bad);
+    assert_eq!(ledger.standing(&identity(honest).public()).unwrap().agreed, 1);
 }

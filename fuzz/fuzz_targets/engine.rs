@@ -54,6 +54,7 @@ enum Op {
     Result { peer: u8, task: u8, output: Vec<u8>, honest_digest: bool, signer: u8 },
     Answer { which: u8, answer: Answer },
     Executed { which: u8, ok: bool, output: Vec<u8> },
+    Checked { which: u8, ok: bool, output: Vec<u8> },
     Published { which: u8, ok: bool },
     Record { which: u8, found: bool },
     Receipt { peer: u8, task: u8 },
@@ -72,6 +73,7 @@ struct Harness {
     store: BTreeMap<(u8, TaskId), Vec<u8>>,
     sends: Vec<(PublicKey, Outgoing, SendTag)>,
     executes: Vec<TaskId>,
+    checks: Vec<TaskId>,
     publishes: Vec<(TaskId, u32)>,
     lookups: Vec<Lookup>,
     /// Tasks the peers announced: (peer, signed spec, input).
@@ -111,6 +113,7 @@ impl Harness {
             store: BTreeMap::new(),
             sends: Vec::new(),
             executes: Vec::new(),
+            checks: Vec::new(),
             publishes: Vec::new(),
             lookups: Vec::new(),
             theirs: Vec::new(),
@@ -160,6 +163,7 @@ impl Harness {
                 }
                 Action::Send { to, request, tag } => self.sends.push((to, request, tag)),
                 Action::Execute { task, .. } => self.executes.push(task),
+                Action::Check { task, .. } => self.checks.push(task),
                 Action::Publish { announce: Some(a), .. } => self.publishes.push(a),
                 Action::GetRecord { lookup, .. } => self.lookups.push(lookup),
                 Action::PutRecord { key, value } => {
@@ -177,7 +181,7 @@ impl Harness {
             panic!("bounds: {e}");
         }
         // Keep the harness's own queues small.
-        for q in [self.sends.len(), self.executes.len(), self.publishes.len(), self.lookups.len()] {
+        for q in [self.sends.len(), self.executes.len(), self.checks.len(), self.publishes.len(), self.lookups.len()] {
             assert!(q < 100_000);
         }
     }
@@ -351,6 +355,14 @@ impl Harness {
                 };
                 self.feed(Input::Executed { task, result });
             }
+            Op::Checked { which, ok, output } => {
+                if self.checks.is_empty() {
+                    return;
+                }
+                let task = self.checks.remove(usize::from(which) % self.checks.len());
+                let result = if ok { Ok(fleetmesh_crypto::OutputDigest::of(&output)) } else { Err("did not run".into()) };
+                self.feed(Input::Checked { task, result });
+            }
             Op::Published { which, ok } => {
                 if self.publishes.is_empty() {
                     return;
@@ -445,13 +457,16 @@ impl Harness {
                 self.engine = Engine::new(self.me.clone(), config(), BTreeSet::from([model()]), self.now);
                 self.sends.clear();
                 self.executes.clear();
+                self.checks.clear();
                 self.publishes.clear();
                 self.lookups.clear();
                 self.engine.restore_reputation(ledger);
                 let actions = self.engine.restore(self.now, reqs, jobs);
                 for a in actions {
-                    if let Action::Execute { task, .. } = a {
-                        self.executes.push(task);
+                    match a {
+                        Action::Execute { task, .. } => self.executes.push(task),
+                        Action::Check { task, .. } => self.checks.push(task),
+                        _ => {}
                     }
                 }
                 // Nothing accepted is lost: every task held before the crash was persisted.

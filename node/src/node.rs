@@ -655,12 +655,15 @@ struct Executor {
 }
 
 impl Executor {
-    /// Runs `model` on `input` (read from the store by the caller).
+    /// Runs `model` on `input` (read from the store by the caller): a job's
+    /// ([`Input::Executed`]), or with `check` a requested task's own check
+    /// ([`Input::Checked`], the output's digest).
     fn execute(
         &mut self,
         task: TaskId,
         model: ModelId,
         input: Result<Option<Vec<u8>>, crate::store::StoreError>,
+        check: bool,
     ) {
         let (models, tx) = (self.models.clone(), self.tx.clone());
         #[cfg(feature = "test-hooks")]
@@ -684,7 +687,13 @@ impl Executor {
                 Ok(None) => Err("input missing from the store".to_owned()),
                 Err(e) => Err(format!("input unreadable: {e}")),
             };
-            let _ = tx.send(Input::Executed { task, result }).await;
+            let done = if check {
+                let result = result.map(|r| fleetmesh_crypto::OutputDigest::of(&r.output));
+                Input::Checked { task, result }
+            } else {
+                Input::Executed { task, result }
+            };
+            let _ = tx.send(done).await;
         });
     }
 
@@ -977,7 +986,12 @@ impl EventLoop {
                 }
                 Action::Execute { task, model } => {
                     let input = self.store.get_raw(crate::store::JOB_INPUTS, &task);
-                    self.executor.execute(task, model, input);
+                    self.executor.execute(task, model, input, false);
+                }
+                // The requester's own run of its task, to check the workers against.
+                Action::Check { task, model } => {
+                    let input = self.store.get_raw(crate::store::REQUEST_INPUTS, &task);
+                    self.executor.execute(task, model, input, true);
                 }
                 Action::SelfTest { model } => self.executor.self_test(model),
                 Action::Trace(record) => {

@@ -84,6 +84,8 @@ pub struct SimConfig {
     /// `sybil_join_ms`) and all return the same wrong output for an input, so they agree
     /// with one another.
     pub sybils: usize,
+    /// Reputation on (the default); off, every worker is alike, as in v1.
+    pub trust: bool,
     /// When the sybils join, virtual ms; `None`: once half of the tasks were submitted (the
     /// honest fleet has worked together for a while: docs/SIMULATION.md says why).
     pub sybil_join_ms: Option<u64>,
@@ -116,6 +118,7 @@ impl Default for SimConfig {
             hostile: 0,
             liars: 0,
             sybils: 0,
+            trust: true,
             sybil_join_ms: None,
             submit_interval_ms: 20,
             exec_ms: (20, 120),
@@ -374,6 +377,7 @@ impl Sim {
         engine_config.tasks.exec_timeout_ms = 5_000;
         engine_config.tasks.deadline_ms = 120_000;
         engine_config.tasks.redundancy = config.redundancy;
+        engine_config.trust.enabled = config.trust;
 
         if let Some(dir) = &config.trace_dir {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -683,6 +687,19 @@ impl Sim {
                     let at = self.now + 2 * self.latency();
                     let input = Input::Providers { model, providers, last: true };
                     self.schedule(at, Event::Deliver { to: i, life: Some(life), input });
+                }
+                // The requester's own run (requesters are honest vehicles).
+                Action::Check { task, model: _ } => {
+                    let result = match self.vehicles[i].store.get(&(table_tag(Table::RequestInputs), task)) {
+                        Some(input) => Ok(fleetmesh_crypto::OutputDigest::of(&honest_output(input))),
+                        None => Err("input missing from the store".to_owned()),
+                    };
+                    let (lo, hi) = self.config.exec_ms;
+                    let at = self.now + self.rng.range(lo, hi);
+                    self.schedule(
+                        at,
+                        Event::Deliver { to: i, life: Some(life), input: Input::Checked { task, result } },
+                    );
                 }
                 Action::Execute { task, model: _ } => {
                     let result = match self.vehicles[i].store.get(&(table_tag(Table::JobInputs), task)) {
