@@ -373,19 +373,38 @@ impl Requester {
         }
     }
 
-    /// Whether a verification of task `t` needs a trusted worker: trust is on and this
-    /// node trusts a worker that may hold the model (one whose presence advert does not list
-    /// only other models), or the task needed one before ([`ReqTask::anchored`]). With
-    /// none, a quorum of unknown workers is accepted, as in v1. Whether that worker is
-    /// connected does not matter: a partition, or an attacker that surrounds the node, must
-    /// not be what lets unknown keys verify a task (it fails instead, saying why).
+    /// Whether a verification of task `t` needs a trusted worker (or this node's own run):
+    /// trust is on and this node trusts anyone, or the task needed it before
+    /// ([`ReqTask::anchored`]). With nobody trusted, a quorum of unknown workers is accepted
+    /// (checked against the node's own run where it holds the model). Neither connectivity
+    /// nor adverts (which peers sign themselves) lift the need: a partition, an attacker
+    /// that surrounds the node, or a trusted key advertising other models must not be what
+    /// lets unknown keys verify a task.
     fn anchor_required(&self, ctx: &Ctx<'_>, t: &ReqTask) -> bool {
         ctx.config.trust.enabled
-            && (t.anchored
-                || self.has_trusted_worker(ctx, t)
-                || self.ledger.any_trusted(|k| {
-                    ctx.presence.get(k).is_none_or(|a| a.advert.models.contains(&t.spec.model))
-                }))
+            && (t.anchored || self.has_trusted_worker(ctx, t) || self.ledger.trusted_count() > 0)
+    }
+
+    /// Whether this node can check task `t` against its own run (it holds the model, own
+    /// checks are on, and one has not failed).
+    fn can_check(ctx: &Ctx<'_>, t: &ReqTask) -> bool {
+        ctx.config.trust.enabled
+            && ctx.config.trust.self_check
+            && ctx.models.contains(&t.spec.model)
+            && !matches!(t.self_check, Some(SelfCheck::Failed(_)))
+    }
+
+    /// Whether task `t` has an own check running or done.
+    fn has_own(t: &ReqTask) -> bool {
+        matches!(t.self_check, Some(SelfCheck::Running | SelfCheck::Done(_)))
+    }
+
+    /// Starts this node's own run of task `id`, once.
+    fn start_check(ctx: &mut Ctx<'_>, id: &TaskId, t: &mut ReqTask) {
+        if t.self_check.is_none() && Self::can_check(ctx, t) {
+            t.self_check = Some(SelfCheck::Running);
+            ctx.push(Action::Check { task: *id, model: t.spec.model });
+        }
     }
 
     /// Whom a round of task `t` invites by name: up to k trusted workers (a different few
@@ -851,7 +870,7 @@ impl Requester {
         // Reputation: whether this task still needs a trusted worker to verify.
         let Some(t) = self.tasks.get(id) else { return };
         let anchor = self.anchor_required(ctx, t);
-        let seeking = anchor && !self.has_trusted_worker(ctx, t);
+        let no_trusted = anchor && !self.has_trusted_worker(ctx, t);
         let trust_on = ctx.config.trust.enabled;
         let ledger = &self.ledger;
         let Some(t) = self.tasks.get_mut(id) else { return };
@@ -871,6 +890,21 @@ impl Requester {
                 .sort_by_key(|r| (ledger.trust(&r.bidder), std::cmp::Reverse(ledger.agreed(&r.bidder))));
         }
         let round_trusted = decision.ranked.iter().any(|r| ledger.trust(&r.bidder) == Trust::Trusted);
+        // Trusting nobody yet (first award), or with no trusted worker for this task in
+        // reach, a requester that holds the model runs the task itself and checks the
+        // workers against its own output: colluding fresh keys can neither pass a wrong
+        // output nor earn trust by agreeing with each other.
+        let check_here = (!anchor && t.assignments.is_empty()) || (no_trusted && !round_trusted);
+        let had_own = Self::has_own(t);
+        if trust_on && check_here {
+            Self::start_check(ctx, id, t);
+        }
+        let checking = !had_own && Self::has_own(t);
+        // Still needing a trusted worker: only when there is no own run to check against.
+        let seeking = no_trusted && !Self::has_own(t);
+        if !seeking {
+            t.seeking = false;
+        }
         let live = t.live_count();
         let needed = usize::from(t.spec.redundancy).saturating_sub(live).max(1);
         let now = ctx.now;
@@ -896,7 +930,10 @@ impl Requester {
         }
         // Selection: what this round says about how many hold the model, and a wider next
         // round when this one drew fewer bids than it needed.
-        let narrowed = t.round_ppm().is_some_and(|p| p < selection::ALL);
+        // A round that sought a trusted worker and could invite none is as empty as a round
+        // open to all: it counts towards giving up (no announcing until the deadline).
+        let hopeless = t.seeking && t.invited.is_empty();
+        let narrowed = t.round_ppm().is_some_and(|p| p < selection::ALL) && !hopeless;
         if let Some(p) = t.select_ppm.filter(|_| !t.seeking) {
             if decision.ranked.len() < needed {
                 t.select_ppm = Some(selection::escalate(p));
@@ -925,7 +962,14 @@ impl Requester {
             let empty = t.empty_rounds;
             if empty >= ctx.config.tasks.max_rounds || now >= t.spec.deadline_ms {
                 let took_part = t.assignments.len();
-                let reason = if took_part == 0 {
+                let reason = if hopeless {
+                    format!(
+                        "no trusted worker reachable in {empty} rounds: the task's workers are unknown \
+                         and this node cannot check them itself (it does not hold model {}, or its own \
+                         check is off or failed)",
+                        t.spec.model
+                    )
+                } else if took_part == 0 {
                     format!(
                         "no valid bids in {empty} consecutive bid rounds (does any node hold model {}?)",
                         t.spec.model
@@ -969,26 +1013,13 @@ impl Requester {
         // is then needed. How unknown workers earn trust, and how a trusted worker that turns
         // is caught.
         let all_trusted = winners.iter().all(|(w, _)| ledger.trust(w) == Trust::Trusted);
-        // Trusting nobody yet, a requester that holds the model runs the task itself and
-        // checks the workers against its own output: colluding fresh keys can neither pass
-        // a wrong output nor earn trust by agreeing with each other.
-        let check_here = trust_on
-            && ctx.config.trust.self_check
-            && !anchor
-            && t.assignments.is_empty()
-            && t.self_check.is_none()
-            && ctx.models.contains(&t.spec.model);
-        if check_here {
-            t.self_check = Some(SelfCheck::Running);
-            ctx.push(Action::Check { task: *id, model: t.spec.model });
-        }
         if trust_on
             && t.assignments.is_empty()
             && winners.len() < allowed
             && (if anchor {
                 all_trusted && Self::spot_draw(ctx, id)
             } else {
-                t.spec.redundancy == 1 && !check_here
+                t.spec.redundancy == 1 && !checking && !Self::has_own(t)
             })
         {
             if let Some(i) = rest.iter().position(|(w, _)| ledger.trust(w) == Trust::Unknown) {
@@ -1198,13 +1229,18 @@ impl Requester {
     /// Brings one more worker onto a running task: the next standby bidder, or a new round.
     fn add_worker(&mut self, ctx: &mut Ctx<'_>, id: &TaskId) {
         let Some(t) = self.tasks.get(id) else { return };
-        let seeking = self.anchor_required(ctx, t) && !self.has_trusted_worker(ctx, t);
+        let no_trusted = self.anchor_required(ctx, t) && !self.has_trusted_worker(ctx, t);
         let ledger = &self.ledger;
         let Some(t) = self.tasks.get_mut(id) else { return };
         if t.phase.is_terminal() {
             return;
         }
-        if seeking {
+        // No trusted worker on the task: check it here if this node can; then any worker
+        // will do.
+        if no_trusted {
+            Self::start_check(ctx, id, t);
+        }
+        if no_trusted && !Self::has_own(t) {
             // Only a trusted worker can verify this task now: the first one on standby, or
             // a wider round (unless one is already taking bids).
             if let Some(i) = t.standby.iter().position(|(w, _)| ledger.trust(w) == Trust::Trusted) {
@@ -1383,11 +1419,48 @@ impl Requester {
             self.persist(ctx, id);
             return false;
         }
+        // With its own run in hand, that run alone decides (a trusted worker can turn);
+        // otherwise trusted workers anchor.
         let results: Vec<(PublicKey, OutputDigest, bool)> = returned
             .into_iter()
-            .map(|(w, d)| (w, d, trust_on && (self.ledger.trust(&w) == Trust::Trusted || own == Some(d))))
+            .map(|(w, d)| {
+                let anchors = match own {
+                    Some(o) => d == o,
+                    None => trust_on && self.ledger.trust(&w) == Trust::Trusted,
+                };
+                (w, d, anchors)
+            })
             .collect();
-        match anchored_agreement(t.need(), t.live_count(), &results, anchor || own.is_some()) {
+        let first = results.first().map(|r| r.1);
+        let contested = results.iter().any(|(_, d, _)| Some(*d) != first);
+        let judged = anchored_agreement(t.need(), t.live_count(), &results, anchor || own.is_some());
+        // A disagreement that involves trust, with no own run, is settled only by a second
+        // trusted worker (or an own run started now): one trusted key plus a colluder must
+        // not outvote an honest worker.
+        let settled = |digest: &OutputDigest, workers: &[PublicKey]| {
+            own.is_some()
+                || !anchor
+                || !contested
+                || workers
+                    .iter()
+                    .filter(|w| results.iter().any(|(x, d, t)| x == *w && d == digest && *t))
+                    .count()
+                    >= 2
+        };
+        let judged = match judged {
+            Agreement::Verified(digest, workers) if !settled(&digest, &workers) => {
+                if let Some(t) = self.tasks.get_mut(id) {
+                    Self::start_check(ctx, id, t);
+                    if Self::has_own(t) {
+                        self.persist(ctx, id);
+                        return false;
+                    }
+                }
+                Agreement::Disagree
+            }
+            other => other,
+        };
+        match judged {
             Agreement::Verified(digest, workers) => {
                 self.verify_task(ctx, id, digest, workers);
                 true
@@ -1437,20 +1510,30 @@ impl Requester {
         t.times.finished_ms = now;
         t.verified = Some((digest, workers.clone()));
         let mut to_notify = Vec::new();
-        // What this verification says about each worker that returned a result.
+        // What this verification says about each worker that returned a result. Only
+        // evidence this node trusts counts: its own run, or a trusted worker. A worker earns
+        // an agreement when its own run or another trusted worker produced the same output;
+        // it is marked bad for another output only against such evidence. (A verification
+        // by a plain majority of unknown workers, or with trust off, records nothing: it
+        // could be colluding keys vouching for each other.)
         let mut ledger_ops = Vec::new();
-        let own = matches!(&t.self_check, Some(SelfCheck::Done(d)) if *d == digest);
-        let corroborated = workers.len() >= 2 || own;
-        for a in &t.assignments {
-            if let AssignStatus::Returned(d) = &a.status {
-                let outcome = if *d != digest {
-                    Outcome::Disagreed
-                } else if corroborated {
-                    Outcome::Agreed
-                } else {
-                    Outcome::Alone
-                };
-                ledger_ops.extend(self.ledger.record(a.worker, outcome, now));
+        if ctx.config.trust.enabled {
+            let own = matches!(&t.self_check, Some(SelfCheck::Done(d)) if *d == digest);
+            let trusted: Vec<PublicKey> =
+                workers.iter().filter(|w| self.ledger.trust(w) == Trust::Trusted).copied().collect();
+            if own || !trusted.is_empty() {
+                for a in &t.assignments {
+                    if let AssignStatus::Returned(d) = &a.status {
+                        let outcome = if *d != digest {
+                            Outcome::Disagreed
+                        } else if own || trusted.iter().any(|w| *w != a.worker) {
+                            Outcome::Agreed
+                        } else {
+                            Outcome::Alone
+                        };
+                        ledger_ops.extend(self.ledger.record(a.worker, outcome, now));
+                    }
+                }
             }
         }
         for a in &mut t.assignments {

@@ -1055,8 +1055,9 @@ fn finding_9_a_nearly_full_disk_takes_no_new_work() {
     assert_eq!(bids.len(), 1, "bids again once there is room");
 }
 
-/// A requester that trusts worker 100 (three corroborated tasks on record), is connected to
-/// it and to unknown workers 101 to 104, takes k from `k` and spot checks at `spot_ppm`.
+/// A requester that trusts workers 100 and 105 (three corroborated tasks each on record), is
+/// connected to them and to unknown workers 101 to 104, takes k from `k` and spot checks at
+/// `spot_ppm`.
 /// Selection and early close are off so every bid enters and rounds close on the tick
 /// (this is about ranking and verification).
 fn trusting_requester(k: u8, spot_ppm: u32) -> Engine {
@@ -1067,8 +1068,11 @@ fn trusting_requester(k: u8, spot_ppm: u32) -> Engine {
         c.trust.spot_check_ppm = spot_ppm;
     });
     let trusted = reputation::Standing { agreed: 3, disagreed: 0, alone: 0, last_ms: T0 };
-    r.restore_reputation(vec![(reputation::store_key(&identity(100).public()), trusted)]);
-    for i in 100..105 {
+    r.restore_reputation(vec![
+        (reputation::store_key(&identity(100).public()), trusted.clone()),
+        (reputation::store_key(&identity(105).public()), trusted),
+    ]);
+    for i in 100..106 {
         r.handle(T0, Input::Connected(identity(i).public()));
     }
     r
@@ -1160,8 +1164,10 @@ fn market_v2_fresh_keys_that_agree_cannot_verify_once_a_trusted_worker_is_known(
     assert_eq!(return_result(&mut r, T0 + 5_001, id, 101, wrong), TaskResponse::Pending);
     assert_eq!(return_result(&mut r, T0 + 5_002, id, 102, wrong), TaskResponse::Pending);
     assert_ne!(r.requester.get(&id).unwrap().phase, fleetmesh_api::Phase::Verified);
-    // The trusted worker bids and is awarded; its output differs. Its weight beats the two
-    // fresh keys, but one worker is short of the quorum of 2: one more is sought.
+    // A trusted worker bids and is awarded; its output differs. Its weight beats the two
+    // fresh keys, but one worker is short of the quorum of 2: one more is sought. (In a
+    // disagreement, the winner needs a second trusted worker: one trusted key and a
+    // colluder must not outvote an honest worker.)
     bid_round(&mut r, id, T0 + 5_003, round, &[100]);
     let a = r.handle(T0 + 10_000, Input::Tick);
     assert_eq!(awarded_to(&a), vec![identity(100).public()]);
@@ -1170,19 +1176,30 @@ fn market_v2_fresh_keys_that_agree_cannot_verify_once_a_trusted_worker_is_known(
     assert_ne!(t.phase, fleetmesh_api::Phase::Verified);
     assert_eq!(t.phase, fleetmesh_api::Phase::Bidding, "one more worker is sought");
     let round = t.round;
+    // An unknown worker agreeing with the trusted one does not settle it.
     bid_round(&mut r, id, T0 + 10_003, round, &[103]);
     let a = r.handle(T0 + 15_000, Input::Tick);
     assert_eq!(awarded_to(&a), vec![identity(103).public()]);
-    assert!(matches!(return_result(&mut r, T0 + 15_001, id, 103, right), TaskResponse::Receipt(_)));
+    assert_eq!(return_result(&mut r, T0 + 15_001, id, 103, right), TaskResponse::Pending);
+    let t = r.requester.get(&id).unwrap();
+    assert_ne!(t.phase, fleetmesh_api::Phase::Verified);
+    let round = t.round;
+    // The second trusted worker does.
+    bid_round(&mut r, id, T0 + 15_003, round, &[105]);
+    let a = r.handle(T0 + 20_000, Input::Tick);
+    assert_eq!(awarded_to(&a), vec![identity(105).public()]);
+    assert!(matches!(return_result(&mut r, T0 + 20_001, id, 105, right), TaskResponse::Receipt(_)));
     let t = r.requester.get(&id).unwrap();
     assert_eq!(t.phase, fleetmesh_api::Phase::Verified);
     assert_eq!(t.verified.as_ref().unwrap().0, fleetmesh_crypto::OutputDigest::of(right));
-    // What the ledger learned: the liars are bad, the new honest worker has one agreement.
+    // What the ledger learned: the liars are bad; the honest workers each have an agreement
+    // with another trusted worker.
     let ledger = r.requester.ledger();
     assert_eq!(ledger.trust(&identity(101).public()), reputation::Trust::Bad);
     assert_eq!(ledger.trust(&identity(102).public()), reputation::Trust::Bad);
     assert_eq!(ledger.standing(&identity(103).public()).unwrap().agreed, 1);
     assert_eq!(ledger.standing(&identity(100).public()).unwrap().agreed, 4);
+    assert_eq!(ledger.standing(&identity(105).public()).unwrap().agreed, 4);
     // A liar's next bid is refused.
     let (id2, actions) = submit(&mut r, T0 + 20_000, &[4; 16]);
     published_now(&mut r, T0 + 20_000, &actions);
@@ -1250,12 +1267,15 @@ fn market_v2_a_trusted_worker_runs_alone_unless_a_spot_check_adds_an_unknown_one
     assert_eq!(writes.len(), 2, "both workers' records are written with the verified task");
     let standing: reputation::Standing =
         fleetmesh_protocol::decode(writes[1].value.as_deref().unwrap(), 1024).unwrap();
-    assert_eq!(standing.agreed, 1, "the unknown worker's corroborated result counts");
-    assert_eq!(r.requester.ledger().standing(&identity(100).public()).unwrap().agreed, 4);
+    assert_eq!(standing.agreed, 1, "the unknown worker's agreement with a trusted one counts");
+    let trusted = r.requester.ledger().standing(&identity(100).public()).unwrap().clone();
+    assert_eq!((trusted.agreed, trusted.alone), (3, 1), "an unknown worker vouches for nobody");
 }
 
-/// Market v2, reputation: before any worker is trusted, a k = 1 result is accepted alone
-/// (as in v1) but earns its worker nothing; trust comes only from corroborated work.
+/// Market v2, reputation: a requester that trusts nobody and cannot check a task itself (own
+/// checks off here) accepts a lone k = 1 result as v1 did, when no second worker bid, but
+/// learns nothing from it: trust comes only from agreement with its own run or a trusted
+/// worker.
 #[test]
 fn market_v2_unchecked_results_earn_no_trust() {
     let mut r = engine_with(1, |c| {
@@ -1271,8 +1291,8 @@ fn market_v2_unchecked_results_earn_no_trust() {
         r.handle(now + 5_000, Input::Tick);
         assert!(matches!(return_result(&mut r, now + 5_001, id, 101, b"x"), TaskResponse::Receipt(_)));
     }
-    let s = r.requester.ledger().standing(&identity(101).public()).unwrap().clone();
-    assert_eq!((s.agreed, s.alone), (0, 5));
+    // Nothing was checked, so nothing was learned (and nothing written).
+    assert_eq!(r.requester.ledger().standing(&identity(101).public()), None);
     assert_eq!(r.requester.ledger().trust(&identity(101).public()), reputation::Trust::Unknown);
 }
 

@@ -1308,9 +1308,9 @@ impl Sim {
                             .next()
                             .and_then(|n| n.parse::<u32>().ok())
                             == Some(self.engine_config.tasks.max_rounds)
-                    } else if reason.starts_with("no trusted worker bid in ") {
+                    } else if reason.starts_with("no trusted worker reachable in ") {
                         reason
-                            .trim_start_matches("no trusted worker bid in ")
+                            .trim_start_matches("no trusted worker reachable in ")
                             .split(' ')
                             .next()
                             .and_then(|n| n.parse::<u32>().ok())
