@@ -1111,8 +1111,8 @@ fn awarded_to(actions: &[Action]) -> Vec<PublicKey> {
         .collect()
 }
 
-/// Worker `i` returns `output` for task `id`; the requester's answer.
-fn return_result(r: &mut Engine, now: u64, id: TaskId, i: u64, output: &[u8]) -> TaskResponse {
+/// Worker `i`'s signed result of `output` for task `id`, as a request to the requester.
+fn result_request(r: &Engine, id: TaskId, i: u64, output: &[u8]) -> Input {
     let spec = r.requester.get(&id).unwrap().spec.clone();
     let header = fleetmesh_protocol::ResultHeader {
         v: WIRE_VERSION,
@@ -1126,7 +1126,13 @@ fn return_result(r: &mut Engine, now: u64, id: TaskId, i: u64, output: &[u8]) ->
     }
     .sign(&identity(i));
     let request = TaskRequest::Result { task_id: id, header, output: output.to_vec() };
-    let a = r.handle(now, Input::Request { reply: 77, from: identity(i).public(), request });
+    Input::Request { reply: 77, from: identity(i).public(), request }
+}
+
+/// Worker `i` returns `output` for task `id`; the requester's answer.
+fn return_result(r: &mut Engine, now: u64, id: TaskId, i: u64, output: &[u8]) -> TaskResponse {
+    let input = result_request(r, id, i, output);
+    let a = r.handle(now, input);
     // A new round it starts is heard at once.
     published_now(r, now, &a);
     reply(&a)
@@ -1238,22 +1244,8 @@ fn market_v2_a_trusted_worker_runs_alone_unless_a_spot_check_adds_an_unknown_one
     assert_eq!(awarded_to(&a), vec![identity(100).public(), identity(101).public()]);
     assert!(r.requester.get(&id).unwrap().spot_check);
     assert_eq!(return_result(&mut r, T0 + 5_001, id, 100, out), TaskResponse::Pending);
-    let a = {
-        let spec = r.requester.get(&id).unwrap().spec.clone();
-        let header = fleetmesh_protocol::ResultHeader {
-            v: WIRE_VERSION,
-            task_id: id,
-            input_digest: spec.input_digest,
-            model: spec.model,
-            output_digest: fleetmesh_crypto::OutputDigest::of(out),
-            output_size: out.len() as u64,
-            run_time_us: 5,
-            runtime: fleetmesh_protocol::RuntimeProfile::default(),
-        }
-        .sign(&identity(101));
-        let request = TaskRequest::Result { task_id: id, header, output: out.to_vec() };
-        r.handle(T0 + 5_002, Input::Request { reply: 9, from: identity(101).public(), request })
-    };
+    let input = result_request(&r, id, 101, out);
+    let a = r.handle(T0 + 5_002, input);
     assert!(matches!(reply(&a), TaskResponse::Receipt(_)));
     let writes: Vec<&StoreOp> = a
         .iter()
