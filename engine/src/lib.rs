@@ -235,6 +235,12 @@ pub enum Metric {
     Reawards,
     JobsExecuted,
     GossipRejected,
+    /// This node ran one of its own tasks to check the workers (reputation).
+    OwnChecks,
+    /// An unknown worker was added beside trusted ones, or a lone unknown one replicated.
+    SpotChecks,
+    /// A worker returned an output against checked evidence and is no longer used.
+    WorkersDistrusted,
 }
 
 /// Everything that can happen to the engine.

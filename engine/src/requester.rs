@@ -403,6 +403,7 @@ impl Requester {
     fn start_check(ctx: &mut Ctx<'_>, id: &TaskId, t: &mut ReqTask) {
         if t.self_check.is_none() && Self::can_check(ctx, t) {
             t.self_check = Some(SelfCheck::Running);
+            ctx.count(Metric::OwnChecks);
             ctx.push(Action::Check { task: *id, model: t.spec.model });
         }
     }
@@ -1025,6 +1026,7 @@ impl Requester {
             if let Some(i) = rest.iter().position(|(w, _)| ledger.trust(w) == Trust::Unknown) {
                 spot = Some(rest.remove(i));
                 t.spot_check = true;
+                ctx.count(Metric::SpotChecks);
             }
         }
         t.standby = rest;
@@ -1525,6 +1527,9 @@ impl Requester {
                 for a in &t.assignments {
                     if let AssignStatus::Returned(d) = &a.status {
                         let outcome = if *d != digest {
+                            if self.ledger.trust(&a.worker) != Trust::Bad {
+                                ctx.count(Metric::WorkersDistrusted);
+                            }
                             Outcome::Disagreed
                         } else if own || trusted.iter().any(|w| *w != a.worker) {
                             Outcome::Agreed

@@ -1243,6 +1243,7 @@ fn market_v2_a_trusted_worker_runs_alone_unless_a_spot_check_adds_an_unknown_one
     let a = r.handle(T0 + 5_000, Input::Tick);
     assert_eq!(awarded_to(&a), vec![identity(100).public(), identity(101).public()]);
     assert!(r.requester.get(&id).unwrap().spot_check);
+    assert!(a.iter().any(|x| matches!(x, Action::Count(Metric::SpotChecks))), "counted in /metrics");
     assert_eq!(return_result(&mut r, T0 + 5_001, id, 100, out), TaskResponse::Pending);
     let input = result_request(&r, id, 101, out);
     let a = r.handle(T0 + 5_002, input);
@@ -1333,6 +1334,7 @@ fn market_v2_a_requester_that_trusts_nobody_checks_results_against_its_own_run()
     let a = r.handle(T0 + 5_000, Input::Tick);
     assert_eq!(awarded_to(&a).len(), 1, "its own run replaces the second worker");
     assert!(a.iter().any(|x| matches!(x, Action::Check { task, .. } if *task == id)));
+    assert!(a.iter().any(|x| matches!(x, Action::Count(Metric::OwnChecks))), "counted in /metrics");
     let (wrong, right) = (b"wrong".as_slice(), b"right".as_slice());
     let first = awarded_to(&a)[0];
     let (liar, honest) = if first == identity(101).public() { (101, 102) } else { (102, 101) };

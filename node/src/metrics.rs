@@ -23,12 +23,15 @@ pub(crate) struct Metrics {
     pub(crate) peers_graylisted: Counter,
     pub(crate) store_writes: Counter,
     pub(crate) store_commits: Counter,
+    pub(crate) own_checks: Counter,
+    pub(crate) spot_checks: Counter,
+    pub(crate) workers_distrusted: Counter,
 }
 
 impl Metrics {
     pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
-        let entries: [(&str, &str, &Counter); 17] = [
+        let entries: [(&str, &str, &Counter); 20] = [
             ("tasks_submitted", "Tasks submitted to this node", &m.tasks_submitted),
             ("tasks_verified", "Tasks this node requested that were verified", &m.tasks_verified),
             ("tasks_failed", "Tasks this node requested that failed", &m.tasks_failed),
@@ -53,6 +56,21 @@ impl Metrics {
                 "store_commits",
                 "Store transactions committed (one fsync each; writes queued together share one)",
                 &m.store_commits,
+            ),
+            (
+                "own_checks",
+                "Own tasks this node ran itself to check its workers (while it trusts none of them)",
+                &m.own_checks,
+            ),
+            (
+                "spot_checks",
+                "Tasks given to an unknown worker as well, to check or to replicate",
+                &m.spot_checks,
+            ),
+            (
+                "workers_distrusted",
+                "Workers no longer used: they returned an output against checked evidence",
+                &m.workers_distrusted,
             ),
         ];
         for (name, help, c) in entries {

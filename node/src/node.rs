@@ -1023,6 +1023,9 @@ impl EventLoop {
             Metric::Reawards => &c.reawards,
             Metric::JobsExecuted => &c.jobs_executed,
             Metric::GossipRejected => &c.gossip_rejected,
+            Metric::OwnChecks => &c.own_checks,
+            Metric::SpotChecks => &c.spot_checks,
+            Metric::WorkersDistrusted => &c.workers_distrusted,
         };
         counter.inc();
     }
