@@ -168,11 +168,6 @@ impl Ledger {
         self.map.get(worker).filter(|s| s.disagreed == 0).map_or(0, |s| s.agreed)
     }
 
-    /// Whether any trusted worker satisfies `pred` (e.g. is connected and holds the model).
-    pub fn any_trusted(&self, pred: impl FnMut(&PublicKey) -> bool) -> bool {
-        self.trusted.iter().any(pred)
-    }
-
     /// Takes back persisted records (at most `cap`; the rest are ignored).
     pub fn restore(&mut self, entries: impl IntoIterator<Item = (PublicKey, Standing)>) {
         for (k, s) in entries {
@@ -263,7 +258,7 @@ mod tests {
         l.record(w, Outcome::Agreed, 13);
         assert_eq!(l.trust(&w), Trust::Trusted);
         assert_eq!(l.trusted_count(), 1);
-        assert!(l.any_trusted(|k| *k == w));
+        assert!(l.trusted_keys().any(|k| *k == w));
         // One disagreement makes even a trusted worker bad.
         l.record(w, Outcome::Disagreed, 14);
         assert_eq!(l.trust(&w), Trust::Bad);

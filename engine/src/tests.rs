@@ -860,6 +860,18 @@ fn market_v2_a_repeated_bid_counts_once_in_the_holder_estimate() {
     assert_eq!(next, selection::threshold(4, holders), "one bidder under {ppm} ppm stands for {holders}");
 }
 
+/// A signed round-0 report from `who` that task `id`'s 16-byte input does not fit a 32-byte
+/// model input.
+fn input_size_report(id: TaskId, who: &Identity) -> SignedEnvelope {
+    fleetmesh_protocol::Unable {
+        v: WIRE_VERSION,
+        task_id: id,
+        round: 0,
+        reason: fleetmesh_protocol::UnableReason::InputSize { expected: 32, got: 16 },
+    }
+    .sign(who)
+}
+
 /// Selection review: in a round that admits only part of the holders, no bid is expected
 /// now and then, so a stranger's "input size" report there must not fail the task.
 #[test]
@@ -868,13 +880,7 @@ fn market_v2_a_report_in_a_narrow_round_does_not_fail_the_task() {
     let (id, ppm) = announced_ppm(&mut r, T0, &[1; 16]);
     assert!(ppm < fleetmesh_protocol::selection::ALL);
     let liar = identity(9);
-    let report = fleetmesh_protocol::Unable {
-        v: WIRE_VERSION,
-        task_id: id,
-        round: 0,
-        reason: fleetmesh_protocol::UnableReason::InputSize { expected: 32, got: 16 },
-    }
-    .sign(&liar);
+    let report = input_size_report(id, &liar);
     r.handle(
         T0 + 2,
         Input::Request { reply: 1, from: liar.public(), request: TaskRequest::Unable { report } },
@@ -937,13 +943,7 @@ fn finding_12_a_wrong_size_input_fails_at_once_with_the_true_reason() {
     let (task, round) = ann.unwrap();
     r.handle(T0, Input::Published { task, round, ok: true });
     let liar = identity(9);
-    let report = fleetmesh_protocol::Unable {
-        v: WIRE_VERSION,
-        task_id: id,
-        round: 0,
-        reason: fleetmesh_protocol::UnableReason::InputSize { expected: 32, got: 16 },
-    }
-    .sign(&liar);
+    let report = input_size_report(id, &liar);
     let a = r.handle(
         T0 + 2,
         Input::Request { reply: 1, from: liar.public(), request: TaskRequest::Unable { report } },
