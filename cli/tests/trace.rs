@@ -10,7 +10,7 @@ use common::*;
 use fleetmesh_trace::gossip::kind;
 use fleetmesh_trace::{analyze, timeline, timeline_path};
 
-const TASKS: &str = "fleetmesh/tasks/1";
+const TASKS: &str = fleetmesh_protocol::ids::TOPIC_TASKS;
 
 fn install_trace_layer() {
     use tracing_subscriber::layer::SubscriberExt;

@@ -23,8 +23,6 @@ pub enum MessageKind {
     Bid,
     /// The requester's award decision for one bid round.
     Award,
-    /// The requester telling a bidder why it was not chosen.
-    Decline,
     /// A worker's result header.
     ResultHeader,
     /// The requester's receipt for accepted work.
@@ -47,7 +45,6 @@ impl MessageKind {
             Self::Announcement => b"announcement",
             Self::Bid => b"bid",
             Self::Award => b"award",
-            Self::Decline => b"decline",
             Self::ResultHeader => b"result-header",
             Self::Receipt => b"receipt",
             Self::Presence => b"presence",

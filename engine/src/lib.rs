@@ -107,8 +107,11 @@ pub struct SubmitError(pub String);
 /// What an outbound request was for, so its answer finds its way back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendTag {
-    /// A bid we sent.
-    Bid,
+    /// A bid we sent for `task`.
+    Bid {
+        /// The task.
+        task: TaskId,
+    },
     /// An award to `worker` for `task`.
     Award {
         /// The task.
@@ -116,8 +119,6 @@ pub enum SendTag {
         /// The worker awarded.
         worker: PublicKey,
     },
-    /// A decline we sent.
-    Decline,
     /// A result we delivered.
     Result {
         /// The task.
@@ -261,8 +262,6 @@ pub enum Input {
         msg: GossipId,
         /// Its topic.
         topic: Topic,
-        /// The key of the peer that published it, when gossipsub says.
-        author: Option<PublicKey>,
         /// Its bytes.
         data: Vec<u8>,
     },
@@ -723,8 +722,8 @@ impl Engine {
     pub fn handle(&mut self, now: u64, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
         match input {
-            Input::Gossip { msg, topic, author, data } => {
-                let verdict = self.on_gossip(now, topic, author, &data, &mut out);
+            Input::Gossip { msg, topic, data } => {
+                let verdict = self.on_gossip(now, topic, &data, &mut out);
                 if verdict == Verdict::Reject {
                     out.push(Action::Count(Metric::GossipRejected));
                 }
@@ -757,7 +756,8 @@ impl Engine {
                             requester.on_award_response(&mut ctx, task, w, result)
                         }
                         SendTag::Result { task } => worker.on_result_response(&mut ctx, task, peer, result),
-                        SendTag::Bid | SendTag::Decline | SendTag::Receipt | SendTag::Unable => {}
+                        SendTag::Bid { task } => worker.on_bid_response(&mut ctx, task, peer, result),
+                        SendTag::Receipt | SendTag::Unable => {}
                     },
                     Input::Published { task, round, ok } => requester.on_published(&mut ctx, task, round, ok),
                     Input::Record { lookup, value } => worker.on_record(&mut ctx, lookup, value),
@@ -782,14 +782,7 @@ impl Engine {
         out
     }
 
-    fn on_gossip(
-        &mut self,
-        now: u64,
-        topic: Topic,
-        author: Option<PublicKey>,
-        data: &[u8],
-        out: &mut Vec<Action>,
-    ) -> Verdict {
+    fn on_gossip(&mut self, now: u64, topic: Topic, data: &[u8], out: &mut Vec<Action>) -> Verdict {
         let limit = fleetmesh_protocol::limits::MAX_GOSSIP_BYTES;
         match topic {
             Topic::Tasks => {
@@ -820,10 +813,10 @@ impl Engine {
             }
             Topic::Presence => {
                 let Ok((env, p)) = Presence::open_bytes(data, limit) else { return Verdict::Reject };
-                // Adverts are only believed from the peer that signed them, and only while fresh.
-                if author != Some(env.signer)
-                    || p.models.len() > fleetmesh_protocol::limits::MAX_MODELS_PER_ADVERT
-                {
+                // Gossip is anonymous (wire version 2): the envelope's signature is what says
+                // whose advert it is. A relayed or replayed copy is the same bytes, so it is
+                // believed only while fresh and newer than the last one kept.
+                if p.models.len() > fleetmesh_protocol::limits::MAX_MODELS_PER_ADVERT {
                     return Verdict::Reject;
                 }
                 if p.at_ms > now.saturating_add(MAX_CLOCK_SKEW_MS) {
@@ -947,7 +940,6 @@ fn on_request(
             requester.on_result(ctx, from, task_id, header, output)
         }
         TaskRequest::Award { spec, award, input } => worker.on_award(ctx, from, spec, award, input),
-        TaskRequest::Decline { decline } => worker.on_decline(ctx, from, decline),
         TaskRequest::Receipt { receipt } => worker.on_receipt(ctx, from, receipt),
         TaskRequest::Unable { report } => requester.on_unable(ctx, from, report),
         _ => TaskResponse::Refused(Refusal::Invalid("unsupported request".into())),

@@ -24,8 +24,8 @@ use fleetmesh_protocol::selection;
 use fleetmesh_protocol::verify::{anchored_agreement, check_result, Agreement};
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{
-    ids, task_id_of, winner, Announcement, Award, Decline, DeclineReason, OpenTask, OpenTasks, Receipt,
-    RejectReason, Signed, TaskSpec, Unable, UnableReason, WIRE_VERSION,
+    ids, task_id_of, winner, Announcement, Award, DeclineReason, OpenTask, OpenTasks, Receipt, RejectReason,
+    Signed, TaskSpec, Unable, UnableReason, WIRE_VERSION,
 };
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +139,10 @@ pub struct ReqTask {
     /// close to trust), admitted whatever their ticket.
     #[serde(default)]
     pub invited: Vec<PublicKey>,
+    /// The selection threshold the current round's announcement carried (what its awards
+    /// repeat, so a third party can check the winners were admitted).
+    #[serde(default)]
+    pub announced_ppm: Option<u32>,
     /// A trusted worker was around for this task at some point: from then on only an output
     /// a trusted worker produced verifies it (so using up the trusted workers, or making
     /// them fail, does not open the door to a quorum of unknown keys).
@@ -687,6 +691,7 @@ impl Requester {
             select_ppm: self.first_threshold(ctx, &model, k),
             spot_check: false,
             invited: Vec::new(),
+            announced_ppm: None,
             anchored: false,
             seeking: false,
             seek_rounds: 0,
@@ -754,6 +759,7 @@ impl Requester {
             }
         }
         t.bid_deadline_ms = a.bid_deadline_ms;
+        t.announced_ppm = a.select_ppm;
         t.announce_in_flight = true;
         let env = a.sign(ctx.identity);
         ctx.push(Action::Publish {
@@ -1041,7 +1047,8 @@ impl Requester {
             .into_iter()
             .filter(|(pk, _)| !winners.iter().chain(&spot).any(|(w, _)| w == pk))
             .collect();
-        // The award is persisted first; then the losers hear why (best effort).
+        // The award is persisted first. Losers hear nothing (wire version 2: no signed
+        // declines); their bids are recorded in the trace with the reason.
         self.award(ctx, id, winners);
         // The spot checker gets an award of its own: an award never names more than k.
         if let Some(s) = spot {
@@ -1053,13 +1060,7 @@ impl Requester {
                 round: Some(round),
                 peer: Some(pk.peer_id()),
                 reason: Some(format!("{reason:?}")),
-                ..record(event::DECLINE_SENT, id)
-            });
-            let d = Decline { v: WIRE_VERSION, task_id: *id, round, reason }.sign(ctx.identity);
-            ctx.push(Action::Send {
-                to: pk,
-                request: Outgoing::Request(TaskRequest::Decline { decline: d }),
-                tag: SendTag::Decline,
+                ..record(event::BID_DECLINED, id)
             });
         }
         // A round that brought fewer workers than needed: the rest are sought at once (in a
@@ -1097,11 +1098,12 @@ impl Requester {
             v: WIRE_VERSION,
             task_id: *id,
             round: t.round,
-            bid_set: Vec::new(),
             bid_root: t.bid_root,
             bid_count: t.bid_count,
             winners: winners.iter().map(|(w, _)| *w).collect(),
             result_deadline_ms: deadline,
+            select_ppm: t.announced_ppm,
+            invited: t.invited.clone(),
         }
         .sign(ctx.identity);
         for (worker, price) in &winners {

@@ -96,8 +96,8 @@ fn verdict(actions: &[Action]) -> Verdict {
         .expect("a verdict")
 }
 
-fn gossip(e: &mut Engine, now: u64, topic: Topic, author: PublicKey, data: Vec<u8>) -> Vec<Action> {
-    e.handle(now, Input::Gossip { msg: 1, topic, author: Some(author), data })
+fn gossip(e: &mut Engine, now: u64, topic: Topic, data: Vec<u8>) -> Vec<Action> {
+    e.handle(now, Input::Gossip { msg: 1, topic, data })
 }
 
 /// The requester publishes its announcement; a worker hears it and bids; the bid reaches
@@ -111,7 +111,7 @@ fn announce_and_bid(
     let (_, data, ann) = published(actions).into_iter().find(|p| p.0 == Topic::Tasks).expect("announcement");
     let (task, round) = ann.unwrap();
     r.handle(now, Input::Published { task, round, ok: true });
-    let wa = gossip(w, now, Topic::Tasks, r.public(), data.clone());
+    let wa = gossip(w, now, Topic::Tasks, data.clone());
     assert_eq!(verdict(&wa), Verdict::Accept);
     let bid = sends(&wa)
         .into_iter()
@@ -151,11 +151,12 @@ fn finding_2_awards_are_taken_only_for_our_bids_and_deadlines_are_clamped() {
             v: WIRE_VERSION,
             task_id: id,
             round,
-            bid_set: vec![],
             bid_root: None,
             bid_count: 1,
             winners: vec![winner],
             result_deadline_ms: deadline,
+            select_ppm: None,
+            invited: vec![],
         }
         .sign(who)
     };
@@ -202,7 +203,7 @@ fn finding_2_one_requester_cannot_fill_a_worker() {
         let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
         let (task, round) = ann.unwrap();
         r.handle(T0, Input::Published { task, round, ok: true });
-        let wa = gossip(&mut w, T0 + n as u64, Topic::Tasks, r.public(), data);
+        let wa = gossip(&mut w, T0 + n as u64, Topic::Tasks, data);
         bids += sends(&wa).len();
         // Accept each award at once, so the jobs pile up unfinished.
         for (_, req, _) in sends(&wa) {
@@ -273,16 +274,16 @@ fn finding_4_announcements_must_come_from_the_spec_signer_and_replays_are_not_re
     // A stranger re-announces the task, spec attached, for a future round.
     let stranger = identity(77);
     let forged = Announcement { round: 5, ..a.clone() }.sign(&stranger);
-    let v = gossip(&mut w, T0, Topic::Tasks, stranger.public(), fleetmesh_protocol::encode(&forged));
+    let v = gossip(&mut w, T0, Topic::Tasks, fleetmesh_protocol::encode(&forged));
     assert_eq!(verdict(&v), Verdict::Reject);
     assert!(sends(&v).is_empty(), "no bid on a forged round");
     // The real one is taken once; the same (task, round) again is ignored, not relayed.
-    assert_eq!(verdict(&gossip(&mut w, T0, Topic::Tasks, r.public(), data.clone())), Verdict::Accept);
-    assert_eq!(verdict(&gossip(&mut w, T0 + 1, Topic::Tasks, r.public(), data.clone())), Verdict::Ignore);
+    assert_eq!(verdict(&gossip(&mut w, T0, Topic::Tasks, data.clone())), Verdict::Accept);
+    assert_eq!(verdict(&gossip(&mut w, T0 + 1, Topic::Tasks, data.clone())), Verdict::Ignore);
     // Replayed after its bids closed: ignored.
     let mut w2 = engine(3);
     let late = a.bid_deadline_ms + 1;
-    assert_eq!(verdict(&gossip(&mut w2, late, Topic::Tasks, r.public(), data)), Verdict::Ignore);
+    assert_eq!(verdict(&gossip(&mut w2, late, Topic::Tasks, data)), Verdict::Ignore);
     // Announcements without a spec start DHT lookups, but only so many at once.
     let mut lookups = 0;
     for n in 0..500u64 {
@@ -298,7 +299,7 @@ fn finding_4_announcements_must_come_from_the_spec_signer_and_replays_are_not_re
             invited: Vec::new(),
         }
         .sign(&stranger);
-        let v = gossip(&mut w2, T0, Topic::Tasks, stranger.public(), fleetmesh_protocol::encode(&a));
+        let v = gossip(&mut w2, T0, Topic::Tasks, fleetmesh_protocol::encode(&a));
         lookups += v.iter().filter(|a| matches!(a, Action::GetRecord { .. })).count();
     }
     assert_eq!(lookups, worker::MAX_SPEC_LOOKUPS);
@@ -318,7 +319,7 @@ fn finding_6_an_award_decided_on_256_bids_stays_within_its_limit() {
         (0..requester::MAX_BIDS_PER_ROUND as u64).map(|i| engine(1000 + i)).collect();
     let mut award = None;
     for w in &mut workers {
-        let wa = gossip(w, T0 + 1, Topic::Tasks, r.public(), data.clone());
+        let wa = gossip(w, T0 + 1, Topic::Tasks, data.clone());
         for (_, req, _) in sends(&wa) {
             let Outgoing::Request(TaskRequest::Bid { bid }) = req else { continue };
             let a = r.handle(
@@ -394,28 +395,31 @@ fn finding_17_presence_adverts_are_bounded_checked_and_expire() {
     let advert =
         |at_ms: u64| Presence { v: WIRE_VERSION, models: vec![], free_slots: 1, price_floor: 0, at_ms };
     let other = identity(5);
-    // From the future, or published by someone else: refused.
+    // From the future, or with a signature that is not the named signer's: refused. (Gossip
+    // is anonymous: the envelope's signature is the only word on whose advert it is.)
     let future = advert(T0 + 10 * MAX_CLOCK_SKEW_MS).sign(&other);
     assert_eq!(
-        verdict(&gossip(&mut e, T0, Topic::Presence, other.public(), fleetmesh_protocol::encode(&future))),
+        verdict(&gossip(&mut e, T0, Topic::Presence, fleetmesh_protocol::encode(&future))),
+        Verdict::Reject
+    );
+    let mut claimed = advert(T0).sign(&identity(6));
+    claimed.signer = other.public();
+    assert_eq!(
+        verdict(&gossip(&mut e, T0, Topic::Presence, fleetmesh_protocol::encode(&claimed))),
         Verdict::Reject
     );
     let fine = fleetmesh_protocol::encode(&advert(T0).sign(&other));
-    assert_eq!(
-        verdict(&gossip(&mut e, T0, Topic::Presence, identity(6).public(), fine.clone())),
-        Verdict::Reject
-    );
     // From a key that never connected: kept out, so fresh keys cannot push real adverts out.
-    assert_eq!(verdict(&gossip(&mut e, T0, Topic::Presence, other.public(), fine.clone())), Verdict::Ignore);
+    assert_eq!(verdict(&gossip(&mut e, T0, Topic::Presence, fine.clone())), Verdict::Ignore);
     assert!(e.presence().is_empty());
     e.handle(T0, Input::Connected(other.public()));
-    assert_eq!(verdict(&gossip(&mut e, T0, Topic::Presence, other.public(), fine)), Verdict::Accept);
+    assert_eq!(verdict(&gossip(&mut e, T0, Topic::Presence, fine)), Verdict::Accept);
     // Many connected signers: the table keeps at most its bound.
     for i in 0..(MAX_PRESENCE_PEERS as u64 + 50) {
         let id = identity(10_000 + i);
         e.handle(T0, Input::Connected(id.public()));
         let data = fleetmesh_protocol::encode(&advert(T0).sign(&id));
-        gossip(&mut e, T0, Topic::Presence, id.public(), data);
+        gossip(&mut e, T0, Topic::Presence, data);
     }
     assert_eq!(e.presence().len(), MAX_PRESENCE_PEERS);
     // Nobody re-advertises: after the time to live, the table empties.
@@ -432,7 +436,7 @@ fn review_a_forged_specless_announcement_does_not_shadow_the_requesters_own() {
     // A stranger claims round 0 first, without a spec.
     let stranger = identity(88);
     let forged = Announcement { spec: None, ..a.clone() }.sign(&stranger);
-    let v = gossip(&mut w, T0, Topic::Tasks, stranger.public(), fleetmesh_protocol::encode(&forged));
+    let v = gossip(&mut w, T0, Topic::Tasks, fleetmesh_protocol::encode(&forged));
     assert_eq!(verdict(&v), Verdict::Ignore, "a spec-less claim is not relayed");
     let lookup = v.iter().find_map(|a| match a {
         Action::GetRecord { lookup, .. } => Some(*lookup),
@@ -485,7 +489,7 @@ fn review_a_worker_remembers_only_so_many_bids_per_requester_and_forgets_them_in
     for i in 0..n {
         let (_, actions) = submit(&mut r, T0 + i as u64, &(i as u64).to_le_bytes());
         let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-        bids += sends(&gossip(&mut w, T0 + i as u64, Topic::Tasks, r.public(), data)).len();
+        bids += sends(&gossip(&mut w, T0 + i as u64, Topic::Tasks, data)).len();
     }
     assert_eq!(bids, worker::MAX_BIDS_PER_REQUESTER as usize);
     w.check_bounds().unwrap();
@@ -494,13 +498,13 @@ fn review_a_worker_remembers_only_so_many_bids_per_requester_and_forgets_them_in
     let soon = T0 + 5_000;
     let (_, actions) = submit(&mut r, soon, b"soon");
     let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    assert_eq!(sends(&gossip(&mut w, soon, Topic::Tasks, r.public(), data)).len(), 1);
+    assert_eq!(sends(&gossip(&mut w, soon, Topic::Tasks, data)).len(), 1);
     // Past the bid memory, the worker bids for that requester again.
     let later = T0 + worker::BID_MEMORY_MS + 60_000;
     w.handle(later, Input::Tick);
     let (_, actions) = submit(&mut r, later, b"late");
     let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    assert_eq!(sends(&gossip(&mut w, later, Topic::Tasks, r.public(), data)).len(), 1);
+    assert_eq!(sends(&gossip(&mut w, later, Topic::Tasks, data)).len(), 1);
 }
 
 /// Second review: announcements with long bid windows from many fresh keys (64 open rounds
@@ -522,7 +526,7 @@ fn review2_an_announcement_flood_from_many_keys_does_not_stop_real_bids() {
         for i in 0..per_key {
             let (_, actions) = submit(&mut attacker, T0, &((k * per_key + i) as u64).to_le_bytes());
             let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-            flood_bids += sends(&gossip(&mut w, T0, Topic::Tasks, attacker.public(), data)).len();
+            flood_bids += sends(&gossip(&mut w, T0, Topic::Tasks, data)).len();
         }
     }
     assert_eq!(flood_bids, keys * per_key, "the flood filled the bid memory");
@@ -532,7 +536,7 @@ fn review2_an_announcement_flood_from_many_keys_does_not_stop_real_bids() {
     for i in 0..5u64 {
         let (_, actions) = submit(&mut r, T0 + 10 + i, &i.to_le_bytes());
         let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-        let bids = sends(&gossip(&mut w, T0 + 10 + i, Topic::Tasks, r.public(), data)).len();
+        let bids = sends(&gossip(&mut w, T0 + 10 + i, Topic::Tasks, data)).len();
         assert_eq!(bids, 1, "real task {i} got no bid while the memory was full");
     }
     // A real bid survives a further flood of fresh keys (each evicts the flood's own oldest
@@ -548,7 +552,7 @@ fn review2_an_announcement_flood_from_many_keys_does_not_stop_real_bids() {
         });
         let (_, actions) = submit(&mut attacker, T0 + 16, &k.to_le_bytes());
         let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-        gossip(&mut w, T0 + 16, Topic::Tasks, attacker.public(), data);
+        gossip(&mut w, T0 + 16, Topic::Tasks, data);
     }
     let mut b =
         r2.handle(T0 + 17, Input::Request { reply: 1, from: w.public(), request: TaskRequest::Bid { bid } });
@@ -567,7 +571,7 @@ fn review2_an_announcement_flood_from_many_keys_does_not_stop_real_bids() {
     let mut a = engine_with(1000, |c| c.tasks.bid_window_ms = 60_000);
     let (_, actions) = submit(&mut a, T0 + 20, b"more");
     let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    assert_eq!(sends(&gossip(&mut w, T0 + 20, Topic::Tasks, a.public(), data)).len(), 0);
+    assert_eq!(sends(&gossip(&mut w, T0 + 20, Topic::Tasks, data)).len(), 0);
     w.check_bounds().unwrap();
 }
 
@@ -622,7 +626,7 @@ fn review2_results_nobody_collects_do_not_stop_a_worker_taking_work() {
     let now = T0 + 1_000;
     let (_, actions) = submit(&mut r, now, b"honest");
     let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    assert_eq!(sends(&gossip(&mut w, now, Topic::Tasks, r.public(), data)).len(), 1, "the worker still bids");
+    assert_eq!(sends(&gossip(&mut w, now, Topic::Tasks, data)).len(), 1, "the worker still bids");
 }
 
 /// With [`worker::MAX_DELIVERING`] results uncollected, a new result gives up the delivery
@@ -671,11 +675,12 @@ fn review2_an_award_naming_more_winners_than_the_redundancy_is_refused() {
         v: WIRE_VERSION,
         task_id: id,
         round: 0,
-        bid_set: vec![],
         bid_root: None,
         bid_count: 1,
         winners,
         result_deadline_ms: T0 + 5_000,
+        select_ppm: None,
+        invited: vec![],
     }
     .sign(&identity(1));
     let request = TaskRequest::Award { spec, award, input: vec![5; 16] };
@@ -767,8 +772,8 @@ fn market_v2_only_workers_the_round_selects_bid() {
     let (yes, no) = (pick(true), pick(false));
     let mut w_yes = engine(yes);
     let mut w_no = engine(no);
-    assert_eq!(sends(&gossip(&mut w_no, T0 + 1, Topic::Tasks, r.public(), data.clone())).len(), 0);
-    let sent = sends(&gossip(&mut w_yes, T0 + 1, Topic::Tasks, r.public(), data));
+    assert_eq!(sends(&gossip(&mut w_no, T0 + 1, Topic::Tasks, data.clone())).len(), 0);
+    let sent = sends(&gossip(&mut w_yes, T0 + 1, Topic::Tasks, data));
     assert_eq!(sent.len(), 1, "the selected worker bids");
     // A bid from a worker the round did not select is refused.
     let bid = round0_bid(id, &identity(no));
@@ -905,7 +910,7 @@ fn finding_12_a_wrong_size_input_fails_at_once_with_the_true_reason() {
     let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
     let (task, round) = ann.unwrap();
     r.handle(T0, Input::Published { task, round, ok: true });
-    let wa = gossip(&mut w, T0 + 1, Topic::Tasks, r.public(), data);
+    let wa = gossip(&mut w, T0 + 1, Topic::Tasks, data);
     let sent = sends(&wa);
     assert_eq!(sent.len(), 1, "one report, no bid");
     let Outgoing::Request(TaskRequest::Unable { report }) = sent[0].1.clone() else {
@@ -1005,7 +1010,7 @@ fn finding_13_a_failed_run_is_reported_at_once_and_repeated_failures_stop_biddin
     assert!(w.worker.quarantined().contains(&model()));
     let (_, actions) = submit(&mut r, T0 + 10_000, b"after");
     let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    assert!(sends(&gossip(&mut w, T0 + 10_000, Topic::Tasks, r.public(), data.clone())).is_empty());
+    assert!(sends(&gossip(&mut w, T0 + 10_000, Topic::Tasks, data.clone())).is_empty());
     // The self-test fails: it is tried again after a minute, then after two.
     let self_tests = |a: &[Action]| a.iter().filter(|x| matches!(x, Action::SelfTest { .. })).count();
     w.handle(T0 + 10_001, Input::SelfTested { model: model(), ok: false });
@@ -1022,7 +1027,7 @@ fn finding_13_a_failed_run_is_reported_at_once_and_repeated_failures_stop_biddin
     let later = again + 2;
     let (_, actions) = submit(&mut r, later, b"after the test");
     let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    assert_eq!(sends(&gossip(&mut w, later, Topic::Tasks, r.public(), data)).len(), 1);
+    assert_eq!(sends(&gossip(&mut w, later, Topic::Tasks, data)).len(), 1);
     assert_eq!(self_tests(&w.handle(later + 10 * worker::SELF_TEST_RETRY_MS, Input::Tick)), 0);
 }
 
@@ -1036,7 +1041,7 @@ fn finding_9_a_nearly_full_disk_takes_no_new_work() {
     let (task, round) = ann.unwrap();
     r.handle(T0, Input::Published { task, round, ok: true });
     w.handle(T0, Input::DiskLow(true));
-    assert!(sends(&gossip(&mut w, T0 + 1, Topic::Tasks, r.public(), data.clone())).is_empty(), "no bid");
+    assert!(sends(&gossip(&mut w, T0 + 1, Topic::Tasks, data.clone())).is_empty(), "no bid");
     r.handle(T0, Input::DiskLow(true));
     let request = SubmitRequest { input: vec![3; 8], ..SubmitRequest::default() };
     let a = r.handle(T0 + 2, Input::Submit { call: 9, request: request.clone(), nonce: 2 });
@@ -1051,7 +1056,7 @@ fn finding_9_a_nearly_full_disk_takes_no_new_work() {
     w.handle(T0, Input::DiskLow(false));
     let fresh = Announcement::open_bytes(&data, 1 << 16).unwrap().1;
     let again = Announcement { round: fresh.round + 1, ..fresh }.sign(&identity(1));
-    let bids = sends(&gossip(&mut w, T0 + 4, Topic::Tasks, r.public(), fleetmesh_protocol::encode(&again)));
+    let bids = sends(&gossip(&mut w, T0 + 4, Topic::Tasks, fleetmesh_protocol::encode(&again)));
     assert_eq!(bids.len(), 1, "bids again once there is room");
 }
 
@@ -1354,4 +1359,58 @@ fn market_v2_a_requester_that_trusts_nobody_checks_results_against_its_own_run()
     let ledger = r.requester.ledger();
     assert_eq!(ledger.trust(&identity(liar).public()), reputation::Trust::Bad);
     assert_eq!(ledger.standing(&identity(honest).public()).unwrap().agreed, 1);
+}
+
+/// Wire version 2: a bid that loses the round is sent nothing (a signed decline to every
+/// loser cost a signature each); the requester's trace still records why it lost.
+#[test]
+fn wire_2_losing_bidders_are_sent_nothing() {
+    let mut r = engine(1);
+    let workers: Vec<Engine> = (2..6).map(engine).collect();
+    // The requester hears the workers' adverts, so the round waits for all of them.
+    for (i, w) in workers.iter().enumerate() {
+        r.handle(T0, Input::Connected(w.public()));
+        let p = Presence { v: WIRE_VERSION, models: vec![model()], free_slots: 1, price_floor: 0, at_ms: T0 };
+        let advert = fleetmesh_protocol::encode(&p.sign(&identity(2 + i as u64)));
+        assert_eq!(verdict(&gossip(&mut r, T0, Topic::Presence, advert)), Verdict::Accept);
+    }
+    let mut workers = workers;
+    let (_, actions) = submit(&mut r, T0, &[4; 8]);
+    let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (task, round) = ann.unwrap();
+    r.handle(T0, Input::Published { task, round, ok: true });
+    let mut out = Vec::new();
+    let mut bids = 0;
+    for w in &mut workers {
+        for (_, req, _) in sends(&gossip(w, T0 + 1, Topic::Tasks, data.clone())) {
+            if let Outgoing::Request(TaskRequest::Bid { bid }) = req {
+                bids += 1;
+                out.extend(r.handle(
+                    T0 + 2,
+                    Input::Request { reply: 1, from: w.public(), request: TaskRequest::Bid { bid } },
+                ));
+            }
+        }
+    }
+    out.extend(r.handle(T0 + 600_000, Input::Tick));
+    let sent = sends(&out);
+    let awards = sent.iter().filter(|(_, o, _)| matches!(o, Outgoing::Award { .. })).count();
+    assert!((1..=2).contains(&awards), "one award (and maybe a spot check): {sent:?}");
+    assert_eq!(sent.len(), awards, "nothing but awards goes out: {sent:?}");
+    let declined = out
+        .iter()
+        .filter(
+            |a| matches!(a, Action::Trace(t) if t.event == fleetmesh_trace::timeline::event::BID_DECLINED),
+        )
+        .count();
+    // A bid refused on arrival (the round closed early) hears why in the answer to it.
+    let refused = out
+        .iter()
+        .filter(|a| {
+            matches!(a, Action::Reply { response: TaskResponse::Refused(Refusal::BidDeclined(_)), .. })
+        })
+        .count();
+    assert_eq!(bids, workers.len(), "every worker bids on a first round");
+    assert_eq!(declined + awards + refused, bids, "every bid that did not win is accounted for");
+    assert!(declined >= 1, "a bid lost the round (declined {declined}, refused {refused})");
 }

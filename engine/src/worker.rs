@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use fleetmesh_crypto::{InputDigest, ModelId, PublicKey, SignedEnvelope, TaskId};
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{
-    ids, task_id_of, Announcement, Award, Bid, Decline, OpenTasks, Receipt, RejectReason, ResultHeader,
-    Signed, TaskSpec, Unable, UnableReason, WIRE_VERSION,
+    ids, task_id_of, Announcement, Award, Bid, OpenTasks, Receipt, RejectReason, ResultHeader, Signed,
+    TaskSpec, Unable, UnableReason, WIRE_VERSION,
 };
 use serde::{Deserialize, Serialize};
 
@@ -546,7 +546,7 @@ impl Worker {
         ctx.push(Action::Send {
             to: env.signer,
             request: Outgoing::Request(TaskRequest::Bid { bid }),
-            tag: SendTag::Bid,
+            tag: SendTag::Bid { task },
         });
     }
 
@@ -990,26 +990,23 @@ impl Worker {
         TaskResponse::Ack
     }
 
-    pub(crate) fn on_decline(
+    /// The requester's answer to a bid. Only a refusal says anything: a bid that was taken
+    /// hears nothing more unless it wins (wire version 2 sends losers no decline).
+    pub(crate) fn on_bid_response(
         &mut self,
         ctx: &mut Ctx<'_>,
-        from: PublicKey,
-        env: SignedEnvelope,
-    ) -> TaskResponse {
-        match Decline::open(&env) {
-            Ok(d) if env.signer == from => {
-                tracing::debug!(task = %d.task_id, reason = ?d.reason, "bid declined");
-                ctx.count(Metric::BidsDeclined);
-                ctx.trace(TaskRecord {
-                    round: Some(d.round),
-                    peer: Some(from.peer_id()),
-                    reason: Some(format!("{:?}", d.reason)),
-                    ..record(event::DECLINE_RECEIVED, &d.task_id)
-                });
-                TaskResponse::Ack
-            }
-            Ok(_) => TaskResponse::Refused(Refusal::Invalid("decline signed by another peer".into())),
-            Err(_) => TaskResponse::Refused(Refusal::Invalid("decline does not verify".into())),
+        task: TaskId,
+        peer: PublicKey,
+        resp: Result<TaskResponse, SendFailure>,
+    ) {
+        if let Ok(TaskResponse::Refused(Refusal::BidDeclined(reason))) = resp {
+            tracing::debug!(%task, ?reason, "bid declined");
+            ctx.count(Metric::BidsDeclined);
+            ctx.trace(TaskRecord {
+                peer: Some(peer.peer_id()),
+                reason: Some(format!("{reason:?}")),
+                ..record(event::DECLINE_RECEIVED, &task)
+            });
         }
     }
 

@@ -5,12 +5,11 @@
 use fleetmesh_crypto::{MessageKind, SignedEnvelope};
 use libfuzzer_sys::fuzz_target;
 
-const KINDS: [MessageKind; 10] = [
+const KINDS: [MessageKind; 9] = [
     MessageKind::TaskSpec,
     MessageKind::Announcement,
     MessageKind::Bid,
     MessageKind::Award,
-    MessageKind::Decline,
     MessageKind::ResultHeader,
     MessageKind::Receipt,
     MessageKind::Presence,

@@ -3,7 +3,7 @@
 #![no_main]
 
 use fleetmesh_protocol::{
-    decode, Announcement, Award, Bid, Decline, OpenTasks, Presence, Receipt, ResultHeader, Signed, TaskSpec,
+    decode, Announcement, Award, Bid, OpenTasks, Presence, Receipt, ResultHeader, Signed, TaskSpec,
     Unable,
 };
 use libfuzzer_sys::fuzz_target;
@@ -17,7 +17,6 @@ fuzz_target!(|data: &[u8]| {
     payload::<Announcement>(data);
     payload::<Bid>(data);
     payload::<Award>(data);
-    payload::<Decline>(data);
     payload::<ResultHeader>(data);
     payload::<Receipt>(data);
     payload::<Presence>(data);

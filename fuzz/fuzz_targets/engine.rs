@@ -16,7 +16,7 @@ use fleetmesh_engine::{
 };
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{
-    Announcement, Award, Bid, Decline, Presence, Receipt, RejectReason, ResultHeader, Signed, TaskSpec,
+    Announcement, Award, Bid, Presence, Receipt, RejectReason, ResultHeader, Signed, TaskSpec,
     WIRE_VERSION,
 };
 use libfuzzer_sys::fuzz_target;
@@ -58,9 +58,8 @@ enum Op {
     Published { which: u8, ok: bool },
     Record { which: u8, found: bool },
     Receipt { peer: u8, task: u8 },
-    Decline { peer: u8, task: u8 },
     Presence { peer: u8, ahead: i16 },
-    RawGossip { tasks: bool, author: u8, data: Vec<u8> },
+    RawGossip { tasks: bool, data: Vec<u8> },
     RawRequest { peer: u8, data: Vec<u8> },
     Crash,
 }
@@ -252,10 +251,9 @@ impl Harness {
                 if self.theirs.len() < 64 {
                     self.theirs.push((usize::from(peer) % 4, spec, input));
                 }
-                let author = Some(id.public());
                 self.next_id += 1;
                 let data = fleetmesh_protocol::encode(&a);
-                self.feed(Input::Gossip { msg: self.next_id, topic: Topic::Tasks, author, data });
+                self.feed(Input::Gossip { msg: self.next_id, topic: Topic::Tasks, data });
             }
             Op::Award { peer, task, round, good_input, deadline } => {
                 if self.theirs.is_empty() {
@@ -267,11 +265,12 @@ impl Harness {
                     v: WIRE_VERSION,
                     task_id: fleetmesh_protocol::task_id_of(&spec),
                     round: u32::from(round),
-                    bid_set: Vec::new(),
                     bid_root: None,
                     bid_count: 1,
                     winners: vec![self.me.public()],
                     result_deadline_ms: deadline,
+                    select_ppm: None,
+                    invited: vec![],
                 }
                 .sign(signer);
                 let input = if good_input { input } else { vec![0xee; 3] };
@@ -399,31 +398,19 @@ impl Harness {
                 .sign(self.peer(peer));
                 self.request(peer, TaskRequest::Receipt { receipt: r });
             }
-            Op::Decline { peer, task } => {
-                let Some((id, t)) = self.my_task(task) else { return };
-                let d = Decline {
-                    v: WIRE_VERSION,
-                    task_id: id,
-                    round: t.round,
-                    reason: fleetmesh_protocol::DeclineReason::Late,
-                }
-                .sign(self.peer(peer));
-                self.request(peer, TaskRequest::Decline { decline: d });
-            }
             Op::Presence { peer, ahead } => {
                 let id = &self.peers[usize::from(peer) % 4];
                 let at = self.now.saturating_add_signed(i64::from(ahead) * 1000);
                 let p = Presence { v: WIRE_VERSION, models: vec![model()], free_slots: 1, price_floor: 0, at_ms: at }
                     .sign(id);
                 self.next_id += 1;
-                let (msg, author) = (self.next_id, Some(id.public()));
-                self.feed(Input::Gossip { msg, topic: Topic::Presence, author, data: fleetmesh_protocol::encode(&p) });
+                let msg = self.next_id;
+                self.feed(Input::Gossip { msg, topic: Topic::Presence, data: fleetmesh_protocol::encode(&p) });
             }
-            Op::RawGossip { tasks, author, data } => {
+            Op::RawGossip { tasks, data } => {
                 let topic = if tasks { Topic::Tasks } else { Topic::Presence };
-                let author = Some(self.peer(author).public());
                 self.next_id += 1;
-                self.feed(Input::Gossip { msg: self.next_id, topic, author, data });
+                self.feed(Input::Gossip { msg: self.next_id, topic, data });
             }
             Op::RawRequest { peer, data } => {
                 if let Ok(req) = TaskRequest::from_bytes(&data) {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use fleetmesh_protocol::ids;
+use libp2p::request_response::ProtocolSupport;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{gossipsub, identify, identity, kad, mdns, ping, request_response, StreamProtocol};
@@ -31,7 +32,8 @@ pub(crate) struct Behaviour {
     /// (a whitelist filter), and peers are scored: invalid messages cost a peer its place.
     pub(crate) gossipsub:
         gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>,
-    /// Bids, awards, declines, results and receipts, point to point.
+    /// Bids, awards, results and receipts, point to point; requests on an earlier version's
+    /// task protocol are answered with a refusal naming ours.
     pub(crate) tasks: request_response::Behaviour<TaskCodec>,
 }
 
@@ -99,9 +101,13 @@ impl Behaviour {
         // but a node that stays in client mode would never store task records.
         kad.set_mode(Some(kad::Mode::Server));
 
+        // Anonymous gossip (wire version 2): every payload is a signed envelope the
+        // application verifies anyway, so gossipsub's own signature, sequence number and
+        // author were a second signature per message, made and checked for nothing. Messages
+        // that carry them are refused; ids are the content's hash.
         let gossip_config = gossipsub::ConfigBuilder::default()
             .heartbeat_interval(Duration::from_millis(500))
-            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validation_mode(gossipsub::ValidationMode::Anonymous)
             .validate_messages()
             // Peer exchange: a peer pruned from a full mesh learns other peers to dial.
             .do_px()
@@ -119,7 +125,7 @@ impl Behaviour {
                 .collect(),
         );
         let mut gossipsub = gossipsub::Behaviour::new_with_subscription_filter(
-            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossipsub::MessageAuthenticity::Anonymous,
             gossip_config,
             filter,
         )
@@ -127,9 +133,16 @@ impl Behaviour {
         let (score_params, thresholds) = peer_scoring();
         gossipsub.with_peer_score(score_params, thresholds).map_err(|e| format!("gossipsub scoring: {e}"))?;
 
+        // Our task protocol both ways; earlier versions' inbound only, to refuse them clearly.
+        let protocols = std::iter::once((StreamProtocol::new(ids::TASK_PROTOCOL), ProtocolSupport::Full))
+            .chain(
+                ids::OBSOLETE_TASK_PROTOCOLS
+                    .iter()
+                    .map(|p| (StreamProtocol::new(p), ProtocolSupport::Inbound)),
+            );
         let tasks = request_response::Behaviour::with_codec(
             TaskCodec,
-            [(StreamProtocol::new(ids::TASK_PROTOCOL), request_response::ProtocolSupport::Full)],
+            protocols,
             request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(30))
                 // Control messages are small and answered at once; 32 streams at a time per

@@ -17,6 +17,10 @@ pub enum Frame {
     Request(TaskRequest),
     /// Inbound bytes that did not decode, with the reason.
     Malformed(String),
+    /// An inbound request on a task protocol of an earlier wire version, named here: it is
+    /// not decoded (its shape is not ours to guess), only refused with
+    /// [`fleetmesh_protocol::ids::obsolete_refusal`].
+    Obsolete(String),
     /// Raw bytes to send as they are (tests of hostile input use this).
     Raw(Vec<u8>),
 }
@@ -42,9 +46,15 @@ impl libp2p::request_response::Codec for TaskCodec {
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Frame> {
+        if protocol.as_ref() != fleetmesh_protocol::ids::TASK_PROTOCOL {
+            // An old peer: read (and drop) what it sent under the control limit, so it sees an
+            // answer rather than a reset stream.
+            let _ = read_bounded(&mut *io, limits::MAX_CONTROL_REQUEST_BYTES).await?;
+            return Ok(Frame::Obsolete(protocol.as_ref().to_owned()));
+        }
         // The first bytes name the kind of request; only awards and results, which carry an
         // input or an output, may be large. Everything else is read under the control limit,
         // so a peer cannot make the node buffer a megabyte per stream for a bid.
@@ -83,10 +93,10 @@ impl libp2p::request_response::Codec for TaskCodec {
         let bytes = match req {
             Frame::Request(r) => r.to_bytes(),
             Frame::Raw(b) => b,
-            Frame::Malformed(_) => {
+            Frame::Malformed(_) | Frame::Obsolete(_) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
-                    "cannot send a malformed frame",
+                    "cannot send an inbound-only frame",
                 ))
             }
         };

@@ -21,6 +21,7 @@ pub(crate) struct Metrics {
     pub(crate) records_refused: Counter,
     pub(crate) gossip_rejected: Counter,
     pub(crate) peers_graylisted: Counter,
+    pub(crate) peers_other_version: Counter,
     pub(crate) store_writes: Counter,
     pub(crate) store_commits: Counter,
     pub(crate) own_checks: Counter,
@@ -31,7 +32,7 @@ pub(crate) struct Metrics {
 impl Metrics {
     pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
-        let entries: [(&str, &str, &Counter); 20] = [
+        let entries: [(&str, &str, &Counter); 21] = [
             ("tasks_submitted", "Tasks submitted to this node", &m.tasks_submitted),
             ("tasks_verified", "Tasks this node requested that were verified", &m.tasks_verified),
             ("tasks_failed", "Tasks this node requested that failed", &m.tasks_failed),
@@ -50,6 +51,11 @@ impl Metrics {
                 "peers_graylisted",
                 "Peers disconnected for invalid gossip (score below the graylist)",
                 &m.peers_graylisted,
+            ),
+            (
+                "peers_other_version",
+                "Peers refused for speaking another fleetmesh wire version (identify or task protocol)",
+                &m.peers_other_version,
             ),
             ("store_writes", "Durable writes the engine asked for", &m.store_writes),
             (

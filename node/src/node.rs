@@ -430,6 +430,7 @@ impl Node {
                 disk_low: false,
                 next_disk_check: tokio::time::Instant::now(),
                 next_sweep: tokio::time::Instant::now(),
+                warned_versions: fleetmesh_engine::bounded::BoundedMap::new(256),
             },
         };
         event_loop.resume()?;
@@ -720,6 +721,9 @@ struct Housekeeping {
     disk_low: bool,
     next_disk_check: tokio::time::Instant,
     next_sweep: tokio::time::Instant,
+    /// Peers already warned about for speaking another wire version (later refusals are
+    /// logged at debug level, so a redialling old peer does not flood the log).
+    warned_versions: fleetmesh_engine::bounded::BoundedMap<PeerId, ()>,
 }
 
 /// Free bytes on the disk that holds `dir` (the mount point with the longest matching path).
@@ -742,6 +746,9 @@ struct Bootstrap {
     last_error: Option<String>,
     next_dial: tokio::time::Instant,
     backoff: Duration,
+    /// It answered as another fleetmesh wire version: dialled at the longest backoff until a
+    /// connection shows ours.
+    other_version: bool,
 }
 
 impl Bootstrap {
@@ -754,6 +761,7 @@ impl Bootstrap {
             last_error: None,
             next_dial: now,
             backoff: Duration::from_secs(1),
+            other_version: false,
         }
     }
 }
@@ -1108,6 +1116,33 @@ impl EventLoop {
         }
     }
 
+    /// A peer that announced another fleetmesh wire version: it shares no protocol with this
+    /// node, so it is told (by the closed connection here; by a refusal naming our version if
+    /// it sends a task request) and disconnected, with a warning that says what to upgrade. A
+    /// bootstrap peer in that state is redialled at the longest backoff, and `health` shows why.
+    fn refuse_other_version(&mut self, peer: PeerId, theirs: &str, agent: &str) {
+        self.meters.node.peers_other_version.inc();
+        let why = format!(
+            "peer speaks {theirs} ({agent}); this node speaks {} (fleetmesh {}): upgrade the older one",
+            ids::IDENTIFY_PROTOCOL,
+            env!("CARGO_PKG_VERSION")
+        );
+        let mut bootstrap = false;
+        for b in self.bootstrap.iter_mut().filter(|b| b.peer == peer) {
+            bootstrap = true;
+            b.other_version = true;
+            b.backoff = MAX_BOOTSTRAP_BACKOFF;
+            b.last_error = Some(why.clone());
+        }
+        if bootstrap || self.housekeeping.warned_versions.insert(peer, ()) {
+            tracing::warn!(%peer, "disconnecting a peer of another wire version: {why}");
+        } else {
+            tracing::debug!(%peer, "disconnecting a peer of another wire version: {why}");
+        }
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
     /// Disconnects peers whose gossip score fell below the graylist threshold (they sent
     /// invalid messages): gossipsub already ignores them; this frees their connection too.
     /// Their score is kept for an hour, so reconnecting does not clean the slate.
@@ -1134,13 +1169,14 @@ impl EventLoop {
                 let gs = &mut self.swarm.behaviour_mut().gossipsub;
                 gs.set_application_score(peer, crate::behaviour::BOOTSTRAP_APP_SCORE);
             }
-            if connected && !b.connected {
+            if connected && !b.connected && !b.other_version {
                 tracing::info!(addr = %b.addr, "connected to bootstrap peer");
                 b.backoff = Duration::from_secs(1);
                 b.last_error = None;
             }
             if !connected && b.connected {
-                b.next_dial = tokio::time::Instant::now() + Duration::from_secs(1);
+                let wait = if b.other_version { b.backoff } else { Duration::from_secs(1) };
+                b.next_dial = tokio::time::Instant::now() + wait;
             }
             b.connected = connected;
             if let Some(e) = &error {
@@ -1359,6 +1395,16 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
                 self.meters.p2p.record(&e);
                 if let identify::Event::Received { peer_id, info, .. } = e {
+                    if ids::other_version(&info.protocol_version) {
+                        self.refuse_other_version(peer_id, &info.protocol_version, &info.agent_version);
+                        return;
+                    }
+                    for b in self.bootstrap.iter_mut().filter(|b| b.peer == peer_id && b.other_version) {
+                        tracing::info!(addr = %b.addr, "bootstrap peer now speaks this node's wire version");
+                        b.other_version = false;
+                        b.last_error = None;
+                        b.backoff = Duration::from_secs(1);
+                    }
                     if info.protocols.iter().any(|p| p.as_ref() == ids::KAD_PROTOCOL) {
                         // A peer's own claims about where it listens: only addresses others
                         // could dial, at most a few, enter the routing table.
@@ -1440,8 +1486,7 @@ impl EventLoop {
         };
         let msg = self.pending.id();
         self.pending.gossip.insert(msg, (id, source, topic.name()));
-        let author = message.source.as_ref().and_then(public_key_of);
-        self.step(Input::Gossip { msg, topic, author, data: message.data });
+        self.step(Input::Gossip { msg, topic, data: message.data });
     }
 
     fn on_task_event(&mut self, event: request_response::Event<Frame, TaskResponse>) {
@@ -1453,6 +1498,13 @@ impl EventLoop {
                         (Frame::Request(req), Some(from)) => (req, from),
                         (Frame::Request(_), None) => {
                             let r = refuse("peer id is not an ed25519 key".into());
+                            let _ = self.swarm.behaviour_mut().tasks.send_response(channel, r);
+                            return;
+                        }
+                        (Frame::Obsolete(protocol), _) => {
+                            self.meters.node.peers_other_version.inc();
+                            tracing::debug!(%peer, %protocol, "request on an obsolete task protocol");
+                            let r = refuse(ids::obsolete_refusal(&protocol));
                             let _ = self.swarm.behaviour_mut().tasks.send_response(channel, r);
                             return;
                         }

@@ -73,3 +73,99 @@ pub fn counter(c: &Client, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
+
+/// A peer of an earlier wire version, for tests of how a node refuses it: a bare libp2p swarm
+/// that announces `identify_version` (none: no identify at all) and speaks the task protocol
+/// under the name `task_protocol`.
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct OldPeerBehaviour {
+    identify: libp2p::swarm::behaviour::toggle::Toggle<libp2p::identify::Behaviour>,
+    tasks: libp2p::request_response::Behaviour<crate::codec::TaskCodec>,
+}
+
+fn old_peer(identify_version: Option<&str>, task_protocol: &'static str) -> libp2p::Swarm<OldPeerBehaviour> {
+    use libp2p::request_response::{Config, ProtocolSupport};
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key| OldPeerBehaviour {
+            identify: identify_version
+                .map(|v| {
+                    libp2p::identify::Behaviour::new(libp2p::identify::Config::new(v.into(), key.public()))
+                })
+                .into(),
+            tasks: libp2p::request_response::Behaviour::with_codec(
+                crate::codec::TaskCodec,
+                [(libp2p::StreamProtocol::new(task_protocol), ProtocolSupport::Full)],
+                Config::default(),
+            ),
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build()
+}
+
+/// The node's first TCP listen address (the old peer speaks TCP only).
+async fn tcp_addr(node: &Client) -> libp2p::Multiaddr {
+    node.listen_addrs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_))))
+        .expect("a TCP listen address")
+}
+
+/// Sends one request to `node` as a peer speaking `task_protocol` (without identify) and
+/// returns the answer, or why there was none.
+pub async fn old_peer_request(
+    node: &Client,
+    task_protocol: &'static str,
+    request: fleetmesh_protocol::wire::TaskRequest,
+) -> Result<fleetmesh_protocol::wire::TaskResponse, String> {
+    use futures::StreamExt;
+    use libp2p::request_response::{Event, Message};
+    use libp2p::swarm::SwarmEvent;
+    let mut swarm = old_peer(None, task_protocol);
+    let addr = tcp_addr(node).await;
+    let target = node.peer_id();
+    swarm.add_peer_address(target, addr);
+    swarm.behaviour_mut().tasks.send_request(&target, crate::Frame::Request(request));
+    let run = async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(OldPeerBehaviourEvent::Tasks(Event::Message {
+                    message: Message::Response { response, .. },
+                    ..
+                })) => return Ok(response),
+                SwarmEvent::Behaviour(OldPeerBehaviourEvent::Tasks(Event::OutboundFailure {
+                    error, ..
+                })) => return Err(error.to_string()),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, run).await.unwrap_or_else(|_| Err("no answer in time".into()))
+}
+
+/// Connects to `node` as a peer announcing `identify_version`; true when the node closes the
+/// connection within `within`.
+pub async fn old_peer_is_disconnected(node: &Client, identify_version: &str, within: Duration) -> bool {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    let mut swarm = old_peer(Some(identify_version), fleetmesh_protocol::ids::TASK_PROTOCOL);
+    let addr = tcp_addr(node).await;
+    swarm.dial(addr).unwrap();
+    let run = async {
+        let mut connected = false;
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => connected = true,
+                SwarmEvent::ConnectionClosed { num_established: 0, .. } if connected => return true,
+                SwarmEvent::OutgoingConnectionError { error, .. } => panic!("cannot reach the node: {error}"),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, run).await.unwrap_or(false)
+}

@@ -63,11 +63,12 @@ async fn an_award_for_a_task_never_bid_on_is_refused() {
         v: 1,
         task_id: fleetmesh_protocol::task_id_of(&spec),
         round: 0,
-        bid_set: vec![],
         bid_root: None,
         bid_count: 0,
         winners: vec![victim.public_key()],
         result_deadline_ms: u64::MAX,
+        select_ppm: None,
+        invited: vec![],
     }
     .sign(&attacker_key);
     let r = attacker

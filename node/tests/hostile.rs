@@ -86,11 +86,12 @@ async fn hostile_requests_get_errors_and_the_node_keeps_serving() {
         v: 1,
         task_id: fleetmesh_protocol::task_id_of(&spec),
         round: 0,
-        bid_set: vec![],
         bid_root: None,
         bid_count: 0,
         winners: vec![nodes[0].client.public_key()],
         result_deadline_ms: u64::MAX,
+        select_ppm: None,
+        invited: vec![],
     }
     .sign(&Identity::generate().unwrap());
     let r = attacker
@@ -163,9 +164,14 @@ async fn hostile_gossip_and_dht_records_are_refused() {
     };
     let wrong_kind = SignedEnvelope::sign(&stranger, MessageKind::Bid, fleetmesh_protocol::encode(&a));
     attacker.publish_raw(ids::TOPIC_TASKS, fleetmesh_protocol::encode(&wrong_kind)).await.unwrap().unwrap();
-    // A presence advert signed by someone other than the publishing peer.
+    // A presence advert that claims a victim as its signer, signed by someone else.
     let advert =
         fleetmesh_protocol::Presence { v: 1, models: vec![], free_slots: 99, price_floor: 0, at_ms: 0 };
+    let mut claimed = advert.sign(&stranger);
+    claimed.signer = nodes[0].client.public_key();
+    attacker.publish_raw(ids::TOPIC_PRESENCE, fleetmesh_protocol::encode(&claimed)).await.unwrap().unwrap();
+    // A validly signed advert of a key no victim is connected to: gossip is anonymous, so it
+    // is not rejected, but it is not believed either (only connected signers' adverts count).
     attacker
         .publish_raw(ids::TOPIC_PRESENCE, fleetmesh_protocol::encode(&advert.sign(&stranger)))
         .await

@@ -61,11 +61,12 @@ fn codec(c: &mut Criterion) {
             v: WIRE_VERSION,
             task_id: TaskId::of(b"t"),
             round: 0,
-            bid_set: Vec::new(),
             bid_root: Some(fleetmesh_crypto::Digest::of(b"bids")),
             bid_count: 10,
             winners: vec![id.public(); 2],
             result_deadline_ms: 5,
+            select_ppm: None,
+            invited: vec![],
         }
     );
     roundtrip!(

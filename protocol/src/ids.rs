@@ -3,16 +3,40 @@
 
 use fleetmesh_crypto::{ModelId, PublicKey, TaskId};
 
-/// The request-response protocol carrying bids, awards, declines and results.
-pub const TASK_PROTOCOL: &str = "/fleetmesh/task/1";
+/// The request-response protocol carrying bids, awards, results and receipts.
+pub const TASK_PROTOCOL: &str = "/fleetmesh/task/2";
 /// Kademlia protocol name: a private DHT, not the public IPFS one.
-pub const KAD_PROTOCOL: &str = "/fleetmesh/kad/1";
-/// identify's protocol-version string.
-pub const IDENTIFY_PROTOCOL: &str = "/fleetmesh/id/1";
+pub const KAD_PROTOCOL: &str = "/fleetmesh/kad/2";
+/// identify's protocol-version string. A peer announcing another `/fleetmesh/id/` version
+/// is told so and disconnected ([`other_version`]).
+pub const IDENTIFY_PROTOCOL: &str = "/fleetmesh/id/2";
 /// Gossip topic for task announcements.
-pub const TOPIC_TASKS: &str = "fleetmesh/tasks/1";
+pub const TOPIC_TASKS: &str = "fleetmesh/tasks/2";
 /// Gossip topic for capability adverts.
-pub const TOPIC_PRESENCE: &str = "fleetmesh/presence/1";
+pub const TOPIC_PRESENCE: &str = "fleetmesh/presence/2";
+
+/// Task protocols of earlier wire versions. A node still accepts streams on them, only to
+/// answer every request with a refusal that says which version it speaks
+/// ([`obsolete_refusal`]): an old peer then logs why, instead of a bare "protocol not
+/// supported".
+pub const OBSOLETE_TASK_PROTOCOLS: &[&str] = &["/fleetmesh/task/1"];
+
+/// The refusal text sent to a request on an obsolete task protocol.
+pub fn obsolete_refusal(protocol: &str) -> String {
+    format!(
+        "this node speaks fleetmesh wire version {} ({TASK_PROTOCOL}) and no longer serves {protocol}: \
+         upgrade this peer to talk to it",
+        crate::messages::WIRE_VERSION
+    )
+}
+
+/// Whether an identify protocol-version string names another fleetmesh wire version than
+/// ours: such a peer shares no protocol with this node (task, DHT and gossip names all carry
+/// the version), so it is told and disconnected rather than left to fail one request at a
+/// time. Strings of other software are not ours to judge: `false`.
+pub fn other_version(protocol_version: &str) -> bool {
+    protocol_version.starts_with("/fleetmesh/id/") && protocol_version != IDENTIFY_PROTOCOL
+}
 
 /// DHT record key of a task's signed spec.
 pub fn task_record_key(task: &TaskId) -> Vec<u8> {
@@ -71,6 +95,18 @@ impl RecordKey {
 mod tests {
     use super::*;
     use fleetmesh_crypto::Identity;
+
+    #[test]
+    fn other_fleetmesh_versions_are_told_apart_from_ours_and_from_other_software() {
+        assert!(!other_version(IDENTIFY_PROTOCOL));
+        assert!(other_version("/fleetmesh/id/1"));
+        assert!(other_version("/fleetmesh/id/3"));
+        assert!(!other_version("ipfs/0.1.0"));
+        assert!(!other_version(""));
+        let text = obsolete_refusal(OBSOLETE_TASK_PROTOCOLS[0]);
+        assert!(text.contains("wire version 2") && text.contains("/fleetmesh/task/1"), "{text}");
+        assert!(!OBSOLETE_TASK_PROTOCOLS.contains(&TASK_PROTOCOL));
+    }
 
     #[test]
     fn record_keys_parse_back() {

@@ -20,7 +20,7 @@ pub const MAX_REDUNDANCY: u8 = 7;
 const FRAMING_BYTES: usize = 16 * 1024;
 /// A request on the task protocol (the largest is an award carrying the input).
 pub const MAX_REQUEST_BYTES: usize = MAX_INPUT_BYTES + MAX_SPEC_BYTES + FRAMING_BYTES;
-/// A request on the task protocol that carries no input or output (bid, decline, receipt).
+/// A request on the task protocol that carries no input or output (bid, receipt, unable).
 pub const MAX_CONTROL_REQUEST_BYTES: usize = 16 * 1024;
 
 /// The size limit of a request, from its first bytes: awards and results (they carry an input

@@ -6,6 +6,10 @@
 //! (an availability window on a bid, a float tolerance on a spec) and old nodes still read
 //! the message. A node refuses a message whose `v` is newer than it speaks.
 //!
+//! Version 2 changed the transport (protocol ids, anonymous gossip, no declines), not the
+//! payloads' shape: a version-1 payload still opens, so a store written by a version-1 node
+//! restores. Version-1 peers never reach the payloads: [`crate::ids`] names differ.
+//!
 //! [`Signed::open`] is the one way to get a payload out of an envelope: it verifies the
 //! signature on the received bytes, decodes them under a size limit and checks the version.
 
@@ -19,7 +23,7 @@ use crate::codec::{decode, encode, DecodeError};
 use crate::limits;
 
 /// The message version this code writes and the newest it reads.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
 /// Why a signed message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,11 +183,6 @@ pub struct Award {
     pub task_id: TaskId,
     /// The bid round decided.
     pub round: u32,
-    /// Digests of the bids the decision was made on, sorted. Written empty since
-    /// [`Award::bid_root`]: a list grows with the bids and made awards of more than ~117 bids
-    /// exceed their size limit. Still read, for awards from older nodes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub bid_set: Vec<Digest>,
     /// Commitment to the sorted digests of the bids the decision was made on
     /// ([`crate::winner::bid_set_root`]): anyone holding those bids can check it and recompute
     /// the winners with [`crate::winner::choose`]. Its size does not grow with the bids.
@@ -196,10 +195,21 @@ pub struct Award {
     pub winners: Vec<PublicKey>,
     /// The result is due by this instant (Unix ms).
     pub result_deadline_ms: u64,
+    /// The round's selection threshold as announced ([`Announcement::select_ppm`]), so a third
+    /// party holding the committed bids can check that every winner was admitted
+    /// ([`crate::winner::admitted_by`]). Absent: the round was open to every holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select_ppm: Option<u32>,
+    /// The workers the round invited by name, as announced ([`Announcement::invited`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invited: Vec<PublicKey>,
 }
 signed!(Award, MessageKind::Award, limits::MAX_SPEC_BYTES);
 
-/// Why a bid was not chosen (or not even considered).
+/// Why a bid was not chosen (or not even considered). Since wire version 2 it travels only
+/// in the answer to the bid ([`crate::wire::Refusal::BidDeclined`]); a bid that loses the
+/// round hears nothing (a signed decline to every loser was a signature per bid, for a
+/// worker that forgets the round when its window ends anyway).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum DeclineReason {
@@ -228,20 +238,6 @@ pub enum DeclineReason {
     /// ([`crate::selection`]).
     NotSelected,
 }
-
-/// The requester telling a bidder it was not chosen, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decline {
-    /// Message version.
-    pub v: u16,
-    /// The task.
-    pub task_id: TaskId,
-    /// The round.
-    pub round: u32,
-    /// Why.
-    pub reason: DeclineReason,
-}
-signed!(Decline, MessageKind::Decline, 1024);
 
 /// Why a worker cannot run a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -479,8 +475,15 @@ mod tests {
         let env = TaskSpec { v: WIRE_VERSION + 1, ..spec() }.sign(&id);
         assert_eq!(
             TaskSpec::open(&env),
-            Err(OpenError::Decode(DecodeError::UnsupportedVersion { got: 2, max: 1 }))
+            Err(OpenError::Decode(DecodeError::UnsupportedVersion { got: 3, max: 2 }))
         );
+    }
+
+    #[test]
+    fn a_version_1_payload_still_opens_so_an_old_store_restores() {
+        let id = Identity::from_secret_bytes(&[1; 32]);
+        let env = TaskSpec { v: 1, ..spec() }.sign(&id);
+        assert_eq!(TaskSpec::open(&env).map(|s| s.v), Ok(1));
     }
 
     #[test]

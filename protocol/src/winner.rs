@@ -52,6 +52,19 @@ impl Decision {
     }
 }
 
+/// Whether every winner an award names was admitted to its round by the threshold and the
+/// invitations the award repeats ([`crate::selection::admitted`]): what a third party can
+/// check from the award alone. (Which admitted bidders won also depends on the requester's
+/// private reputation ledger, so it is not recomputable; that they were admitted is.)
+pub fn admitted_by(award: &crate::Award) -> bool {
+    award.select_ppm.is_none_or(|ppm| {
+        award
+            .winners
+            .iter()
+            .all(|w| crate::selection::admitted(&award.task_id, award.round, w, ppm, &award.invited))
+    })
+}
+
 /// The commitment an award makes to its bid set: blake3 over a domain tag, the count and the
 /// sorted digests. Fixed size whatever the number of bids.
 pub fn bid_set_root(sorted_digests: &[Digest]) -> Digest {
@@ -271,6 +284,37 @@ mod tests {
         ] {
             assert!(reasons.contains(&r), "missing {r:?} in {reasons:?}");
         }
+    }
+
+    #[test]
+    fn an_award_shows_its_winners_were_admitted_by_the_threshold_or_an_invitation() {
+        let t = TaskId::of(b"t");
+        let keys: Vec<PublicKey> =
+            (1..=200u8).map(|i| Identity::from_secret_bytes(&[i; 32]).public()).collect();
+        let ppm = 50_000;
+        let inside = *keys.iter().find(|k| crate::selection::eligible(&t, 3, k, ppm)).unwrap();
+        let outside = *keys.iter().find(|k| !crate::selection::eligible(&t, 3, k, ppm)).unwrap();
+        let award =
+            |winners: Vec<PublicKey>, select_ppm: Option<u32>, invited: Vec<PublicKey>| crate::Award {
+                v: WIRE_VERSION,
+                task_id: t,
+                round: 3,
+                bid_root: None,
+                bid_count: 1,
+                winners,
+                result_deadline_ms: 1,
+                select_ppm,
+                invited,
+            };
+        assert!(admitted_by(&award(vec![inside], Some(ppm), vec![])));
+        assert!(!admitted_by(&award(vec![inside, outside], Some(ppm), vec![])));
+        assert!(admitted_by(&award(vec![inside, outside], Some(ppm), vec![outside])));
+        // A round open to every holder admits anyone.
+        assert!(admitted_by(&award(vec![outside], None, vec![])));
+        // The fields survive the wire.
+        let a = award(vec![outside], Some(ppm), vec![outside]);
+        let back = crate::Award::open(&a.sign(&Identity::from_secret_bytes(&[9; 32]))).unwrap();
+        assert_eq!(back, a);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What travels on the request-response protocol [`crate::ids::TASK_PROTOCOL`].
 //!
-//! Bids go worker -> requester, awards and declines requester -> worker, results worker ->
-//! requester. Each request gets exactly one response, so a sender always learns whether its
+//! Bids go worker -> requester, awards and receipts requester -> worker, results and
+//! `Unable` reports worker -> requester. Each request gets exactly one response, so a sender always learns whether its
 //! message was taken. Enums are externally tagged; a variant a node does not know decodes to
 //! an error and is answered with [`TaskResponse::Refused`] rather than dropped silently.
 
@@ -31,11 +31,6 @@ pub enum TaskRequest {
         /// The task input; its blake3 must equal the spec's input digest.
         #[serde(with = "serde_bytes")]
         input: Vec<u8>,
-    },
-    /// A signed [`crate::Decline`].
-    Decline {
-        /// The decline.
-        decline: SignedEnvelope,
     },
     /// A signed [`crate::Receipt`] for a result that was held as pending.
     Receipt {
@@ -71,7 +66,8 @@ pub enum Refusal {
     UnknownTask,
     /// The task no longer takes this message (closed, late round).
     TaskClosed,
-    /// A bid the requester will decline (the reason follows in a [`crate::Decline`]).
+    /// The bid is not taken, and why. (A bid that is taken but loses the round hears
+    /// nothing: wire version 2 sends no declines.)
     BidDeclined(crate::messages::DeclineReason),
     /// An award for someone else.
     NotAWinner,

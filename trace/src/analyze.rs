@@ -259,7 +259,7 @@ pub struct TaskFigures {
     pub bids_per_task: Stats,
     /// Awards won, per node.
     pub wins_per_node: BTreeMap<String, u64>,
-    /// Declines sent, by reason.
+    /// Bids declined by requesters, by reason.
     pub declines: BTreeMap<String, u64>,
     /// Results rejected, by reason.
     pub rejections: BTreeMap<String, u64>,
@@ -632,7 +632,7 @@ fn task_figures(timelines: &[(PathBuf, Vec<Record>)], t0: i64) -> TaskFigures {
                     tasks.entry(task.to_owned()).or_default().failed = true;
                     *f.failures.entry(r.reason.clone().unwrap_or_default()).or_default() += 1;
                 }
-                event::DECLINE_SENT => {
+                event::BID_DECLINED | event::DECLINE_SENT => {
                     *f.declines.entry(r.reason.clone().unwrap_or_default()).or_default() += 1;
                 }
                 event::RESULT_REJECTED => {
@@ -954,7 +954,7 @@ mod tests {
             rec(event::BID_RECEIVED, "a", 4),
             rec(event::BID_RECEIVED, "a", 6),
             Record { winners: Some(vec!["W".into()]), ..rec(event::AWARDED, "a", 10) },
-            Record { reason: Some("Outbid".into()), ..rec(event::DECLINE_SENT, "a", 10) },
+            Record { reason: Some("Outbid".into()), ..rec(event::BID_DECLINED, "a", 10) },
             rec(event::RESULT_RECEIVED, "a", 40),
             rec(event::VERIFIED, "a", 41),
             rec(event::ANNOUNCED, "b", 100),

@@ -39,9 +39,12 @@ pub mod event {
     pub const AWARDED: &str = "awarded";
     /// Worker: accepted an award.
     pub const AWARD_ACCEPTED: &str = "award_accepted";
-    /// Requester: told a losing bidder why.
+    /// Requester: a bid lost the round, with the reason (recorded only: since wire version 2
+    /// losers are sent nothing).
+    pub const BID_DECLINED: &str = "bid_declined";
+    /// Requester, in traces of wire version 1: told a losing bidder why. Read, not written.
     pub const DECLINE_SENT: &str = "decline_sent";
-    /// Worker: was told its bid lost, and why.
+    /// Worker: the requester refused its bid in the answer, and why.
     pub const DECLINE_RECEIVED: &str = "decline_received";
     /// Worker: inference started.
     pub const STARTED: &str = "started";
@@ -68,7 +71,7 @@ pub mod event {
         BID_SENT,
         BID_RECEIVED,
         AWARDED,
-        DECLINE_SENT,
+        BID_DECLINED,
         DECLINE_RECEIVED,
         AWARD_ACCEPTED,
         STARTED,

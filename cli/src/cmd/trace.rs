@@ -17,7 +17,7 @@ pub(crate) enum TraceCommand {
         /// Also write SVG charts into this folder.
         #[arg(long)]
         plot: Option<PathBuf>,
-        /// Gossip figures for this topic only (e.g. fleetmesh/tasks/1).
+        /// Gossip figures for this topic only (e.g. fleetmesh/tasks/2).
         #[arg(long)]
         topic: Option<String>,
     },

@@ -833,7 +833,6 @@ impl Sim {
     }
 
     fn broadcast(&mut self, from: usize, topic: Topic, data: &[u8]) -> bool {
-        let author = self.vehicles[from].key;
         let mut any = false;
         for j in 0..self.vehicles.len() {
             if !self.reachable(from, j) {
@@ -846,7 +845,7 @@ impl Sim {
             }
             let msg = self.id();
             let at = self.now + self.latency();
-            let input = Input::Gossip { msg, topic, author: Some(author), data: data.to_vec() };
+            let input = Input::Gossip { msg, topic, data: data.to_vec() };
             self.schedule(at, Event::Deliver { to: j, life: None, input });
         }
         any
@@ -979,11 +978,12 @@ impl Sim {
                     v: fleetmesh_protocol::WIRE_VERSION,
                     task_id: fleetmesh_protocol::task_id_of(&spec),
                     round: 0,
-                    bid_set: Vec::new(),
                     bid_root: None,
                     bid_count: 0,
                     winners: vec![self.vehicles[victim].key],
                     result_deadline_ms: u64::MAX,
+                    select_ppm: None,
+                    invited: vec![],
                 }
                 .sign(&identity);
                 self.hostile_sent += 1;

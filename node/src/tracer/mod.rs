@@ -479,7 +479,7 @@ mod tests {
         let id = Arc::new(Identity::from_secret_bytes(&[3; 32]));
         let local = crate::node::peer_id_of(&id.public());
         let mut t = Tracer::open_with_buffer(&path, id, local, 2).unwrap();
-        let topic = "fleetmesh/tasks/1";
+        let topic = fleetmesh_protocol::ids::TOPIC_TASKS;
         let (gossip_sent, tasks_sent) = (5_000u64, 3_000u64);
         for i in 0..gossip_sent {
             t.publish(&gossipsub::MessageId::from(i.to_be_bytes().to_vec()), topic);

@@ -1,0 +1,68 @@
+//! Wire version 2 against peers of another version: a request on the old task protocol gets
+//! a refusal that names the version this node speaks, and a peer that announces another
+//! fleetmesh version in identify is disconnected and counted (issue 10, wire version 2).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use fleetmesh_crypto::{Identity, TaskId};
+use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
+use fleetmesh_protocol::{ids, Bid, Signed};
+
+fn a_bid() -> TaskRequest {
+    let bid = Bid {
+        v: 1,
+        task_id: TaskId::of(b"x"),
+        round: 0,
+        price: 1,
+        promised_ms: 1,
+        queue_depth: 0,
+        free_slots: 1,
+    };
+    TaskRequest::Bid { bid: bid.sign(&Identity::generate().unwrap()) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_request_is_refused_with_the_version_this_node_speaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 1, |_, _| {}).await;
+    let c = &nodes[0].client;
+    let before = counter(c, "fleetmesh_peers_other_version_total");
+    let r = old_peer_request(c, "/fleetmesh/task/1", a_bid()).await;
+    match &r {
+        Ok(TaskResponse::Refused(Refusal::Invalid(why))) => {
+            assert!(why.contains("wire version 2") && why.contains("/fleetmesh/task/1"), "{why}")
+        }
+        other => panic!("a version-1 request got {other:?}"),
+    }
+    assert_eq!(counter(c, "fleetmesh_peers_other_version_total"), before + 1);
+    // The same request on this version's protocol is read as a request (the task is unknown).
+    let r = old_peer_request(c, ids::TASK_PROTOCOL, a_bid()).await;
+    assert!(
+        matches!(&r, Ok(TaskResponse::Refused(Refusal::UnknownTask | Refusal::Invalid(_))))
+            && !format!("{r:?}").contains("wire version"),
+        "{r:?}"
+    );
+    // A protocol no version ever spoke is not negotiated at all.
+    let r = old_peer_request(c, "/fleetmesh/task/9", a_bid()).await;
+    assert!(r.is_err(), "{r:?}");
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_announcing_another_version_is_disconnected_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 1, |_, _| {}).await;
+    let c = &nodes[0].client;
+    assert!(old_peer_is_disconnected(c, "/fleetmesh/id/1", Duration::from_secs(20)).await);
+    assert!(counter(c, "fleetmesh_peers_other_version_total") >= 1);
+    // A peer of this version, and software that is not fleetmesh, are left alone.
+    assert!(!old_peer_is_disconnected(c, ids::IDENTIFY_PROTOCOL, Duration::from_secs(3)).await);
+    assert!(!old_peer_is_disconnected(c, "ipfs/0.1.0", Duration::from_secs(3)).await);
+    assert_eq!(counter(c, "fleetmesh_peers_other_version_total"), 1);
+    stop_all(nodes).await;
+}
