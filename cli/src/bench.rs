@@ -58,6 +58,20 @@ pub struct BenchReport {
     /// p50 end-to-end / p50 direct.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e2e_over_direct: Option<f64>,
+    /// ed25519 operations (signatures made plus checked, every node of the mesh together) per
+    /// verified task in the overhead part: k = 1 tasks one at a time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig_ops_per_task: Option<f64>,
+    /// Of those, signatures made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig_signed_per_task: Option<f64>,
+    /// Of those, signatures checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig_verified_per_task: Option<f64>,
+    /// Process CPU time (every node, user and system) per verified task in the overhead part,
+    /// ms. Includes the inference and the bench's own direct run of each input (tens of µs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ms_per_task: Option<f64>,
     /// Verified tasks per second at the best in-flight level.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks_per_s: Option<f64>,
@@ -161,6 +175,10 @@ async fn overhead(
     let model = fleetmesh_node::digits::model_id();
     let samples = fleetmesh_node::digits::test_set();
     let (mut e2e, mut direct, mut over) = (Vec::new(), Vec::new(), Vec::new());
+    // Let start-up traffic (DHT bootstrap, identify, first adverts) pass, so the counts below
+    // are the tasks' own.
+    settle(Duration::from_secs(10)).await;
+    let (ops_before, cpu_before) = (fleetmesh_crypto::ops::signature_ops(), cpu_seconds());
     for i in 0..tasks {
         let input = samples[i % samples.len()].to_input();
         let t = Instant::now();
@@ -179,6 +197,13 @@ async fn overhead(
         direct.push(direct_us);
         over.push(e2e_us.saturating_sub(direct_us));
     }
+    let ops = fleetmesh_crypto::ops::signature_ops().since(&ops_before);
+    let per_task = |n: u64| n as f64 / tasks.max(1) as f64;
+    report.sig_ops_per_task = Some(per_task(ops.total()));
+    report.sig_signed_per_task = Some(per_task(ops.signed));
+    report.sig_verified_per_task = Some(per_task(ops.verified));
+    report.cpu_ms_per_task =
+        cpu_seconds().zip(cpu_before).map(|(after, before)| (after - before) * 1000.0 / tasks.max(1) as f64);
     let (e, d, o) = (Percentiles::of(&e2e), Percentiles::of(&direct), Percentiles::of(&over));
     report.overhead_tasks = Some(tasks);
     report.overhead_p50_ms = Some(o.p50 / 1000.0);
@@ -427,6 +452,14 @@ impl BenchReport {
             let _ = writeln!(s, "    e2e_p50_ms        {:>10}", f(self.e2e_p50_ms));
             let _ = writeln!(s, "    direct_p50_us     {:>10}", f(self.direct_p50_us));
             let _ = writeln!(s, "    e2e_over_direct   {:>10}", f(self.e2e_over_direct));
+            let _ = writeln!(
+                s,
+                "    sig_ops_per_task  {:>10}   (target <= 10; signed {}, verified {})",
+                f(self.sig_ops_per_task),
+                f(self.sig_signed_per_task),
+                f(self.sig_verified_per_task)
+            );
+            let _ = writeln!(s, "    cpu_ms_per_task   {:>10}", f(self.cpu_ms_per_task));
         }
         if !self.throughput_levels.is_empty() {
             let _ = writeln!(s, "  throughput  (10 nodes, all requesters, k=1)");

@@ -76,6 +76,12 @@ async fn api_and_cli_submit_status_peers_metrics_and_errors() {
     let (_, metrics) = get(&format!("{base}/metrics")).await;
     assert!(metrics.contains("fleetmesh_tasks_verified_total 1"), "{metrics}");
     assert!(metrics.contains("fleetmesh_libp2p_"), "libp2p's own metrics are missing");
+    // The process's signature operations, read at the scrape: a verified task made some.
+    let ops = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+    };
+    assert!(ops("fleetmesh_signatures_made_total").is_some_and(|n| n > 0), "{metrics}");
+    assert!(ops("fleetmesh_signatures_checked_total").is_some_and(|n| n > 0), "{metrics}");
 
     // Bad requests: a clear error and a 4xx.
     for body in [

@@ -28,6 +28,12 @@ async fn quick_bench_reports_every_part() {
     let (e2e, direct) = (r.e2e_p50_ms.unwrap(), r.direct_p50_us.unwrap());
     assert!(direct > 0.0 && e2e * 1000.0 > direct, "end to end must include the inference: {r:?}");
     assert!(r.overhead_p99_ms.unwrap() >= r.overhead_p50_ms.unwrap());
+    // A task's lifecycle signs at least its spec, announcement, bid, award, result and receipt,
+    // and each is checked at least once.
+    let (signed, verified) = (r.sig_signed_per_task.unwrap(), r.sig_verified_per_task.unwrap());
+    assert!(signed >= 6.0 && verified >= 6.0, "{r:?}");
+    assert!((r.sig_ops_per_task.unwrap() - (signed + verified)).abs() < 1e-9);
+    assert!(r.cpu_ms_per_task.unwrap() > 0.0, "{r:?}");
     assert_eq!(r.throughput_levels.len(), 2);
     assert!(r.tasks_per_s.unwrap() > 0.0, "no task verified under load: {r:?}");
     assert!(r.idle_node_rss_mb.unwrap() > 1.0 && r.mesh200_rss_mb.unwrap() > r.idle_node_rss_mb.unwrap());

@@ -56,6 +56,7 @@ impl Identity {
     /// Signs raw bytes. Callers outside this crate sign through [`crate::SignedEnvelope`],
     /// which adds the domain separation.
     pub(crate) fn sign_raw(&self, msg: &[u8]) -> Signature {
+        crate::ops::count_sign();
         Signature(self.signing.sign(msg).to_bytes())
     }
 }
@@ -111,6 +112,7 @@ impl PublicKey {
     }
 
     pub(crate) fn verify_raw(&self, msg: &[u8], sig: &Signature) -> bool {
+        crate::ops::count_verify();
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         self.0.verify_strict(msg, &sig).is_ok()
     }

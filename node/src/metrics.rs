@@ -82,6 +82,31 @@ impl Metrics {
         for (name, help, c) in entries {
             registry.register(name, help, c.clone());
         }
+        registry.register_collector(Box::new(SignatureOps));
         m
+    }
+}
+
+/// The process's ed25519 operations ([`fleetmesh_crypto::ops`]), read at each scrape. A
+/// process normally runs one node; in-process test meshes share the count.
+#[derive(Debug)]
+struct SignatureOps;
+
+impl prometheus_client::collector::Collector for SignatureOps {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let ops = fleetmesh_crypto::ops::signature_ops();
+        for (name, help, value) in [
+            ("signatures_made", "ed25519 signatures this process made (its messages)", ops.signed),
+            ("signatures_checked", "ed25519 signatures this process checked (peers' messages)", ops.verified),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+        }
+        Ok(())
     }
 }
