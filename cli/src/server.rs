@@ -49,7 +49,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Stops accepting connections, lets requests in progress finish, and waits for it.
+    /// Stops accepting connections, lets requests in progress finish (for at most
+    /// [`SHUTDOWN_GRACE`]), and waits for it.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
@@ -89,13 +90,28 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Requests handled at once; more are answered 503 at once.
     pub max_concurrent: usize,
+    /// Connections open at once, idle or not; more wait in the kernel's accept queue until
+    /// one closes. With [`ServeOptions::header_timeout`] this bounds what clients that connect
+    /// and send nothing can hold.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers; an idle keep-alive
+    /// connection is closed after as long.
+    pub header_timeout: Duration,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        Self { token: None, max_concurrent: 64 }
+        Self {
+            token: None,
+            max_concurrent: 64,
+            max_connections: 128,
+            header_timeout: Duration::from_secs(10),
+        }
     }
 }
+
+/// How long a shutdown waits for requests in progress (a long poll is cut after it).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What every request passes through (see [`guard`]).
 #[derive(Clone)]
@@ -135,15 +151,60 @@ pub async fn serve(addr: SocketAddr, client: Client, opts: ServeOptions) -> Resu
         .layer(DefaultBodyLimit::max(2 * fleetmesh_protocol::limits::MAX_INPUT_BYTES))
         .with_state(client);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let graceful = axum::serve(listener, app).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        if let Err(e) = graceful.await {
-            tracing::error!("API server stopped: {e}");
-        }
-    });
+    let limits = (opts.max_connections.max(1), opts.header_timeout);
+    let task = tokio::spawn(accept_loop(listener, app, limits, stopped));
     Ok(Server { addr: bound, stop, task })
+}
+
+/// Serves connections until `stopped`: at most `max_connections` at once (a permit is taken
+/// before accepting, so the rest wait in the kernel's queue), each over HTTP/1 with a
+/// deadline for request headers. axum's own `serve` has neither: hyper's header timeout
+/// needs a timer it does not set, and it accepts without bound.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    (max_connections, header_timeout): (usize, Duration),
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stopped => break,
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = &mut stopped => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was taken:
+                    // wait a little rather than spin.
+                    tracing::debug!("API accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("API connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::debug!("API requests still running at shutdown were cut");
+    }
 }
 
 /// Whether a Host header names this machine's loopback (any port): what a browser page from

@@ -146,6 +146,7 @@ async fn the_api_refuses_strangers_typos_and_floods_with_a_json_error() {
     let opts = |token: Option<&str>, max_concurrent| fleetmesh_cli::server::ServeOptions {
         token: token.map(str::to_owned),
         max_concurrent,
+        ..Default::default()
     };
     let server = fleetmesh_cli::server::serve("127.0.0.1:0".parse().unwrap(), client.clone(), opts(None, 2))
         .await
@@ -231,6 +232,42 @@ async fn the_api_refuses_strangers_typos_and_floods_with_a_json_error() {
     let api = fleetmesh_api::client::ApiClient::new(base.clone(), std::time::Duration::from_secs(5)).unwrap();
     assert_eq!(api.peers().await.unwrap_err().status(), Some(401));
     assert!(api.with_token(Some("s3cret".into())).peers().await.is_ok());
+    server.shutdown().await;
+    stop_all(nodes).await;
+}
+
+/// Connections that never send a request (issue 9, the second review's finding 13): at most
+/// `max_connections` are open at once, and each is closed once its header time is out, so
+/// clients that connect and wait cannot keep the API from everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_nothing_are_capped_and_closed() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 1, |_, _| {}).await;
+    let opts = fleetmesh_cli::server::ServeOptions {
+        max_connections: 2,
+        header_timeout: std::time::Duration::from_secs(2),
+        ..Default::default()
+    };
+    let server = fleetmesh_cli::server::serve("127.0.0.1:0".parse().unwrap(), nodes[0].client.clone(), opts)
+        .await
+        .unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // Both places are taken: a real request waits (it is not even accepted)...
+    let url = format!("http://{}/healthz", server.addr);
+    let probe = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!probe.is_finished(), "a third connection was served while two held every place");
+    // ...until the server closes the silent ones.
+    for s in &mut idle {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the server never closed a connection that sent nothing");
+    }
+    assert_eq!(tokio::time::timeout(WAIT, probe).await.unwrap().unwrap().unwrap(), 200);
     server.shutdown().await;
     stop_all(nodes).await;
 }
