@@ -158,3 +158,26 @@ fn sybils_joining_a_working_fleet_get_no_wrong_output_accepted() {
     assert!(q[3] < 0.05 && q[3] < q[0], "{}", r.summary());
     assert!(r.spot_checks > 0, "{}", r.summary());
 }
+
+/// The lighter mode (for 10,000 vehicles) leaves out work, not outcomes: on a fleet both
+/// modes can run, the same seed verifies the same tasks with the same participants and
+/// messages.
+#[test]
+fn the_lighter_mode_changes_the_work_not_the_outcome() {
+    let config = |light| SimConfig {
+        vehicles: 300,
+        tasks: 40,
+        seed: 5,
+        redundancy: 1,
+        presence: Some(false),
+        light,
+        ..SimConfig::default()
+    };
+    let (full, light) = (check(config(false)), check(config(true)));
+    assert!(light.light && !full.light);
+    assert_eq!((light.verified, light.failed), (full.verified, full.failed));
+    assert_eq!(light.verified, 40, "{}", light.summary());
+    assert_eq!(light.messages_per_task, full.messages_per_task);
+    assert_eq!(light.participants_per_task, full.participants_per_task);
+    assert_eq!(light.awards_per_task, full.awards_per_task);
+}

@@ -55,6 +55,14 @@ pub(crate) struct SimArgs {
     /// Presence adverts on or off (default: on up to 100 vehicles).
     #[arg(long)]
     pub(crate) presence: Option<bool>,
+    /// The lighter mode for very large fleets (docs/SIMULATION.md): announcements reach only
+    /// the engines of the vehicles their round admits (the rest are counted, not processed).
+    #[arg(long)]
+    pub(crate) light: bool,
+    /// Connections per vehicle (0: every pair); n links each vehicle to its n nearest on a
+    /// ring, as a real node keeps a bounded set (docs/SIMULATION.md).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) links: usize,
     /// Write each vehicle's task timeline into this folder (read with `fleetmesh trace analyze`).
     #[arg(long)]
     pub(crate) trace: Option<PathBuf>,
@@ -74,6 +82,8 @@ pub(crate) fn run(a: SimArgs) -> Result<()> {
         submit_interval_ms: a.submit_interval_ms,
         presence: a.presence,
         trace_dir: a.trace.clone(),
+        light: a.light,
+        links: a.links,
         ..SimConfig::default()
     };
     if a.faults {

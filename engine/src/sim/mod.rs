@@ -98,6 +98,19 @@ pub struct SimConfig {
     pub presence: Option<bool>,
     /// Give up after this much virtual time, ms.
     pub time_limit_ms: u64,
+    /// The lighter mode for very large fleets: an announcement is counted as delivered to
+    /// every vehicle it reaches, but only the vehicles its round admits (ticket or
+    /// invitation) run it through their engines. The others would verify it, find their
+    /// ticket outside the round and drop it, changing nothing but their duplicate filter:
+    /// that work (one signature check and one hash per vehicle and announcement) is what this
+    /// mode leaves out. Rounds open to every holder are delivered to everyone as usual.
+    pub light: bool,
+    /// Connections per vehicle: 0 connects every pair (the default); n > 0 links each
+    /// vehicle to the n nearest on a ring (n / 2 each side), as a real node keeps a bounded
+    /// set of connections. Messages still reach any running vehicle (a node dials whom it
+    /// must); what changes is what engines are told: who is connected (early round close,
+    /// the first holder estimate, adverts kept) and who disconnects.
+    pub links: usize,
     /// Write each vehicle's task timeline here.
     pub trace_dir: Option<PathBuf>,
 }
@@ -125,6 +138,8 @@ impl Default for SimConfig {
             presence: None,
             time_limit_ms: 600_000,
             trace_dir: None,
+            light: false,
+            links: 0,
         }
     }
 }
@@ -178,6 +193,9 @@ pub struct SimReport {
     pub messages_per_task: f64,
     /// Vehicles whose timeline mentions a task, per task (requester included).
     pub participants_per_task: f64,
+    /// The same over the second half of the tasks, once requesters have learned how many
+    /// vehicles hold the model (their first estimate can only count their connections).
+    pub participants_per_task_later: f64,
     /// Failures by reason (numbers stripped).
     pub failures: BTreeMap<String, usize>,
     /// Hostile requests sent, and how many a victim accepted (must be 0).
@@ -194,6 +212,10 @@ pub struct SimReport {
     pub wall_s: f64,
     /// The seed.
     pub seed: u64,
+    /// The run used the lighter mode ([`SimConfig::light`]).
+    pub light: bool,
+    /// Connections per vehicle ([`SimConfig::links`]; 0: every pair).
+    pub links: usize,
     /// Properties that did not hold: empty on a good run.
     pub violations: Vec<String>,
 }
@@ -306,6 +328,8 @@ pub struct Sim {
     pending_input: Option<Vec<u8>>,
     receipts: BTreeMap<(TaskId, PublicKey), usize>,
     participants: BTreeMap<TaskId, BTreeSet<usize>>,
+    /// Accepted tasks in the order they were submitted.
+    accepted_order: Vec<TaskId>,
     messages: u64,
     announcements: Vec<Vec<u8>>,
     hostile_sent: usize,
@@ -460,6 +484,7 @@ impl Sim {
             pending_input: None,
             receipts: BTreeMap::new(),
             participants: BTreeMap::new(),
+            accepted_order: Vec::new(),
             messages: 0,
             announcements: Vec::new(),
             hostile_sent: 0,
@@ -585,11 +610,21 @@ impl Sim {
         // connection has two ends, at boot as after a restart).
         let n = self.vehicles.len();
         for j in 0..n {
-            if self.reachable(i, j) {
+            if self.reachable(i, j) && self.linked(i, j) {
                 self.input(i, Input::Connected(self.vehicles[j].key));
                 self.input(j, Input::Connected(self.vehicles[i].key));
             }
         }
+    }
+
+    /// Whether vehicles `a` and `b` keep a connection ([`SimConfig::links`]).
+    fn linked(&self, a: usize, b: usize) -> bool {
+        let n = self.vehicles.len();
+        if self.config.links == 0 || n == 0 {
+            return true;
+        }
+        let d = a.abs_diff(b) % n;
+        d.min(n - d) <= self.config.links.div_ceil(2)
     }
 
     /// Feeds `input` to vehicle `i` now and performs what it returns.
@@ -767,7 +802,9 @@ impl Sim {
                     if let Ok(task) = result {
                         if let Some(t) = self.vehicles[i].engine.as_ref().and_then(|e| e.requester.get(&task))
                         {
-                            self.accepted.insert(task, (i, t.spec.redundancy));
+                            if self.accepted.insert(task, (i, t.spec.redundancy)).is_none() {
+                                self.accepted_order.push(task);
+                            }
                         }
                     }
                 }
@@ -834,6 +871,7 @@ impl Sim {
 
     fn broadcast(&mut self, from: usize, topic: Topic, data: &[u8]) -> bool {
         let mut any = false;
+        let admits = if self.config.light && topic == Topic::Tasks { light_round(data) } else { None };
         for j in 0..self.vehicles.len() {
             if !self.reachable(from, j) {
                 continue;
@@ -843,8 +881,15 @@ impl Sim {
             if self.rng.chance_ppm(self.config.loss_ppm) {
                 continue;
             }
+            // Drawn before the lighter mode's check, so both modes draw the same numbers.
             let msg = self.id();
             let at = self.now + self.latency();
+            if let Some((task, round, ppm, invited)) = &admits {
+                let key = self.vehicles[j].key;
+                if !fleetmesh_protocol::selection::admitted(task, *round, &key, *ppm, invited) {
+                    continue;
+                }
+            }
             let input = Input::Gossip { msg, topic, data: data.to_vec() };
             self.schedule(at, Event::Deliver { to: j, life: None, input });
         }
@@ -1104,7 +1149,7 @@ impl Sim {
         self.crashes += 1;
         let key = self.vehicles[i].key;
         for j in 0..self.vehicles.len() {
-            if j != i && self.vehicles[j].group == self.vehicles[i].group {
+            if j != i && self.vehicles[j].group == self.vehicles[i].group && self.linked(i, j) {
                 self.input(j, Input::Disconnected(key));
             }
         }
@@ -1138,7 +1183,11 @@ impl Sim {
         }
         for a in 0..n {
             for b in 0..n {
-                if a == b || self.vehicles[a].engine.is_none() || self.vehicles[b].engine.is_none() {
+                if a == b
+                    || self.vehicles[a].engine.is_none()
+                    || self.vehicles[b].engine.is_none()
+                    || !self.linked(a, b)
+                {
                     continue;
                 }
                 let was = before[a] == before[b];
@@ -1229,6 +1278,8 @@ impl Sim {
             vehicles: self.vehicles.len(),
             tasks: self.accepted.len(),
             seed: self.config.seed,
+            light: self.config.light,
+            links: self.config.links,
             crashes: self.crashes,
             partitions: self.partitions,
             hostile_sent: self.hostile_sent,
@@ -1350,6 +1401,9 @@ impl Sim {
             let parts: usize =
                 accepted.keys().map(|t| self.participants.get(t).map_or(0, BTreeSet::len)).sum();
             r.participants_per_task = parts as f64 / r.tasks as f64;
+            let later = &self.accepted_order[self.accepted_order.len() / 2..];
+            let parts: usize = later.iter().map(|t| self.participants.get(t).map_or(0, BTreeSet::len)).sum();
+            r.participants_per_task_later = parts as f64 / later.len().max(1) as f64;
         }
         if self.submitted < self.config.tasks {
             self.violations.push(format!(
@@ -1386,12 +1440,15 @@ impl SimReport {
     /// A short human summary.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "fleetmesh sim: seed {}, {} vehicles, {} tasks\n  verified {}  failed {}  lost {}  duplicates accepted {}  wrong verified {}\n  messages/task {:.1}  participants/task {:.1}  crashes {}  partitions {}  hostile requests {} (accepted {})\n  virtual {:.1} s  wall {:.2} s\n",
+            "fleetmesh sim: seed {}, {} vehicles, {} tasks\n  verified {}  failed {}  lost {}  duplicates accepted {}  wrong verified {}\n  messages/task {:.1}  participants/task {:.1} ({:.1} in the second half)  crashes {}  partitions {}  hostile requests {} (accepted {})\n  virtual {:.1} s  wall {:.2} s\n",
             self.seed, self.vehicles, self.tasks, self.verified, self.failed, self.lost, self.duplicates_accepted,
-            self.wrong_verified, self.messages_per_task, self.participants_per_task, self.crashes, self.partitions,
+            self.wrong_verified, self.messages_per_task, self.participants_per_task, self.participants_per_task_later, self.crashes, self.partitions,
             self.hostile_sent, self.hostile_accepted, self.virtual_s, self.wall_s
         );
         s.push_str(&format!("  awards/task {:.2}  spot checks {}\n", self.awards_per_task, self.spot_checks));
+        if self.light {
+            s.push_str("  lighter mode: vehicles a round does not admit count its announcement but do not process it\n");
+        }
         if self.sybils > 0 {
             let q: Vec<String> =
                 self.sybil_share_by_quarter.iter().map(|x| format!("{:.1} %", x * 100.0)).collect();
@@ -1421,4 +1478,14 @@ fn numbers_as_n(reason: &str) -> String {
         .map(|w| if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) { "<n>" } else { w })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// What the lighter mode needs of an announcement to tell which vehicles its round admits:
+/// `None` (deliver to all) when it does not decode or admits every holder.
+fn light_round(data: &[u8]) -> Option<(TaskId, u32, u32, Vec<PublicKey>)> {
+    let env: fleetmesh_crypto::SignedEnvelope =
+        fleetmesh_protocol::decode(data, fleetmesh_protocol::limits::MAX_GOSSIP_BYTES).ok()?;
+    let a: fleetmesh_protocol::Announcement =
+        fleetmesh_protocol::decode(&env.payload, fleetmesh_protocol::limits::MAX_GOSSIP_BYTES).ok()?;
+    Some((a.task_id, a.round, a.select_ppm?, a.invited))
 }
