@@ -789,12 +789,18 @@ impl Engine {
                 let Ok((env, a)) = Announcement::open_bytes(data, limit) else { return Verdict::Reject };
                 // The spec, when carried, must be the task's and signed by the announcer: only
                 // a task's requester may announce its rounds.
+                let mut opened = None;
                 if let Some(spec) = &a.spec {
-                    let ok = spec.signer == env.signer
-                        && fleetmesh_protocol::task_id_of(spec) == a.task_id
-                        && fleetmesh_protocol::TaskSpec::open(spec).is_ok_and(|s| s.model == a.model);
-                    if !ok {
+                    if spec.signer != env.signer || fleetmesh_protocol::task_id_of(spec) != a.task_id {
                         return Verdict::Reject;
+                    }
+                    // The announcement's signature covers the spec's bytes, and the spec names
+                    // the announcer as its signer: it is authentic as the announcement is, so
+                    // it is decoded here, not verified a second time. (Its own signature is
+                    // for the DHT, where it travels alone, and every DHT node checks it.)
+                    match fleetmesh_protocol::TaskSpec::open_unverified(spec) {
+                        Ok(s) if s.model == a.model => opened = Some(s),
+                        _ => return Verdict::Reject,
                     }
                 }
                 // A round whose bids already closed is history: a replay, not news.
@@ -808,7 +814,8 @@ impl Engine {
                 // (the spec found in the DHT must be the announcer's) but do not relay it.
                 let verdict = if a.spec.is_some() { Verdict::Accept } else { Verdict::Ignore };
                 let (mut ctx, _, worker) = self.split(now, out);
-                worker.on_announcement(&mut ctx, env.signer, a);
+                // The spec is handed on opened: it is verified once per announcement.
+                worker.on_announcement(&mut ctx, env.signer, a, opened);
                 verdict
             }
             Topic::Presence => {

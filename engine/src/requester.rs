@@ -884,10 +884,17 @@ impl Requester {
         t.anchored |= anchor;
         let assigned = t.awarded_keys();
         // Workers already on this task (or failed on it) take no part in a new round.
-        let bids: Vec<SignedEnvelope> =
-            std::mem::take(&mut t.bids).into_iter().filter(|b| !assigned.contains(&b.signer)).collect();
-        let mut decision =
-            winner::choose_invited(id, &t.spec, &me, t.round, t.round_ppm(), &t.invited, &bids);
+        // Every bid was verified when it arrived (`on_bid`), and bids restored after a restart
+        // come from this node's own store: decoded, not verified a second time.
+        let bids: Vec<winner::OpenedBid> = std::mem::take(&mut t.bids)
+            .into_iter()
+            .filter(|b| !assigned.contains(&b.signer))
+            .filter_map(|e| {
+                let bid = fleetmesh_protocol::Bid::open_unverified(&e).ok()?;
+                Some(winner::OpenedBid { digest: fleetmesh_protocol::bid_digest(&e), bidder: e.signer, bid })
+            })
+            .collect();
+        let mut decision = winner::choose_opened(id, &t.spec, &me, t.round, t.round_ppm(), &t.invited, bids);
         if trust_on {
             // Trusted bidders first (by ticket among them), then unknown ones, those with more
             // corroborated work first; bad ones never.
@@ -1668,7 +1675,16 @@ impl Requester {
     }
 
     pub(crate) fn restore(&mut self, ctx: &mut Ctx<'_>, tasks: Vec<(TaskId, ReqTask)>) {
+        let mut obsolete = Vec::new();
         for (id, mut t) in tasks {
+            // Submitted under wire version 1, whose task ids did not name the requester: no
+            // version-2 worker takes it under that id. It fails now, saying so, rather than
+            // waiting out its deadline.
+            if !t.phase.is_terminal() && t.id() != id {
+                obsolete.push(id);
+                self.tasks.insert(id, t);
+                continue;
+            }
             // A finished task stays in the store (status reads it there); memory keeps only
             // its receipts, to answer workers that re-send.
             if t.phase.is_terminal() {
@@ -1694,6 +1710,11 @@ impl Requester {
                 }
             }
             self.tasks.insert(id, t);
+        }
+        for id in obsolete {
+            let why = "submitted under wire version 1, whose task ids did not name the requester; \
+                       version-2 workers cannot take it: submit it again";
+            self.fail(ctx, &id, why.into());
         }
     }
 

@@ -1414,3 +1414,42 @@ fn wire_2_losing_bidders_are_sent_nothing() {
     assert_eq!(declined + awards + refused, bids, "every bid that did not win is accounted for");
     assert!(declined >= 1, "a bid lost the round (declined {declined}, refused {refused})");
 }
+
+/// Wire version 2: a task id names its requester. Before, anyone could re-sign a requester's
+/// spec payload with their own key and announce the same task id as theirs: a worker that
+/// heard them first bid to them and then skipped the real round of that task.
+#[test]
+fn wire_2_a_spec_re_signed_by_a_stranger_is_another_task() {
+    let (mut r, mut w) = (engine(1), engine(2));
+    let (id, actions) = submit(&mut r, T0, &[3; 8]);
+    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (_, a) = Announcement::open_bytes(&data, 1 << 16).unwrap();
+    let real = a.spec.clone().unwrap();
+    let stranger = identity(78);
+    let copy = SignedEnvelope::sign(&stranger, fleetmesh_crypto::MessageKind::TaskSpec, real.payload.clone());
+    let front = Announcement { spec: Some(copy), ..a.clone() }.sign(&stranger);
+    let v = gossip(&mut w, T0, Topic::Tasks, fleetmesh_protocol::encode(&front));
+    assert_eq!(verdict(&v), Verdict::Reject, "the copy's id is not the task's");
+    assert!(sends(&v).is_empty());
+    // The real round is still taken and bid on.
+    let v = gossip(&mut w, T0 + 1, Topic::Tasks, data);
+    assert_eq!(verdict(&v), Verdict::Accept);
+    assert_eq!(sends(&v).len(), 1, "the worker bids to the real requester");
+    let _ = id;
+}
+
+/// A task stored by a version-1 node (its key is the old id, blake3 of the payload alone)
+/// fails at restore with the reason, instead of waiting out its deadline unserved.
+#[test]
+fn wire_2_a_task_stored_under_a_version_1_id_fails_at_restore_saying_why() {
+    let mut r = engine(1);
+    let (id, _) = submit(&mut r, T0, &[5; 8]);
+    let t = r.requester.get(&id).unwrap().clone();
+    let old_id = TaskId::of(&t.spec_env.payload);
+    let mut fresh = engine(1);
+    let out = fresh.restore(T0 + 10, vec![(old_id, t)], vec![]);
+    let failed = fresh.requester.get(&old_id).unwrap();
+    assert_eq!(failed.phase, fleetmesh_api::Phase::Failed);
+    assert!(failed.failure.as_deref().unwrap().contains("wire version 1"), "{:?}", failed.failure);
+    assert!(out.iter().any(|a| matches!(a, Action::Persist(_))), "the failure is persisted");
+}

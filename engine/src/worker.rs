@@ -423,7 +423,15 @@ impl Worker {
     }
 
     /// An announcement arrived (already validated): bid if this node could serve it.
-    pub(crate) fn on_announcement(&mut self, ctx: &mut Ctx<'_>, requester: PublicKey, a: Announcement) {
+    /// An announcement whose carried spec, if any, was already checked and opened
+    /// (`opened`: the engine validates it before relaying).
+    pub(crate) fn on_announcement(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        requester: PublicKey,
+        a: Announcement,
+        opened: Option<TaskSpec>,
+    ) {
         if requester == ctx.identity.public() {
             return;
         }
@@ -439,7 +447,7 @@ impl Worker {
         }
         match a.spec {
             // The spec came with the announcement: check it and bid without a DHT lookup.
-            Some(spec) => self.bid_on_spec(ctx, (a.task_id, a.round), &spec, a.bid_deadline_ms),
+            Some(spec) => self.bid_on_spec(ctx, (a.task_id, a.round), &spec, opened, a.bid_deadline_ms),
             None => self.look_up_spec(ctx, a.task_id, a.round, requester),
         }
     }
@@ -483,15 +491,17 @@ impl Worker {
         });
     }
 
-    /// Checks a signed spec (from the DHT or an announcement) and bids on it.
+    /// Checks a signed spec (from the DHT or an announcement) and bids on it. `opened` is the
+    /// spec when the caller already verified `env` (an announcement's, checked before relay).
     fn bid_on_spec(
         &mut self,
         ctx: &mut Ctx<'_>,
         (task, round): (TaskId, u32),
         env: &SignedEnvelope,
+        opened: Option<TaskSpec>,
         bid_deadline_ms: u64,
     ) {
-        let Ok(spec) = TaskSpec::open(env) else { return };
+        let Some(spec) = opened.or_else(|| TaskSpec::open(env).ok()) else { return };
         // An input that cannot fit the model: say so, once, instead of bidding.
         if let Some(&expected) = ctx.config.model_inputs.get(&spec.model) {
             if spec.input_size != expected
@@ -603,7 +613,7 @@ impl Worker {
                     Ok(env) if env.signer == announcer => {
                         // The round's close is not known here: count it open for a while.
                         let bid_deadline = ctx.now.saturating_add(MAX_OPEN_ROUND_MS / 2);
-                        self.bid_on_spec(ctx, (task, round), &env, bid_deadline);
+                        self.bid_on_spec(ctx, (task, round), &env, None, bid_deadline);
                     }
                     _ => {}
                 }
@@ -643,9 +653,18 @@ impl Worker {
         input: Vec<u8>,
     ) -> TaskResponse {
         let invalid = |m: &str| TaskResponse::Refused(Refusal::Invalid(m.to_owned()));
-        let Ok(spec) = TaskSpec::open(&spec_env) else { return invalid("task spec does not verify") };
         let Ok(award) = Award::open(&award_env) else { return invalid("award does not verify") };
         let task = task_id_of(&spec_env);
+        // The spec of a round this node bid on was verified before the bid: the same bytes
+        // (the task id is their hash) from the same signer are decoded, not verified again.
+        let verified_before =
+            self.bids.bids.get(&(task, award.round)).is_some_and(|b| b.requester == spec_env.signer);
+        let spec = if verified_before {
+            TaskSpec::open_unverified(&spec_env).ok()
+        } else {
+            TaskSpec::open(&spec_env).ok()
+        };
+        let Some(spec) = spec else { return invalid("task spec does not verify") };
         if award_env.signer != spec_env.signer || spec_env.signer != from {
             return invalid("award not signed and sent by the task's requester");
         }

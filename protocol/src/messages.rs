@@ -53,8 +53,15 @@ pub trait Signed: Serialize + DeserializeOwned {
 
     /// Verifies `env` as this kind, then decodes its payload.
     fn open(env: &SignedEnvelope) -> Result<Self, OpenError> {
-        let payload = env.verify(Self::KIND)?;
-        let value: Self = decode(payload, Self::MAX_BYTES)?;
+        env.verify(Self::KIND)?;
+        Self::open_unverified(env)
+    }
+
+    /// Decodes the payload and checks the version, without checking the signature: only for an
+    /// envelope whose bytes are already authenticated another way (carried inside a message
+    /// its own signer signed, or read back from this node's own store).
+    fn open_unverified(env: &SignedEnvelope) -> Result<Self, OpenError> {
+        let value: Self = decode(&env.payload, Self::MAX_BYTES)?;
         if value.version() > WIRE_VERSION {
             return Err(DecodeError::UnsupportedVersion { got: value.version(), max: WIRE_VERSION }.into());
         }
@@ -110,9 +117,16 @@ pub struct TaskSpec {
 }
 signed!(TaskSpec, MessageKind::TaskSpec, limits::MAX_SPEC_BYTES);
 
-/// The task id of a signed spec: blake3 of the exact payload bytes.
+/// The task id of a signed spec: blake3 over a domain tag, the signer's key and the exact
+/// payload bytes. The key is in it since wire version 2: an id of the payload alone let
+/// anyone re-sign a requester's spec with their own key and announce the same task id as
+/// theirs, so that workers which heard them first bid to them and skipped the real round.
 pub fn task_id_of(spec: &SignedEnvelope) -> TaskId {
-    TaskId::of(&spec.payload)
+    let mut h = blake3::Hasher::new();
+    h.update(b"fleetmesh-task-v2");
+    h.update(&spec.signer.to_bytes());
+    h.update(&spec.payload);
+    TaskId::from_bytes(*h.finalize().as_bytes())
 }
 
 /// Gossiped on [`crate::ids::TOPIC_TASKS`]: "task X for model M is taking bids".
@@ -459,7 +473,19 @@ mod tests {
         let id = Identity::from_secret_bytes(&[1; 32]);
         let env = spec().sign(&id);
         assert_eq!(TaskSpec::open(&env).unwrap(), spec());
-        assert_eq!(task_id_of(&env), TaskId::of(&env.payload));
+    }
+
+    #[test]
+    fn a_task_id_names_the_spec_and_its_signer() {
+        let (a, b) = (Identity::from_secret_bytes(&[1; 32]), Identity::from_secret_bytes(&[2; 32]));
+        let env = spec().sign(&a);
+        // The same payload re-signed by another key is another task.
+        let copy = SignedEnvelope::sign(&b, MessageKind::TaskSpec, env.payload.clone());
+        assert_ne!(task_id_of(&env), task_id_of(&copy));
+        assert_ne!(task_id_of(&env), TaskId::of(&env.payload));
+        // Another payload from the same key too; the same envelope always the same id.
+        assert_ne!(task_id_of(&env), task_id_of(&TaskSpec { nonce: 9, ..spec() }.sign(&a)));
+        assert_eq!(task_id_of(&env), task_id_of(&env.clone()));
     }
 
     #[test]

@@ -156,16 +156,48 @@ pub fn choose_invited(
     invited: &[PublicKey],
     bids: &[SignedEnvelope],
 ) -> Decision {
+    let mut invalid = Vec::new();
+    let mut opened = Vec::with_capacity(bids.len());
+    for env in bids {
+        match Bid::open(env) {
+            Ok(bid) => opened.push(OpenedBid { digest: bid_digest(env), bidder: env.signer, bid }),
+            Err(_) => invalid.push(env.signer),
+        }
+    }
+    let mut d = choose_opened(task_id, spec, requester, round, select_ppm, invited, opened);
+    d.declined.extend(invalid.into_iter().map(|b| (b, DeclineReason::Invalid)));
+    sort_declines(&mut d.declined);
+    d
+}
+
+/// A bid whose signature was already checked (by whoever holds it: a requester checks each
+/// bid as it arrives), decoded, with its digest ([`bid_digest`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedBid {
+    /// Its digest.
+    pub digest: Digest,
+    /// Who signed it.
+    pub bidder: PublicKey,
+    /// The bid.
+    pub bid: Bid,
+}
+
+/// [`choose_invited`] on bids already opened: the same rule without checking a signature a
+/// second time (a requester verifies each bid once, when it arrives).
+pub fn choose_opened(
+    task_id: &TaskId,
+    spec: &TaskSpec,
+    requester: &PublicKey,
+    round: u32,
+    select_ppm: Option<u32>,
+    invited: &[PublicKey],
+    bids: Vec<OpenedBid>,
+) -> Decision {
     let mut declined = Vec::new();
     // Per bidder, the valid bid with the lowest digest; later ones are duplicates.
     let mut best: BTreeMap<PublicKey, (Digest, Bid)> = BTreeMap::new();
     let mut duplicates: Vec<PublicKey> = Vec::new();
-    for env in bids {
-        let bidder = env.signer;
-        let Ok(bid) = Bid::open(env) else {
-            declined.push((bidder, DeclineReason::Invalid));
-            continue;
-        };
+    for OpenedBid { digest, bidder, bid } in bids {
         let reason = bid_problem(task_id, spec, requester, round, &bidder, &bid).or_else(|| {
             select_ppm
                 .filter(|p| !crate::selection::admitted(task_id, round, &bidder, *p, invited))
@@ -175,7 +207,6 @@ pub fn choose_invited(
             declined.push((bidder, reason));
             continue;
         }
-        let digest = bid_digest(env);
         match best.get(&bidder) {
             Some((d, _)) if *d <= digest => duplicates.push(bidder),
             Some(_) => {
@@ -206,9 +237,13 @@ pub fn choose_invited(
     }
     let mut bid_set: Vec<Digest> = ranked.iter().map(|r| r.digest).collect();
     bid_set.sort();
-    // Sort the declines too so the whole decision is order-independent.
-    declined.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| format!("{:?}", a.1).cmp(&format!("{:?}", b.1))));
+    sort_declines(&mut declined);
     Decision { ranked, winners, declined, bid_set }
+}
+
+/// Sorts the declines so the whole decision is order-independent.
+fn sort_declines(declined: &mut [(PublicKey, DeclineReason)]) {
+    declined.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| format!("{:?}", a.1).cmp(&format!("{:?}", b.1))));
 }
 
 #[cfg(test)]
@@ -375,7 +410,14 @@ mod tests {
             }
             let a = choose(&t, &spec(k), &requester(), 0, &bids);
             let b = choose(&t, &spec(k), &requester(), 0, &shuffled);
-            prop_assert_eq!(a, b);
+            // Bids opened once (as a requester does on arrival) give the same decision.
+            let opened: Vec<OpenedBid> = shuffled
+                .iter()
+                .map(|e| OpenedBid { digest: bid_digest(e), bidder: e.signer, bid: Bid::open(e).unwrap() })
+                .collect();
+            let c = choose_opened(&t, &spec(k), &requester(), 0, None, &[], opened);
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(&a, &c);
         }
     }
 }
