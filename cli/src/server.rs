@@ -15,6 +15,7 @@
 //! Errors are `{"error": "..."}` with a 4xx or 5xx status. The request and answer types are
 //! the `fleetmesh-api` crate's, shared with the CLI's client and the testnet runner.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -92,7 +93,7 @@ pub struct ServeOptions {
     pub max_concurrent: usize,
     /// Connections open at once, idle or not; more wait in the kernel's accept queue until
     /// one closes. With [`ServeOptions::header_timeout`] this bounds what clients that connect
-    /// and send nothing can hold.
+    /// and send nothing can hold; one remote address (loopback exempt) may hold an eighth.
     pub max_connections: usize,
     /// How long a connection may take to send a request's headers; an idle keep-alive
     /// connection is closed after as long.
@@ -167,6 +168,9 @@ async fn accept_loop(
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    // Connections open per remote address (loopback exempt: local tools share it): one host
+    // cannot take every place of an API bound beyond loopback.
+    let per_ip = std::sync::Arc::new(std::sync::Mutex::new(PerIp::new((max_connections / 8).max(1))));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
@@ -178,10 +182,10 @@ async fn accept_loop(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, ip) = tokio::select! {
             _ = &mut stopped => break,
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok((stream, remote)) => (stream, remote.ip()),
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before it was taken:
                     // wait a little rather than spin.
@@ -191,19 +195,61 @@ async fn accept_loop(
                 }
             },
         };
+        if !per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner).open(ip) {
+            tracing::debug!(%ip, "API connection refused: too many already open from this address");
+            continue; // dropping the stream closes it, and the permit frees its place
+        }
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        let per_ip = per_ip.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("API connection ended: {e}");
             }
+            per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner).close(ip);
             drop(permit);
         });
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::debug!("API requests still running at shutdown were cut");
+    }
+}
+
+/// Connections open per remote address, at most `max` each; loopback is not counted (local
+/// tools share it, and whoever runs on the vehicle can do worse than fill the API).
+struct PerIp {
+    open: HashMap<std::net::IpAddr, usize>,
+    max: usize,
+}
+
+impl PerIp {
+    fn new(max: usize) -> Self {
+        Self { open: HashMap::new(), max }
+    }
+
+    /// Counts a new connection from `ip`; false when `ip` already holds `max`.
+    fn open(&mut self, ip: std::net::IpAddr) -> bool {
+        if ip.is_loopback() {
+            return true;
+        }
+        let n = self.open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A connection from `ip` ended.
+    fn close(&mut self, ip: std::net::IpAddr) {
+        if let Some(n) = self.open.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.open.remove(&ip);
+            }
+        }
     }
 }
 
@@ -455,5 +501,26 @@ pub fn load_or_create_token(path: &std::path::Path) -> Result<String, std::io::E
             Ok(token)
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_holds_at_most_its_share_and_loopback_is_not_counted() {
+        let mut p = PerIp::new(2);
+        let (a, b) = ("10.0.0.7".parse().unwrap(), "10.0.0.8".parse().unwrap());
+        assert!(p.open(a) && p.open(a));
+        assert!(!p.open(a), "a third connection from one address");
+        assert!(p.open(b), "another address is not affected");
+        p.close(a);
+        assert!(p.open(a), "a closed connection frees its place");
+        for _ in 0..10 {
+            assert!(p.open("127.0.0.1".parse().unwrap()));
+        }
+        p.close(b);
+        assert!(!p.open.contains_key(&b), "an address with nothing open is forgotten");
     }
 }

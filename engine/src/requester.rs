@@ -884,8 +884,8 @@ impl Requester {
         t.anchored |= anchor;
         let assigned = t.awarded_keys();
         // Workers already on this task (or failed on it) take no part in a new round.
-        // Every bid was verified when it arrived (`on_bid`), and bids restored after a restart
-        // come from this node's own store: decoded, not verified a second time.
+        // Every bid was verified when it arrived (`on_bid`, the only way into `t.bids`; a
+        // restart clears the bids of an open round): decoded, not verified a second time.
         let bids: Vec<winner::OpenedBid> = std::mem::take(&mut t.bids)
             .into_iter()
             .filter(|b| !assigned.contains(&b.signer))

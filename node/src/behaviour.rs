@@ -113,9 +113,7 @@ impl Behaviour {
             .do_px()
             .max_transmit_size(fleetmesh_protocol::limits::MAX_GOSSIP_BYTES + 1024)
             // Content-addressed ids: the same signed bytes are the same message.
-            .message_id_fn(|m: &gossipsub::Message| {
-                gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
-            })
+            .message_id_fn(|m: &gossipsub::Message| message_id(m.topic.as_str(), &m.data))
             .build()
             .map_err(|e| format!("gossipsub config: {e}"))?;
         let filter = gossipsub::WhitelistSubscriptionFilter(
@@ -164,6 +162,19 @@ impl Behaviour {
     }
 }
 
+/// A gossip message's id: blake3 over its topic and its data. The same bytes are the same
+/// message on one topic; the topic is in it because gossipsub caches an id before the
+/// application validates the message: with the data alone, a peer that sent an announcement's
+/// bytes on the presence topic first (rejected there) made the real announcement a
+/// "duplicate", dropped unseen, and got the honest peers relaying it penalised.
+pub(crate) fn message_id(topic: &str, data: &[u8]) -> gossipsub::MessageId {
+    let mut h = blake3::Hasher::new();
+    h.update(&(topic.len() as u64).to_le_bytes());
+    h.update(topic.as_bytes());
+    h.update(data);
+    gossipsub::MessageId::from(h.finalize().as_bytes().to_vec())
+}
+
 /// Score below which a peer is graylisted (its messages ignored) and disconnected.
 pub(crate) const GRAYLIST_SCORE: f64 = -80.0;
 /// Application score given to bootstrap peers: enough to pass the PX threshold, so peer
@@ -209,4 +220,19 @@ fn peer_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds
         opportunistic_graft_threshold: 5.0,
     };
     (params, thresholds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_bytes_on_two_topics_are_two_messages() {
+        let data = b"an announcement's bytes";
+        let tasks = gossipsub::IdentTopic::new(ids::TOPIC_TASKS).hash();
+        let presence = gossipsub::IdentTopic::new(ids::TOPIC_PRESENCE).hash();
+        assert_ne!(message_id(tasks.as_str(), data), message_id(presence.as_str(), data));
+        assert_eq!(message_id(tasks.as_str(), data), message_id(tasks.as_str(), data));
+        assert_ne!(message_id(tasks.as_str(), data), message_id(tasks.as_str(), b"other bytes"));
+    }
 }

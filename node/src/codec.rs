@@ -50,9 +50,10 @@ impl libp2p::request_response::Codec for TaskCodec {
         io: &mut T,
     ) -> std::io::Result<Frame> {
         if protocol.as_ref() != fleetmesh_protocol::ids::TASK_PROTOCOL {
-            // An old peer: read (and drop) what it sent under the control limit, so it sees an
-            // answer rather than a reset stream.
-            let _ = read_bounded(&mut *io, limits::MAX_CONTROL_REQUEST_BYTES).await?;
+            // An old peer: read what it sent (up to the largest request, without keeping it),
+            // so it sees the refusal rather than a stream reset in the middle of its write.
+            let mut rest = (&mut *io).take(limits::MAX_REQUEST_BYTES as u64);
+            let _ = futures::io::copy(&mut rest, &mut futures::io::sink()).await?;
             return Ok(Frame::Obsolete(protocol.as_ref().to_owned()));
         }
         // The first bytes name the kind of request; only awards and results, which carry an

@@ -54,7 +54,7 @@ impl Metrics {
             ),
             (
                 "peers_other_version",
-                "Peers refused for speaking another fleetmesh wire version (identify or task protocol)",
+                "Refusals of peers of another fleetmesh wire version (each identify exchange or request)",
                 &m.peers_other_version,
             ),
             ("store_writes", "Durable writes the engine asked for", &m.store_writes),

@@ -431,6 +431,8 @@ impl Node {
                 next_disk_check: tokio::time::Instant::now(),
                 next_sweep: tokio::time::Instant::now(),
                 warned_versions: fleetmesh_engine::bounded::BoundedMap::new(256),
+                last_version_warning: None,
+                version_cuts: VecDeque::new(),
             },
         };
         event_loop.resume()?;
@@ -724,6 +726,21 @@ struct Housekeeping {
     /// Peers already warned about for speaking another wire version (later refusals are
     /// logged at debug level, so a redialling old peer does not flood the log).
     warned_versions: fleetmesh_engine::bounded::BoundedMap<PeerId, ()>,
+    /// When the last such warning was logged.
+    last_version_warning: Option<tokio::time::Instant>,
+    /// Peers of another version to disconnect once their grace is over, in order.
+    version_cuts: VecDeque<(PeerId, tokio::time::Instant)>,
+}
+
+/// How long a peer of another wire version stays connected after identify told us: time for
+/// the refusal of a request it sent at once to reach it.
+const VERSION_GRACE: Duration = Duration::from_secs(2);
+/// Peers of another version waiting for their grace to end, at most.
+const MAX_VERSION_CUTS: usize = 256;
+
+/// A peer's string for a log line: at most 64 characters, control characters as `?`.
+fn printable(s: &str) -> String {
+    s.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 /// Free bytes on the disk that holds `dir` (the mount point with the longest matching path).
@@ -798,6 +815,7 @@ impl EventLoop {
                     self.step(Input::Tick);
                     self.dial_bootstrap();
                     self.disconnect_graylisted();
+                    self.cut_other_versions();
                     self.housekeeping();
                     if let Some(t) = self.tracer.as_mut() {
                         t.mesh_changes(&self.swarm.behaviour().gossipsub, &TOPICS);
@@ -1122,8 +1140,12 @@ impl EventLoop {
     /// bootstrap peer in that state is redialled at the longest backoff, and `health` shows why.
     fn refuse_other_version(&mut self, peer: PeerId, theirs: &str, agent: &str) {
         self.meters.node.peers_other_version.inc();
+        // The peer's own strings: cut short and stripped of control characters before they
+        // reach a log line or `health`.
         let why = format!(
-            "peer speaks {theirs} ({agent}); this node speaks {} (fleetmesh {}): upgrade the older one",
+            "peer speaks {} ({}); this node speaks {} (fleetmesh {}): upgrade the older one",
+            printable(theirs),
+            printable(agent),
             ids::IDENTIFY_PROTOCOL,
             env!("CARGO_PKG_VERSION")
         );
@@ -1134,13 +1156,37 @@ impl EventLoop {
             b.backoff = MAX_BOOTSTRAP_BACKOFF;
             b.last_error = Some(why.clone());
         }
-        if bootstrap || self.housekeeping.warned_versions.insert(peer, ()) {
+        // One warning per peer, and at most one every 10 s for peers that are not bootstrap
+        // peers (peer ids cost nothing to make).
+        let now = tokio::time::Instant::now();
+        let h = &mut self.housekeeping;
+        let quiet = h.last_version_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
+        if bootstrap || (quiet && h.warned_versions.insert(peer, ())) {
+            h.last_version_warning = Some(now);
             tracing::warn!(%peer, "disconnecting a peer of another wire version: {why}");
         } else {
             tracing::debug!(%peer, "disconnecting a peer of another wire version: {why}");
         }
         self.swarm.behaviour_mut().kad.remove_peer(&peer);
-        let _ = self.swarm.disconnect_peer_id(peer);
+        // After a short grace, so a request it sent with its first bytes still gets the
+        // refusal that names our version (a full queue of pending cuts disconnects at once).
+        if h.version_cuts.len() < MAX_VERSION_CUTS {
+            h.version_cuts.push_back((peer, now + VERSION_GRACE));
+        } else {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Disconnects the peers of another version whose grace is over.
+    fn cut_other_versions(&mut self) {
+        let now = tokio::time::Instant::now();
+        while let Some(&(peer, at)) = self.housekeeping.version_cuts.front() {
+            if at > now {
+                break;
+            }
+            self.housekeeping.version_cuts.pop_front();
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     /// Disconnects peers whose gossip score fell below the graylist threshold (they sent
@@ -1395,7 +1441,8 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
                 self.meters.p2p.record(&e);
                 if let identify::Event::Received { peer_id, info, .. } = e {
-                    if ids::other_version(&info.protocol_version) {
+                    let speaks_ours = info.protocols.iter().any(|p| p.as_ref() == ids::TASK_PROTOCOL);
+                    if ids::other_version(&info.protocol_version, speaks_ours) {
                         self.refuse_other_version(peer_id, &info.protocol_version, &info.agent_version);
                         return;
                     }

@@ -116,17 +116,18 @@ async fn tcp_addr(node: &Client) -> libp2p::Multiaddr {
         .expect("a TCP listen address")
 }
 
-/// Sends one request to `node` as a peer speaking `task_protocol` (without identify) and
-/// returns the answer, or why there was none.
+/// Sends one request to `node` as a peer speaking `task_protocol` (and announcing
+/// `identify_version` in identify, when given) and returns the answer, or why there was none.
 pub async fn old_peer_request(
     node: &Client,
+    identify_version: Option<&str>,
     task_protocol: &'static str,
     request: fleetmesh_protocol::wire::TaskRequest,
 ) -> Result<fleetmesh_protocol::wire::TaskResponse, String> {
     use futures::StreamExt;
     use libp2p::request_response::{Event, Message};
     use libp2p::swarm::SwarmEvent;
-    let mut swarm = old_peer(None, task_protocol);
+    let mut swarm = old_peer(identify_version, task_protocol);
     let addr = tcp_addr(node).await;
     let target = node.peer_id();
     swarm.add_peer_address(target, addr);
@@ -148,12 +149,17 @@ pub async fn old_peer_request(
     tokio::time::timeout(WAIT, run).await.unwrap_or_else(|_| Err("no answer in time".into()))
 }
 
-/// Connects to `node` as a peer announcing `identify_version`; true when the node closes the
-/// connection within `within`.
-pub async fn old_peer_is_disconnected(node: &Client, identify_version: &str, within: Duration) -> bool {
+/// Connects to `node` as a peer announcing `identify_version` and speaking `task_protocol`;
+/// true when the node closes the connection within `within`.
+pub async fn old_peer_is_disconnected(
+    node: &Client,
+    identify_version: &str,
+    task_protocol: &'static str,
+    within: Duration,
+) -> bool {
     use futures::StreamExt;
     use libp2p::swarm::SwarmEvent;
-    let mut swarm = old_peer(Some(identify_version), fleetmesh_protocol::ids::TASK_PROTOCOL);
+    let mut swarm = old_peer(Some(identify_version), task_protocol);
     let addr = tcp_addr(node).await;
     swarm.dial(addr).unwrap();
     let run = async {

@@ -30,12 +30,14 @@ pub fn obsolete_refusal(protocol: &str) -> String {
     )
 }
 
-/// Whether an identify protocol-version string names another fleetmesh wire version than
-/// ours: such a peer shares no protocol with this node (task, DHT and gossip names all carry
-/// the version), so it is told and disconnected rather than left to fail one request at a
-/// time. Strings of other software are not ours to judge: `false`.
-pub fn other_version(protocol_version: &str) -> bool {
-    protocol_version.starts_with("/fleetmesh/id/") && protocol_version != IDENTIFY_PROTOCOL
+/// Whether a peer that identified with `protocol_version` is of another fleetmesh wire
+/// version that this node cannot talk to: its identify string names another fleetmesh
+/// version and it does not list our task protocol (`speaks_ours`). Such a peer shares no
+/// protocol with this node, so it is told and disconnected rather than left to fail one
+/// request at a time. A later version that still speaks ours is kept (a rolling upgrade);
+/// strings of other software are not ours to judge.
+pub fn other_version(protocol_version: &str, speaks_ours: bool) -> bool {
+    protocol_version.starts_with("/fleetmesh/id/") && protocol_version != IDENTIFY_PROTOCOL && !speaks_ours
 }
 
 /// DHT record key of a task's signed spec.
@@ -98,11 +100,14 @@ mod tests {
 
     #[test]
     fn other_fleetmesh_versions_are_told_apart_from_ours_and_from_other_software() {
-        assert!(!other_version(IDENTIFY_PROTOCOL));
-        assert!(other_version("/fleetmesh/id/1"));
-        assert!(other_version("/fleetmesh/id/3"));
-        assert!(!other_version("ipfs/0.1.0"));
-        assert!(!other_version(""));
+        assert!(!other_version(IDENTIFY_PROTOCOL, true));
+        assert!(!other_version(IDENTIFY_PROTOCOL, false));
+        assert!(other_version("/fleetmesh/id/1", false));
+        assert!(other_version("/fleetmesh/id/3", false));
+        // A later version that still speaks ours is kept.
+        assert!(!other_version("/fleetmesh/id/3", true));
+        assert!(!other_version("ipfs/0.1.0", false));
+        assert!(!other_version("", false));
         let text = obsolete_refusal(OBSOLETE_TASK_PROTOCOLS[0]);
         assert!(text.contains("wire version 2") && text.contains("/fleetmesh/task/1"), "{text}");
         assert!(!OBSOLETE_TASK_PROTOCOLS.contains(&TASK_PROTOCOL));

@@ -106,7 +106,7 @@ pub struct SimConfig {
     /// mode leaves out. Rounds open to every holder are delivered to everyone as usual.
     pub light: bool,
     /// Connections per vehicle: 0 connects every pair (the default); n > 0 links each
-    /// vehicle to the n nearest on a ring (n / 2 each side), as a real node keeps a bounded
+    /// vehicle to the n nearest on a ring (n / 2, rounded down, each side), as a real node keeps a bounded
     /// set of connections. Messages still reach any running vehicle (a node dials whom it
     /// must); what changes is what engines are told: who is connected (early round close,
     /// the first holder estimate, adverts kept) and who disconnects.
@@ -624,7 +624,7 @@ impl Sim {
             return true;
         }
         let d = a.abs_diff(b) % n;
-        d.min(n - d) <= self.config.links.div_ceil(2)
+        d.min(n - d) <= self.config.links / 2
     }
 
     /// Feeds `input` to vehicle `i` now and performs what it returns.
