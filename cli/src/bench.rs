@@ -68,6 +68,11 @@ pub struct BenchReport {
     /// Of those, signatures checked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sig_verified_per_task: Option<f64>,
+    /// Messages per verified task in the overhead part, every node together, each counted once
+    /// where it arrived: gossip messages handed to a node, task-protocol requests, and their
+    /// answers (presence adverts and DHT traffic are not in it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_per_task: Option<f64>,
     /// Process CPU time (every node, user and system) per verified task in the overhead part,
     /// ms. Includes the inference and the bench's own direct run of each input (tens of µs).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -179,6 +184,7 @@ async fn overhead(
     // are the tasks' own.
     settle(Duration::from_secs(10)).await;
     let (ops_before, cpu_before) = (fleetmesh_crypto::ops::signature_ops(), cpu_seconds());
+    let messages_before = messages_received(&nodes);
     for i in 0..tasks {
         let input = samples[i % samples.len()].to_input();
         let t = Instant::now();
@@ -200,6 +206,7 @@ async fn overhead(
     let ops = fleetmesh_crypto::ops::signature_ops().since(&ops_before);
     let per_task = |n: u64| n as f64 / tasks.max(1) as f64;
     report.sig_ops_per_task = Some(per_task(ops.total()));
+    report.messages_per_task = Some(per_task(messages_received(&nodes).saturating_sub(messages_before)));
     report.sig_signed_per_task = Some(per_task(ops.signed));
     report.sig_verified_per_task = Some(per_task(ops.verified));
     report.cpu_ms_per_task =
@@ -284,6 +291,23 @@ async fn throughput(
         n.stop().await;
     }
     Ok(())
+}
+
+/// Gossip messages, task requests and answers every node of `nodes` received so far (their
+/// `/metrics` counters).
+fn messages_received(nodes: &[fleetmesh_node::Node]) -> u64 {
+    let names = [
+        "fleetmesh_gossip_received_total",
+        "fleetmesh_requests_received_total",
+        "fleetmesh_responses_received_total",
+    ];
+    let text: Vec<String> = nodes.iter().map(|n| n.client.metrics_text()).collect();
+    let value = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    text.iter().map(|t| names.iter().map(|n| value(t, n)).sum::<u64>()).sum()
 }
 
 /// CPU time this process has used, seconds (utime + stime from /proc; Linux only).
@@ -459,6 +483,7 @@ impl BenchReport {
                 f(self.sig_signed_per_task),
                 f(self.sig_verified_per_task)
             );
+            let _ = writeln!(s, "    messages_per_task {:>10}", f(self.messages_per_task));
             let _ = writeln!(s, "    cpu_ms_per_task   {:>10}", f(self.cpu_ms_per_task));
         }
         if !self.throughput_levels.is_empty() {

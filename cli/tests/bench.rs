@@ -34,6 +34,8 @@ async fn quick_bench_reports_every_part() {
     assert!(signed >= 6.0 && verified >= 6.0, "{r:?}");
     assert!((r.sig_ops_per_task.unwrap() - (signed + verified)).abs() < 1e-9);
     assert!(r.cpu_ms_per_task.unwrap() > 0.0, "{r:?}");
+    // At least the announcement at each other node, a bid, an award, a result and the answers.
+    assert!(r.messages_per_task.unwrap() >= 5.0, "{r:?}");
     assert_eq!(r.throughput_levels.len(), 2);
     assert!(r.tasks_per_s.unwrap() > 0.0, "no task verified under load: {r:?}");
     assert!(r.idle_node_rss_mb.unwrap() > 1.0 && r.mesh200_rss_mb.unwrap() > r.idle_node_rss_mb.unwrap());

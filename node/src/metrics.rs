@@ -22,6 +22,9 @@ pub(crate) struct Metrics {
     pub(crate) gossip_rejected: Counter,
     pub(crate) peers_graylisted: Counter,
     pub(crate) peers_other_version: Counter,
+    pub(crate) gossip_received: Counter,
+    pub(crate) requests_received: Counter,
+    pub(crate) responses_received: Counter,
     pub(crate) store_writes: Counter,
     pub(crate) store_commits: Counter,
     pub(crate) own_checks: Counter,
@@ -32,7 +35,7 @@ pub(crate) struct Metrics {
 impl Metrics {
     pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
-        let entries: [(&str, &str, &Counter); 21] = [
+        let entries: [(&str, &str, &Counter); 24] = [
             ("tasks_submitted", "Tasks submitted to this node", &m.tasks_submitted),
             ("tasks_verified", "Tasks this node requested that were verified", &m.tasks_verified),
             ("tasks_failed", "Tasks this node requested that failed", &m.tasks_failed),
@@ -57,6 +60,13 @@ impl Metrics {
                 "Refusals of peers of another fleetmesh wire version (each identify exchange or request)",
                 &m.peers_other_version,
             ),
+            (
+                "gossip_received",
+                "Gossip messages handed to this node for validation (each message once; gossipsub drops copies)",
+                &m.gossip_received,
+            ),
+            ("requests_received", "Task-protocol requests received (bids, awards, results, ...)", &m.requests_received),
+            ("responses_received", "Answers received to this node's task-protocol requests", &m.responses_received),
             ("store_writes", "Durable writes the engine asked for", &m.store_writes),
             (
                 "store_commits",

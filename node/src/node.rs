@@ -1517,6 +1517,7 @@ impl EventLoop {
     }
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        self.meters.node.gossip_received.inc();
         let topic = [Topic::Tasks, Topic::Presence]
             .into_iter()
             .find(|t| gossipsub::IdentTopic::new(t.name()).hash() == message.topic);
@@ -1540,6 +1541,7 @@ impl EventLoop {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
+                    self.meters.node.requests_received.inc();
                     let refuse = |m: String| TaskResponse::Refused(Refusal::Invalid(m));
                     let (request, from) = match (request, public_key_of(&peer)) {
                         (Frame::Request(req), Some(from)) => (req, from),
@@ -1574,6 +1576,7 @@ impl EventLoop {
                     self.answer_orphans();
                 }
                 request_response::Message::Response { request_id, response } => {
+                    self.meters.node.responses_received.inc();
                     self.on_response(request_id, Ok(response));
                 }
             },
