@@ -157,6 +157,9 @@ fn sybils_joining_a_working_fleet_get_no_wrong_output_accepted() {
     let q = &r.sybil_share_by_quarter;
     assert!(q[3] < 0.05 && q[3] < q[0], "{}", r.summary());
     assert!(r.spot_checks > 0, "{}", r.summary());
+    // Without crashes no worker forgets a bid: every award answers one (the round it names
+    // is the one the worker bid in).
+    assert_eq!(r.awards_not_a_winner, 0, "{}", r.summary());
 }
 
 /// The lighter mode (for 10,000 vehicles) leaves out work, not outcomes: on a fleet both
@@ -180,4 +183,5 @@ fn the_lighter_mode_changes_the_work_not_the_outcome() {
     assert_eq!(light.messages_per_task, full.messages_per_task);
     assert_eq!(light.participants_per_task, full.participants_per_task);
     assert_eq!(light.awards_per_task, full.awards_per_task);
+    assert_eq!(light.awards_not_a_winner, full.awards_not_a_winner);
 }

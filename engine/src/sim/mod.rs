@@ -216,6 +216,9 @@ pub struct SimReport {
     pub light: bool,
     /// Connections per vehicle ([`SimConfig::links`]; 0: every pair).
     pub links: usize,
+    /// Awards refused by their worker as answering no bid of its (`NotAWinner`): a worker that
+    /// restarted and forgot its bids, or one awarded under another round than it bid in.
+    pub awards_not_a_winner: usize,
     /// Properties that did not hold: empty on a good run.
     pub violations: Vec<String>,
 }
@@ -330,6 +333,8 @@ pub struct Sim {
     participants: BTreeMap<TaskId, BTreeSet<usize>>,
     /// Accepted tasks in the order they were submitted.
     accepted_order: Vec<TaskId>,
+    /// Awards a worker refused as not answering any bid of its.
+    awards_not_a_winner: usize,
     messages: u64,
     announcements: Vec<Vec<u8>>,
     hostile_sent: usize,
@@ -485,6 +490,7 @@ impl Sim {
             receipts: BTreeMap::new(),
             participants: BTreeMap::new(),
             accepted_order: Vec::new(),
+            awards_not_a_winner: 0,
             messages: 0,
             announcements: Vec::new(),
             hostile_sent: 0,
@@ -931,6 +937,11 @@ impl Sim {
             self.violations.push(format!("vehicle {to} did not answer a request"));
             return;
         };
+        if matches!(tag, Some(SendTag::Award { .. }))
+            && response == TaskResponse::Refused(fleetmesh_protocol::wire::Refusal::NotAWinner)
+        {
+            self.awards_not_a_winner += 1;
+        }
         match tag {
             Some(tag) => {
                 self.messages += 1;
@@ -1280,6 +1291,7 @@ impl Sim {
             seed: self.config.seed,
             light: self.config.light,
             links: self.config.links,
+            awards_not_a_winner: self.awards_not_a_winner,
             crashes: self.crashes,
             partitions: self.partitions,
             hostile_sent: self.hostile_sent,
