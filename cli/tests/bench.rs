@@ -39,6 +39,8 @@ async fn quick_bench_reports_every_part() {
     assert_eq!(r.throughput_levels.len(), 2);
     assert!(r.tasks_per_s.unwrap() > 0.0, "no task verified under load: {r:?}");
     assert!(r.idle_node_rss_mb.unwrap() > 1.0 && r.mesh200_rss_mb.unwrap() > r.idle_node_rss_mb.unwrap());
+    let anon = r.idle_node_anon_mb.unwrap();
+    assert!(anon > 0.0 && anon < r.idle_node_rss_mb.unwrap(), "{r:?}");
     assert_eq!(r.mesh_nodes, Some(20));
     // Gossip: every announcement reaches every other node (a property, not a timing).
     assert_eq!((r.gossip_nodes, r.gossip_messages), (Some(20), Some(20)));
