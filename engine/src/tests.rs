@@ -53,6 +53,14 @@ fn submit(e: &mut Engine, now: u64, input: &[u8]) -> (TaskId, Vec<Action>) {
     (id, actions)
 }
 
+/// The announcement among `actions`: its bytes, task and round.
+fn announcement(actions: &[Action]) -> (Vec<u8>, TaskId, u32) {
+    let (_, data, ann) =
+        published(actions).into_iter().find(|p| p.0 == Topic::Tasks).expect("an announcement");
+    let (task, round) = ann.expect("an announcement names its task and round");
+    (data, task, round)
+}
+
 /// A publish: topic, bytes, and (task, round) for an announcement.
 type Published = (Topic, Vec<u8>, Option<(TaskId, u32)>);
 
@@ -108,8 +116,7 @@ fn announce_and_bid(
     now: u64,
     actions: &[Action],
 ) -> (Vec<u8>, SignedEnvelope) {
-    let (_, data, ann) = published(actions).into_iter().find(|p| p.0 == Topic::Tasks).expect("announcement");
-    let (task, round) = ann.unwrap();
+    let (data, task, round) = announcement(actions);
     r.handle(now, Input::Published { task, round, ok: true });
     let wa = gossip(w, now, Topic::Tasks, data.clone());
     assert_eq!(verdict(&wa), Verdict::Accept);
@@ -200,8 +207,7 @@ fn finding_2_one_requester_cannot_fill_a_worker() {
     let mut bids = 0;
     for n in 0..(cap + 5) {
         let (_, actions) = submit(&mut r, T0 + n as u64, &(n as u64).to_le_bytes());
-        let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-        let (task, round) = ann.unwrap();
+        let (data, task, round) = announcement(&actions);
         r.handle(T0, Input::Published { task, round, ok: true });
         let wa = gossip(&mut w, T0 + n as u64, Topic::Tasks, data);
         bids += sends(&wa).len();
@@ -268,7 +274,7 @@ fn finding_3_a_result_from_a_peer_never_awarded_touches_nothing() {
 fn finding_4_announcements_must_come_from_the_spec_signer_and_replays_are_not_relayed() {
     let (mut r, mut w) = (engine(1), engine(2));
     let (id, actions) = submit(&mut r, T0, &[3; 8]);
-    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (data, ..) = announcement(&actions);
     let (env, a) = Announcement::open_bytes(&data, 1 << 16).unwrap();
     assert_eq!(env.signer, r.public());
     // A stranger re-announces the task, spec attached, for a future round.
@@ -312,8 +318,7 @@ fn finding_6_an_award_decided_on_256_bids_stays_within_its_limit() {
     // Every bid comes in before the window closes.
     let mut r = engine_with(1, |c| c.tasks.early_close = false);
     let (id, actions) = submit(&mut r, T0, &[9; 32]);
-    let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    let (task, round) = ann.unwrap();
+    let (data, task, round) = announcement(&actions);
     r.handle(T0, Input::Published { task, round, ok: true });
     let mut workers: Vec<Engine> =
         (0..requester::MAX_BIDS_PER_ROUND as u64).map(|i| engine(1000 + i)).collect();
@@ -431,7 +436,7 @@ fn finding_17_presence_adverts_are_bounded_checked_and_expire() {
 fn review_a_forged_specless_announcement_does_not_shadow_the_requesters_own() {
     let (mut r, mut w) = (engine(1), engine(2));
     let (id, actions) = submit(&mut r, T0, &[6; 8]);
-    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (data, ..) = announcement(&actions);
     let (_, a) = Announcement::open_bytes(&data, 1 << 16).unwrap();
     // A stranger claims round 0 first, without a spec.
     let stranger = identity(88);
@@ -455,8 +460,7 @@ fn review_a_forged_specless_announcement_does_not_shadow_the_requesters_own() {
 fn review_bids_that_cannot_rank_are_refused_and_do_not_close_the_round() {
     let mut r = engine(1);
     let (id, actions) = submit(&mut r, T0, &[7; 8]);
-    let (_, _, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    let (task, round) = ann.unwrap();
+    let (_, task, round) = announcement(&actions);
     r.handle(T0, Input::Published { task, round, ok: true });
     for (i, (price, promised)) in [(u64::MAX, 1), (1, u32::MAX)].into_iter().enumerate() {
         let liar = identity(300 + i as u64);
@@ -488,7 +492,7 @@ fn review_a_worker_remembers_only_so_many_bids_per_requester_and_forgets_them_in
     let n = worker::MAX_BIDS_PER_REQUESTER as usize + 6;
     for i in 0..n {
         let (_, actions) = submit(&mut r, T0 + i as u64, &(i as u64).to_le_bytes());
-        let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+        let (data, ..) = announcement(&actions);
         bids += sends(&gossip(&mut w, T0 + i as u64, Topic::Tasks, data)).len();
     }
     assert_eq!(bids, worker::MAX_BIDS_PER_REQUESTER as usize);
@@ -497,13 +501,13 @@ fn review_a_worker_remembers_only_so_many_bids_per_requester_and_forgets_them_in
     // bids (the cap is on rounds open at once, not on a requester's history).
     let soon = T0 + 5_000;
     let (_, actions) = submit(&mut r, soon, b"soon");
-    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (data, ..) = announcement(&actions);
     assert_eq!(sends(&gossip(&mut w, soon, Topic::Tasks, data)).len(), 1);
     // Past the bid memory, the worker bids for that requester again.
     let later = T0 + worker::BID_MEMORY_MS + 60_000;
     w.handle(later, Input::Tick);
     let (_, actions) = submit(&mut r, later, b"late");
-    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (data, ..) = announcement(&actions);
     assert_eq!(sends(&gossip(&mut w, later, Topic::Tasks, data)).len(), 1);
 }
 
@@ -525,7 +529,7 @@ fn review2_an_announcement_flood_from_many_keys_does_not_stop_real_bids() {
         });
         for i in 0..per_key {
             let (_, actions) = submit(&mut attacker, T0, &((k * per_key + i) as u64).to_le_bytes());
-            let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+            let (data, ..) = announcement(&actions);
             flood_bids += sends(&gossip(&mut w, T0, Topic::Tasks, data)).len();
         }
     }
@@ -535,7 +539,7 @@ fn review2_an_announcement_flood_from_many_keys_does_not_stop_real_bids() {
     let mut r = engine(1);
     for i in 0..5u64 {
         let (_, actions) = submit(&mut r, T0 + 10 + i, &i.to_le_bytes());
-        let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+        let (data, ..) = announcement(&actions);
         let bids = sends(&gossip(&mut w, T0 + 10 + i, Topic::Tasks, data)).len();
         assert_eq!(bids, 1, "real task {i} got no bid while the memory was full");
     }
@@ -551,7 +555,7 @@ fn review2_an_announcement_flood_from_many_keys_does_not_stop_real_bids() {
             c.tasks.deadline_ms = 600_000;
         });
         let (_, actions) = submit(&mut attacker, T0 + 16, &k.to_le_bytes());
-        let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+        let (data, ..) = announcement(&actions);
         gossip(&mut w, T0 + 16, Topic::Tasks, data);
     }
     let mut b =
@@ -570,7 +574,7 @@ fn review2_an_announcement_flood_from_many_keys_does_not_stop_real_bids() {
     // And one key of the flood gets nothing more while others hold less than it would.
     let mut a = engine_with(1000, |c| c.tasks.bid_window_ms = 60_000);
     let (_, actions) = submit(&mut a, T0 + 20, b"more");
-    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (data, ..) = announcement(&actions);
     assert_eq!(sends(&gossip(&mut w, T0 + 20, Topic::Tasks, data)).len(), 0);
     w.check_bounds().unwrap();
 }
@@ -625,7 +629,7 @@ fn review2_results_nobody_collects_do_not_stop_a_worker_taking_work() {
     let mut r = engine(1);
     let now = T0 + 1_000;
     let (_, actions) = submit(&mut r, now, b"honest");
-    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (data, ..) = announcement(&actions);
     assert_eq!(sends(&gossip(&mut w, now, Topic::Tasks, data)).len(), 1, "the worker still bids");
 }
 
@@ -759,8 +763,7 @@ fn market_v2_only_workers_the_round_selects_bid() {
         r.handle(T0, Input::Connected(identity(50_000 + i).public()));
     }
     let (id, actions) = submit(&mut r, T0, &[9; 16]);
-    let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    let (task, round) = ann.unwrap();
+    let (data, task, round) = announcement(&actions);
     r.handle(T0, Input::Published { task, round, ok: true });
     let ppm = Announcement::open_bytes(&data, usize::MAX).unwrap().1.select_ppm.unwrap();
     assert_eq!(ppm, fleetmesh_protocol::selection::threshold(4, 1000));
@@ -836,8 +839,7 @@ fn connected_requester(i: u64, peers: u64) -> Engine {
 
 fn announced_ppm(r: &mut Engine, now: u64, input: &[u8]) -> (TaskId, u32) {
     let (id, actions) = submit(r, now, input);
-    let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    let (task, round) = ann.unwrap();
+    let (data, task, round) = announcement(&actions);
     r.handle(now, Input::Published { task, round, ok: true });
     (id, Announcement::open_bytes(&data, usize::MAX).unwrap().1.select_ppm.unwrap())
 }
@@ -907,8 +909,7 @@ fn finding_12_a_wrong_size_input_fails_at_once_with_the_true_reason() {
         c.model_inputs.insert(model(), 16);
     });
     let (id, actions) = submit(&mut r, T0, &[1; 8]);
-    let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    let (task, round) = ann.unwrap();
+    let (data, task, round) = announcement(&actions);
     r.handle(T0, Input::Published { task, round, ok: true });
     let wa = gossip(&mut w, T0 + 1, Topic::Tasks, data);
     let sent = sends(&wa);
@@ -944,8 +945,7 @@ fn finding_12_a_wrong_size_input_fails_at_once_with_the_true_reason() {
         c.model_inputs.insert(model(), 16);
     });
     let (id, actions) = submit(&mut r, T0, &[1; 16]);
-    let (_, _, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    let (task, round) = ann.unwrap();
+    let (_, task, round) = announcement(&actions);
     r.handle(T0, Input::Published { task, round, ok: true });
     let liar = identity(9);
     let report = input_size_report(id, &liar);
@@ -1009,7 +1009,7 @@ fn finding_13_a_failed_run_is_reported_at_once_and_repeated_failures_stop_biddin
     // Quarantined: no bid on the model now.
     assert!(w.worker.quarantined().contains(&model()));
     let (_, actions) = submit(&mut r, T0 + 10_000, b"after");
-    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (data, ..) = announcement(&actions);
     assert!(sends(&gossip(&mut w, T0 + 10_000, Topic::Tasks, data.clone())).is_empty());
     // The self-test fails: it is tried again after a minute, then after two.
     let self_tests = |a: &[Action]| a.iter().filter(|x| matches!(x, Action::SelfTest { .. })).count();
@@ -1026,7 +1026,7 @@ fn finding_13_a_failed_run_is_reported_at_once_and_repeated_failures_stop_biddin
     w.handle(again + 1, Input::SelfTested { model: model(), ok: true });
     let later = again + 2;
     let (_, actions) = submit(&mut r, later, b"after the test");
-    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (data, ..) = announcement(&actions);
     assert_eq!(sends(&gossip(&mut w, later, Topic::Tasks, data)).len(), 1);
     assert_eq!(self_tests(&w.handle(later + 10 * worker::SELF_TEST_RETRY_MS, Input::Tick)), 0);
 }
@@ -1037,8 +1037,7 @@ fn finding_13_a_failed_run_is_reported_at_once_and_repeated_failures_stop_biddin
 fn finding_9_a_nearly_full_disk_takes_no_new_work() {
     let (mut r, mut w) = (engine(1), engine(2));
     let (_, actions) = submit(&mut r, T0, &[2; 8]);
-    let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    let (task, round) = ann.unwrap();
+    let (data, task, round) = announcement(&actions);
     r.handle(T0, Input::Published { task, round, ok: true });
     w.handle(T0, Input::DiskLow(true));
     assert!(sends(&gossip(&mut w, T0 + 1, Topic::Tasks, data.clone())).is_empty(), "no bid");
@@ -1376,8 +1375,7 @@ fn wire_2_losing_bidders_are_sent_nothing() {
     }
     let mut workers = workers;
     let (_, actions) = submit(&mut r, T0, &[4; 8]);
-    let (_, data, ann) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
-    let (task, round) = ann.unwrap();
+    let (data, task, round) = announcement(&actions);
     r.handle(T0, Input::Published { task, round, ok: true });
     let mut out = Vec::new();
     let mut bids = 0;
@@ -1421,8 +1419,8 @@ fn wire_2_losing_bidders_are_sent_nothing() {
 #[test]
 fn wire_2_a_spec_re_signed_by_a_stranger_is_another_task() {
     let (mut r, mut w) = (engine(1), engine(2));
-    let (id, actions) = submit(&mut r, T0, &[3; 8]);
-    let (_, data, _) = published(&actions).into_iter().find(|p| p.0 == Topic::Tasks).unwrap();
+    let (_, actions) = submit(&mut r, T0, &[3; 8]);
+    let (data, ..) = announcement(&actions);
     let (_, a) = Announcement::open_bytes(&data, 1 << 16).unwrap();
     let real = a.spec.clone().unwrap();
     let stranger = identity(78);
@@ -1435,7 +1433,6 @@ fn wire_2_a_spec_re_signed_by_a_stranger_is_another_task() {
     let v = gossip(&mut w, T0 + 1, Topic::Tasks, data);
     assert_eq!(verdict(&v), Verdict::Accept);
     assert_eq!(sends(&v).len(), 1, "the worker bids to the real requester");
-    let _ = id;
 }
 
 /// A task stored by a version-1 node (its key is the old id, blake3 of the payload alone)

@@ -422,9 +422,8 @@ impl Worker {
         Ok(())
     }
 
-    /// An announcement arrived (already validated): bid if this node could serve it.
-    /// An announcement whose carried spec, if any, was already checked and opened
-    /// (`opened`: the engine validates it before relaying).
+    /// An announcement arrived (already validated): bid if this node could serve it. The spec
+    /// it carried, if any, comes `opened` (the engine checked it before relaying).
     pub(crate) fn on_announcement(
         &mut self,
         ctx: &mut Ctx<'_>,

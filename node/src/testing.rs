@@ -74,6 +74,20 @@ pub fn counter(c: &Client, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
+/// A well-formed bid (unsigned) for a task no node has heard of, for tests of what a node
+/// does with requests it cannot place.
+pub fn unknown_task_bid() -> fleetmesh_protocol::Bid {
+    fleetmesh_protocol::Bid {
+        v: 1,
+        task_id: TaskId::of(b"x"),
+        round: 0,
+        price: 1,
+        promised_ms: 1,
+        queue_depth: 0,
+        free_slots: 1,
+    }
+}
+
 /// A peer of an earlier wire version, for tests of how a node refuses it: a bare libp2p swarm
 /// that announces `identify_version` (none: no identify at all) and speaks the task protocol
 /// under the name `task_protocol`.

@@ -9,7 +9,7 @@ use common::*;
 use fleetmesh_crypto::{Identity, MessageKind, SignedEnvelope, TaskId};
 use fleetmesh_node::Frame;
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
-use fleetmesh_protocol::{Bid, Signed};
+use fleetmesh_protocol::Signed;
 
 /// A valid signed spec for a 2-byte input of the digits model.
 fn spec_signed_by(id: &Identity) -> SignedEnvelope {
@@ -51,15 +51,7 @@ async fn hostile_requests_get_errors_and_the_node_keeps_serving() {
     let r = attacker.send_raw(victim, Frame::Raw(big)).await.unwrap();
     assert!(refused_invalid(&r), "{r:?}");
     // A bid whose signature was made by another key.
-    let bid = Bid {
-        v: 1,
-        task_id: TaskId::of(b"x"),
-        round: 0,
-        price: 1,
-        promised_ms: 1,
-        queue_depth: 0,
-        free_slots: 1,
-    };
+    let bid = unknown_task_bid();
     let mut forged = bid.sign(&Identity::generate().unwrap());
     forged.signer = attacker.public_key();
     let r = attacker.send_raw(victim, Frame::Request(TaskRequest::Bid { bid: forged })).await.unwrap();

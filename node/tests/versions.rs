@@ -9,21 +9,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use fleetmesh_crypto::{Identity, MessageKind, SignedEnvelope, TaskId};
+use fleetmesh_crypto::{Identity, MessageKind, SignedEnvelope};
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
-use fleetmesh_protocol::{ids, Bid, Signed};
+use fleetmesh_protocol::{ids, Signed};
 
 fn a_bid() -> TaskRequest {
-    let bid = Bid {
-        v: 1,
-        task_id: TaskId::of(b"x"),
-        round: 0,
-        price: 1,
-        promised_ms: 1,
-        queue_depth: 0,
-        free_slots: 1,
-    };
-    TaskRequest::Bid { bid: bid.sign(&Identity::generate().unwrap()) }
+    TaskRequest::Bid { bid: unknown_task_bid().sign(&Identity::generate().unwrap()) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
