@@ -62,6 +62,10 @@ pub struct BenchReport {
     /// verified task in the overhead part: k = 1 tasks one at a time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sig_ops_per_task: Option<f64>,
+    /// Share of the overhead part's tasks awarded at once on standing offers (no announcement
+    /// and no bid round; market v2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offer_award_share: Option<f64>,
     /// Of those, signatures made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sig_signed_per_task: Option<f64>,
@@ -155,7 +159,8 @@ pub async fn run(
         }
     };
     let mut report = BenchReport {
-        window_policy: "early close once every connected peer advertising the model has bid, else 1 s window"
+        window_policy: "awarded at once on k neighbours' standing offers; otherwise early close once every \
+                        connected peer advertising the model has bid, else 1 s window"
             .into(),
         ..BenchReport::default()
     };
@@ -190,6 +195,7 @@ async fn overhead(
     settle(Duration::from_secs(10)).await;
     let (ops_before, cpu_before) = (fleetmesh_crypto::ops::signature_ops(), cpu_seconds());
     let messages_before = messages_received(&nodes);
+    let offers_before = counter_sum(&nodes, "fleetmesh_tasks_awarded_on_offers_total");
     for i in 0..tasks {
         let input = samples[i % samples.len()].to_input();
         let t = Instant::now();
@@ -213,6 +219,9 @@ async fn overhead(
     report.sig_ops_per_task = Some(per_task(ops.total()));
     report.messages_per_task = Some(per_task(messages_received(&nodes).saturating_sub(messages_before)));
     report.sig_signed_per_task = Some(per_task(ops.signed));
+    report.offer_award_share = Some(per_task(
+        counter_sum(&nodes, "fleetmesh_tasks_awarded_on_offers_total").saturating_sub(offers_before),
+    ));
     report.sig_verified_per_task = Some(per_task(ops.verified));
     report.cpu_ms_per_task =
         cpu_seconds().zip(cpu_before).map(|(after, before)| (after - before) * 1000.0 / tasks.max(1) as f64);
@@ -306,13 +315,21 @@ fn messages_received(nodes: &[fleetmesh_node::Node]) -> u64 {
         "fleetmesh_requests_received_total",
         "fleetmesh_responses_received_total",
     ];
-    let text: Vec<String> = nodes.iter().map(|n| n.client.metrics_text()).collect();
-    let value = |text: &str, name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
-    };
-    text.iter().map(|t| names.iter().map(|n| value(t, n)).sum::<u64>()).sum()
+    names.iter().map(|n| counter_sum(nodes, n)).sum()
+}
+
+/// A counter of every node of `nodes`, summed (their `/metrics` text).
+fn counter_sum(nodes: &[fleetmesh_node::Node], name: &str) -> u64 {
+    nodes
+        .iter()
+        .map(|n| {
+            n.client
+                .metrics_text()
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+                .map_or(0, |v| v as u64)
+        })
+        .sum()
 }
 
 /// CPU time this process has used, seconds (utime + stime from /proc; Linux only).
@@ -495,6 +512,11 @@ impl BenchReport {
                 f(self.sig_verified_per_task)
             );
             let _ = writeln!(s, "    messages_per_task {:>10}", f(self.messages_per_task));
+            let _ = writeln!(
+                s,
+                "    offer_award_share {:>10}   (tasks awarded on standing offers)",
+                f(self.offer_award_share)
+            );
             let _ = writeln!(s, "    cpu_ms_per_task   {:>10}", f(self.cpu_ms_per_task));
         }
         if !self.throughput_levels.is_empty() {

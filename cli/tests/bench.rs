@@ -28,14 +28,17 @@ async fn quick_bench_reports_every_part() {
     let (e2e, direct) = (r.e2e_p50_ms.unwrap(), r.direct_p50_us.unwrap());
     assert!(direct > 0.0 && e2e * 1000.0 > direct, "end to end must include the inference: {r:?}");
     assert!(r.overhead_p99_ms.unwrap() >= r.overhead_p50_ms.unwrap());
-    // A task's lifecycle signs at least its spec, announcement, bid, award, result and receipt,
-    // and each is checked at least once.
+    // The nodes have heard each other's adverts (the part waits for start-up traffic to pass),
+    // so tasks are awarded on standing offers: no announcement and no bid.
+    assert!(r.offer_award_share.unwrap() > 0.5, "{r:?}");
+    // A task's lifecycle signs at least its spec, award, result and receipt, and checks at
+    // least the award, the result and the receipt.
     let (signed, verified) = (r.sig_signed_per_task.unwrap(), r.sig_verified_per_task.unwrap());
-    assert!(signed >= 6.0 && verified >= 6.0, "{r:?}");
+    assert!(signed >= 4.0 && verified >= 3.0, "{r:?}");
     assert!((r.sig_ops_per_task.unwrap() - (signed + verified)).abs() < 1e-9);
     assert!(r.cpu_ms_per_task.unwrap() > 0.0, "{r:?}");
-    // At least the announcement at each other node, a bid, an award, a result and the answers.
-    assert!(r.messages_per_task.unwrap() >= 5.0, "{r:?}");
+    // At least an award, a result and their answers.
+    assert!(r.messages_per_task.unwrap() >= 4.0, "{r:?}");
     assert_eq!(r.throughput_levels.len(), 2);
     assert!(r.tasks_per_s.unwrap() > 0.0, "no task verified under load: {r:?}");
     assert!(r.idle_node_rss_mb.unwrap() > 1.0 && r.mesh200_rss_mb.unwrap() > r.idle_node_rss_mb.unwrap());

@@ -25,6 +25,8 @@ async fn a_traced_mesh_delivers_each_message_once_per_subscribed_node() {
     let traces = dir.path().join("traces");
     let nodes = mesh(dir.path(), 4, |i, cfg| {
         cfg.trace = Some(traces.join(format!("node-{i}.jsonl")));
+        // Every task announced (not awarded at once on standing offers): the gossip is traced.
+        cfg.tasks.offers = false;
     })
     .await;
     ready(&nodes, 3).await;

@@ -52,6 +52,8 @@ pub use worker::{Job, Worker};
 pub const MAX_PRESENCE_PEERS: usize = 1024;
 /// (task, round) announcements remembered, to drop replays instead of relaying them.
 pub const MAX_SEEN_ANNOUNCEMENTS: usize = 16 * 1024;
+/// After a new connection, this node's next advert goes out within this long, ms.
+pub const ADVERT_AFTER_CONNECT_MS: u64 = 1_000;
 /// How far a peer's clock may be ahead of ours before its timestamps are refused, ms.
 pub const MAX_CLOCK_SKEW_MS: u64 = 30_000;
 
@@ -242,6 +244,8 @@ pub enum Metric {
     SpotChecks,
     /// A worker returned an output against checked evidence and is no longer used.
     WorkersDistrusted,
+    /// A task was awarded at once on neighbours' standing offers (no announcement, no bid).
+    OfferAwards,
 }
 
 /// Everything that can happen to the engine.
@@ -533,6 +537,11 @@ pub struct TaskDefaults {
     /// (and at least k bids are in). The award names the bid set, so this loses no
     /// determinism; it removes the bid window from the critical path.
     pub early_close: bool,
+    /// Market v2 standing offers: a task is awarded at once, with no announcement and no bid
+    /// round, when at least k connected neighbours' presence adverts carry a standing offer
+    /// that covers it (the lowest tickets among them win, trusted workers first). Off, or
+    /// with too few offers, or with selection off, the task is announced and takes bids.
+    pub offers: bool,
     /// Market v2 selection: each round admits about 2k + 2 of the model's holders, chosen by
     /// tickets from public data, and bids rank by ticket. Off: every holder may bid and bids
     /// rank by price, promised time and load (their own claims), as before market v2; for a
@@ -551,6 +560,7 @@ impl Default for TaskDefaults {
             max_rounds: 6,
             early_close: true,
             selection: true,
+            offers: true,
         }
     }
 }
@@ -566,6 +576,9 @@ pub struct PeerAdvert {
     pub advert: Presence,
     /// When it arrived, our clock (Unix ms).
     pub received_ms: u64,
+    /// The signed advert's digest ([`fleetmesh_protocol::bid_digest`]): what an award made on
+    /// its standing offer commits to.
+    pub digest: fleetmesh_crypto::Digest,
 }
 
 /// What both roles read: who we are, what we hold, who is around. Passed to the role
@@ -730,7 +743,12 @@ impl Engine {
                 out.push(Action::Validate { msg, verdict });
             }
             Input::Connected(peer) => {
-                self.connected.insert(peer);
+                // A new neighbour hears this node's advert (its standing offer) within a
+                // second, not at the next interval: a requester can award on it at once. At
+                // most one advert a second however many connect.
+                if self.connected.insert(peer) {
+                    self.next_presence = self.next_presence.min(now.saturating_add(ADVERT_AFTER_CONNECT_MS));
+                }
             }
             Input::DiskLow(low) => self.disk_low = low,
             Input::Disconnected(peer) => {
@@ -842,7 +860,8 @@ impl Engine {
                 if !self.connected.contains(&env.signer) {
                     return Verdict::Ignore;
                 }
-                self.presence.insert(env.signer, PeerAdvert { advert: p, received_ms: now });
+                let digest = fleetmesh_protocol::bid_digest(&env);
+                self.presence.insert(env.signer, PeerAdvert { advert: p, received_ms: now, digest });
                 Verdict::Accept
             }
         }
@@ -883,29 +902,50 @@ impl Engine {
                 self.presence.remove(&k);
             }
         }
-        if now >= self.next_presence && self.config.presence_interval_ms > 0 {
-            self.next_presence = now.saturating_add(self.config.presence_interval_ms);
-            let advert = Presence {
-                v: fleetmesh_protocol::WIRE_VERSION,
-                models: if self.config.serve {
-                    self.models
-                        .iter()
-                        .take(fleetmesh_protocol::limits::MAX_MODELS_PER_ADVERT)
-                        .copied()
-                        .collect()
-                } else {
-                    Vec::new()
-                },
-                free_slots: self.worker.free_slots(&self.config),
-                price_floor: self.config.price_floor,
-                at_ms: now,
+        if self.config.presence_interval_ms > 0 {
+            // A model that failed here is neither advertised nor offered until its self-test
+            // passes; a node that takes no new work (not serving, disk nearly full) offers
+            // nothing.
+            let models: Vec<ModelId> = if self.config.serve {
+                self.models
+                    .iter()
+                    .filter(|m| !self.worker.quarantined().contains(m))
+                    .take(fleetmesh_protocol::limits::MAX_MODELS_PER_ADVERT)
+                    .copied()
+                    .collect()
+            } else {
+                Vec::new()
             };
-            let env = advert.sign(&self.identity);
-            out.push(Action::Publish {
-                topic: Topic::Presence,
-                data: fleetmesh_protocol::encode(&env),
-                announce: None,
+            let offering = self.config.serve
+                && !self.disk_low
+                && !models.is_empty()
+                && self.worker.has_room(&self.config);
+            // Sent on its interval, and soon when what it offers changed (so a withdrawn offer
+            // does not stand until it expires): at most one advert a second for changes.
+            let changed = self.worker.offer.as_ref().is_some_and(|o| {
+                (o.models != models || o.offer_until_ms.is_some() != offering)
+                    && now >= o.at_ms.saturating_add(ADVERT_AFTER_CONNECT_MS)
             });
+            if now >= self.next_presence || changed {
+                self.next_presence = now.saturating_add(self.config.presence_interval_ms);
+                let advert = Presence {
+                    v: fleetmesh_protocol::WIRE_VERSION,
+                    models,
+                    free_slots: self.worker.free_slots(&self.config),
+                    price_floor: self.config.price_floor,
+                    at_ms: now,
+                    // The offer stands as long as requesters keep the advert, and is renewed
+                    // with each one.
+                    offer_until_ms: offering.then(|| now.saturating_add(self.presence_ttl_ms())),
+                };
+                let env = advert.sign(&self.identity);
+                self.worker.offer = Some(advert);
+                out.push(Action::Publish {
+                    topic: Topic::Presence,
+                    data: fleetmesh_protocol::encode(&env),
+                    announce: None,
+                });
+            }
         }
         if now >= self.next_scan && self.config.serve {
             self.next_scan = now.saturating_add(self.config.dht_scan_interval_ms);

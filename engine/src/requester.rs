@@ -51,6 +51,11 @@ pub const MAX_CLOSED_REMEMBERED: usize = 4096;
 pub const ANNOUNCE_RETRY_MS: u64 = 500;
 /// Longest deadline a user may ask for, ms (one week).
 pub const MAX_DEADLINE_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Standing offers one task is decided on at most: the best by trust, then ticket.
+pub const MAX_OFFERS_PER_TASK: usize = 64;
+/// A worker that refused an award made on its offer (busy, or its offer gone) is not
+/// awarded on its offer again for this long, ms.
+pub const OFFER_BACKOFF_MS: u64 = 1_000;
 
 /// Where one awarded worker stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +95,10 @@ pub struct Assignment {
     pub deadline_ms: u64,
     /// Where it stands.
     pub status: AssignStatus,
+    /// Awarded on its standing offer (the award said `offer`): a refusal before any work
+    /// (busy, offer gone) is no failure of the worker's.
+    #[serde(default)]
+    pub on_offer: bool,
 }
 
 impl Assignment {
@@ -159,6 +168,10 @@ pub struct ReqTask {
     /// first award: the workers' outputs are checked against it.
     #[serde(default)]
     pub self_check: Option<SelfCheck>,
+    /// The current round was decided on standing offers (no announcement, no bids): its
+    /// awards say so ([`Award::offer`]).
+    #[serde(default)]
+    pub offer_round: bool,
     /// Ranked bidders not awarded yet (worker, price), for replacements.
     pub standby: Vec<(PublicKey, u64)>,
     /// Everyone awarded, in order.
@@ -188,6 +201,10 @@ pub struct ReqTask {
     /// After a publish that reached nobody, the next try is not before this (Unix ms).
     #[serde(skip)]
     pub next_announce_ms: u64,
+    /// The spec was stored in the DHT (done before the first announcement: a task awarded on
+    /// standing offers never needs it there).
+    #[serde(skip)]
+    pub spec_put: bool,
     /// The last announced round's sample for the holder estimate: its round, threshold, and
     /// the distinct bidders it admitted whose bids were valid, late ones included. Learned
     /// from when the next round starts or the task ends, so an early close does not cut the
@@ -341,6 +358,9 @@ pub struct Requester {
     holders: BoundedMap<fleetmesh_crypto::ModelId, u32>,
     /// What this node has seen each worker do (market v2 reputation).
     ledger: Ledger,
+    /// Workers that refused an award made on their offer, and until when their offers are
+    /// passed over ([`OFFER_BACKOFF_MS`]).
+    offer_backoff: BoundedMap<PublicKey, u64>,
 }
 
 impl Requester {
@@ -353,6 +373,7 @@ impl Requester {
             providing: BTreeSet::new(),
             holders: BoundedMap::new(MAX_MODELS_ESTIMATED),
             ledger: Ledger::new(config.trust.trust_after, MAX_LEDGER),
+            offer_backoff: BoundedMap::new(super::MAX_PRESENCE_PEERS),
         }
     }
 
@@ -696,6 +717,7 @@ impl Requester {
             seeking: false,
             seek_rounds: 0,
             self_check: None,
+            offer_round: false,
             standby: Vec::new(),
             assignments: Vec::new(),
             outputs: Vec::new(),
@@ -708,21 +730,62 @@ impl Requester {
             announce_pending: true,
             announce_in_flight: false,
             next_announce_ms: 0,
+            spec_put: false,
             sample: None,
         };
         ctx.push(Action::Persist(vec![
             StoreOp { table: Table::RequestInputs, key: id, value: Some(req.input) },
             task.persist(&id),
         ]));
-        ctx.push(Action::PutRecord {
-            key: ids::task_record_key(&id),
-            value: fleetmesh_protocol::encode(&task.spec_env),
-        });
         self.tasks.insert(id, task);
         ctx.count(Metric::TasksSubmitted);
-        self.open_dirty.insert(model);
-        self.announce(ctx, &id);
+        if !self.award_on_offers(ctx, &id) {
+            self.open_dirty.insert(model);
+            self.announce(ctx, &id);
+        }
         Ok(id)
+    }
+
+    /// Standing offers cut a task to award, result and receipt: when at least k connected
+    /// neighbours' fresh offers cover a new task, it is decided at once on them as if they
+    /// were the round's bids (every offer is admitted, the lowest tickets win, trusted
+    /// workers first; the award commits to the offers' digests), with no announcement and no
+    /// bid window. False when there are too few, and the task is announced as usual.
+    fn award_on_offers(&mut self, ctx: &mut Ctx<'_>, id: &TaskId) -> bool {
+        if !ctx.config.tasks.offers || !ctx.config.tasks.selection {
+            return false;
+        }
+        let Some(t) = self.tasks.get(id) else { return false };
+        let me = ctx.identity.public();
+        let mut offers: Vec<(Trust, u64, winner::OpenedBid)> = ctx
+            .presence
+            .iter()
+            .filter(|(k, _)| **k != me && ctx.connected.contains(k))
+            .filter(|(k, _)| self.offer_backoff.get(k).is_none_or(|until| *until <= ctx.now))
+            .filter(|(_, a)| winner::offer_covers(&a.advert, &t.spec, ctx.now))
+            .filter_map(|(k, a)| {
+                let trust = self.trust_of(ctx, k);
+                (trust != Trust::Bad).then(|| {
+                    let ticket = selection::ticket(id, t.round, k);
+                    (trust, ticket, winner::offer_bid(id, t.round, *k, a.digest, &a.advert))
+                })
+            })
+            .collect();
+        if offers.len() < usize::from(t.spec.redundancy) {
+            return false;
+        }
+        // The best few by trust, then ticket: deciding on every neighbour's offer would cost
+        // a decline record each.
+        offers.sort_by_key(|(trust, ticket, _)| (*trust, *ticket));
+        offers.truncate(MAX_OFFERS_PER_TASK);
+        let offers: Vec<winner::OpenedBid> = offers.into_iter().map(|(_, _, o)| o).collect();
+        let Some(t) = self.tasks.get_mut(id) else { return false };
+        t.offer_round = true;
+        t.announced_ppm = None;
+        t.invited.clear();
+        ctx.count(Metric::OfferAwards);
+        self.decide(ctx, id, offers, Some(selection::ALL));
+        true
     }
 
     fn persist(&self, ctx: &mut Ctx<'_>, id: &TaskId) {
@@ -740,6 +803,14 @@ impl Requester {
         let Some(t) = self.tasks.get_mut(id) else { return };
         if t.announce_in_flight {
             return;
+        }
+        // Workers that missed the gossip find the spec in the DHT.
+        if !t.spec_put {
+            t.spec_put = true;
+            ctx.push(Action::PutRecord {
+                key: ids::task_record_key(id),
+                value: fleetmesh_protocol::encode(&t.spec_env),
+            });
         }
         t.invited = invited;
         let a = Announcement {
@@ -873,6 +944,23 @@ impl Requester {
 
     /// Applies the winner rule to the round's bids and awards the winners.
     fn close_round(&mut self, ctx: &mut Ctx<'_>, id: &TaskId) {
+        let Some(t) = self.tasks.get_mut(id) else { return };
+        // Every bid was verified when it arrived (`on_bid`, the only way into `t.bids`; a
+        // restart clears the bids of an open round): decoded, not verified a second time.
+        let bids: Vec<winner::OpenedBid> = std::mem::take(&mut t.bids)
+            .into_iter()
+            .filter_map(|e| {
+                let bid = fleetmesh_protocol::Bid::open_unverified(&e).ok()?;
+                Some(winner::OpenedBid { digest: fleetmesh_protocol::bid_digest(&e), bidder: e.signer, bid })
+            })
+            .collect();
+        let ppm = t.round_ppm();
+        self.decide(ctx, id, bids, ppm);
+    }
+
+    /// Decides the current round of task `id` on `bids` (a round's signed bids, or standing
+    /// offers standing in for them) under threshold `ppm`, and awards the winners.
+    fn decide(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, bids: Vec<winner::OpenedBid>, ppm: Option<u32>) {
         let me = ctx.identity.public();
         // Reputation: whether this task still needs a trusted worker to verify.
         let Some(t) = self.tasks.get(id) else { return };
@@ -884,17 +972,9 @@ impl Requester {
         t.anchored |= anchor;
         let assigned = t.awarded_keys();
         // Workers already on this task (or failed on it) take no part in a new round.
-        // Every bid was verified when it arrived (`on_bid`, the only way into `t.bids`; a
-        // restart clears the bids of an open round): decoded, not verified a second time.
-        let bids: Vec<winner::OpenedBid> = std::mem::take(&mut t.bids)
-            .into_iter()
-            .filter(|b| !assigned.contains(&b.signer))
-            .filter_map(|e| {
-                let bid = fleetmesh_protocol::Bid::open_unverified(&e).ok()?;
-                Some(winner::OpenedBid { digest: fleetmesh_protocol::bid_digest(&e), bidder: e.signer, bid })
-            })
-            .collect();
-        let mut decision = winner::choose_opened(id, &t.spec, &me, t.round, t.round_ppm(), &t.invited, bids);
+        let bids: Vec<winner::OpenedBid> =
+            bids.into_iter().filter(|b| !assigned.contains(&b.bidder)).collect();
+        let mut decision = winner::choose_opened(id, &t.spec, &me, t.round, ppm, &t.invited, bids);
         if trust_on {
             // Trusted bidders first (by ticket among them), then unknown ones, those with more
             // corroborated work first; bad ones never.
@@ -947,7 +1027,7 @@ impl Requester {
         // A round that sought a trusted worker and could invite none is as empty as a round
         // open to all: it counts towards giving up (no announcing until the deadline).
         let hopeless = t.seeking && t.invited.is_empty();
-        let narrowed = t.round_ppm().is_some_and(|p| p < selection::ALL) && !hopeless;
+        let narrowed = ppm.is_some_and(|p| p < selection::ALL) && !hopeless;
         if let Some(p) = t.select_ppm.filter(|_| !t.seeking) {
             if decision.ranked.len() < needed {
                 t.select_ppm = Some(selection::escalate(p));
@@ -1042,12 +1122,18 @@ impl Requester {
                 ctx.count(Metric::SpotChecks);
             }
         }
+        if t.offer_round {
+            // Kept for replacements: a few, not every offer (the task is persisted with them).
+            let keep =
+                usize::try_from(selection::expected_participants(t.spec.redundancy)).unwrap_or(usize::MAX);
+            rest.truncate(keep);
+        }
         t.standby = rest;
         t.phase = Phase::Running;
         if t.times.awarded_ms == 0 {
             t.times.awarded_ms = now;
         }
-        let round = t.round;
+        let (round, offer_round) = (t.round, t.offer_round);
         let model = t.spec.model;
         let declined: Vec<(PublicKey, DeclineReason)> = decision
             .declined
@@ -1056,12 +1142,14 @@ impl Requester {
             .collect();
         // The award is persisted first. Losers hear nothing (wire version 2: no signed
         // declines); their bids are recorded in the trace with the reason.
-        self.award(ctx, id, winners);
+        self.award(ctx, id, winners, false);
         // The spot checker gets an award of its own: an award never names more than k.
         if let Some(s) = spot {
-            self.award(ctx, id, vec![s]);
+            self.award(ctx, id, vec![s], false);
         }
         self.open_dirty.insert(model);
+        // Offers that were not chosen were no bids: nothing to record about them.
+        let declined = if offer_round { Vec::new() } else { declined };
         for (pk, reason) in declined {
             ctx.trace(TaskRecord {
                 round: Some(round),
@@ -1088,6 +1176,7 @@ impl Requester {
         }
         t.bids.clear();
         t.unable.clear();
+        t.offer_round = false;
         t.announce_pending = true;
         t.announce_in_flight = false;
         let model = t.spec.model;
@@ -1097,10 +1186,21 @@ impl Requester {
         self.open_dirty.insert(model);
     }
 
-    /// Signs an award naming `winners` and sends it, with the input, to each.
-    fn award(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, winners: Vec<(PublicKey, u64)>) {
+    /// Signs an award naming `winners` and sends it, with the input, to each. `standby`: the
+    /// winners come from the standby list, perhaps ranked in an earlier round than this one.
+    fn award(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, winners: Vec<(PublicKey, u64)>, standby: bool) {
         let Some(t) = self.tasks.get_mut(id) else { return };
         let deadline = ctx.now.saturating_add(u64::from(t.spec.exec_timeout_ms)).min(t.spec.deadline_ms);
+        // Taken on the winners' standing offers: a round decided on offers, or a standby
+        // whose offer covers the task (kept from an earlier round, it then takes the award
+        // under this round's number without having bid in it). Winners of a round decided on
+        // bids get a plain award, so `offer` with a round's first award says its `bid_root`
+        // commits to offers.
+        let offer = t.offer_round
+            || (standby
+                && winners.iter().all(|(w, _)| {
+                    ctx.presence.get(w).is_some_and(|a| winner::offer_covers(&a.advert, &t.spec, ctx.now))
+                }));
         let award = Award {
             v: WIRE_VERSION,
             task_id: *id,
@@ -1111,6 +1211,7 @@ impl Requester {
             result_deadline_ms: deadline,
             select_ppm: t.announced_ppm,
             invited: t.invited.clone(),
+            offer,
         }
         .sign(ctx.identity);
         for (worker, price) in &winners {
@@ -1119,6 +1220,7 @@ impl Requester {
                 price: *price,
                 deadline_ms: deadline,
                 status: AssignStatus::Awarded,
+                on_offer: offer,
             });
         }
         let spec = t.spec_env.clone();
@@ -1127,6 +1229,7 @@ impl Requester {
         ctx.trace(TaskRecord {
             round: Some(round),
             bids: Some(bids),
+            reason: t.offer_round.then(|| fleetmesh_trace::analyze::OFFERS.to_owned()),
             winners: Some(winners.iter().map(|(w, _)| w.peer_id()).collect()),
             ..record(event::AWARDED, id)
         });
@@ -1211,10 +1314,42 @@ impl Requester {
                 self.fail(ctx, &id, format!("the task input is missing from the store ({m})"));
                 return;
             }
+            // Refused on its offer before doing any work: busy (its queue, or its jobs from
+            // this requester, are full), its offer gone, or its disk full. No failure of the
+            // worker's: it does not count towards the task's workers, and its offers are
+            // passed over for a while.
+            Ok(TaskResponse::Refused(
+                r @ (Refusal::NoCapacity | Refusal::NotAWinner | Refusal::Unavailable),
+            )) if self.assignment_mut(&id, &worker).is_some_and(|a| a.on_offer && a.waiting()) => {
+                self.offer_refused(ctx, &id, &worker, format!("award on its offer refused: {r:?}"));
+                return;
+            }
             Ok(other) => format!("award refused: {other:?}"),
             Err(e) => format!("award not delivered: {e}"),
         };
         self.worker_failed(ctx, &id, &worker, reason);
+    }
+
+    /// A worker refused an award made on its standing offer before doing any work: its
+    /// assignment is dropped (it took no part), and another worker is brought in.
+    fn offer_refused(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, worker: &PublicKey, reason: String) {
+        let until = ctx.now.saturating_add(OFFER_BACKOFF_MS);
+        self.offer_backoff.insert(*worker, until);
+        let Some(t) = self.tasks.get_mut(id) else { return };
+        let Some(i) = t.assignments.iter().rposition(|a| a.worker == *worker && a.on_offer && a.waiting())
+        else {
+            return;
+        };
+        t.assignments.remove(i);
+        tracing::debug!(task = %id, worker = %worker.fmt_short(), %reason, "offer award refused; moving on");
+        if t.phase.is_terminal() {
+            return;
+        }
+        if !t.can_still_verify() {
+            self.add_worker(ctx, id);
+        } else {
+            self.persist(ctx, id);
+        }
     }
 
     fn assignment_mut(&mut self, id: &TaskId, worker: &PublicKey) -> Option<&mut Assignment> {
@@ -1257,7 +1392,7 @@ impl Requester {
             if let Some(i) = t.standby.iter().position(|(w, _)| ledger.trust(w) == Trust::Trusted) {
                 if t.assignments.len() < usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS) {
                     let next = t.standby.remove(i);
-                    self.award(ctx, id, vec![next]);
+                    self.award(ctx, id, vec![next], true);
                     return;
                 }
             } else if t.phase == Phase::Bidding {
@@ -1277,7 +1412,7 @@ impl Requester {
         }
         if !t.standby.is_empty() {
             let next = t.standby.remove(0);
-            self.award(ctx, id, vec![next]);
+            self.award(ctx, id, vec![next], true);
             return;
         }
         if ctx.now >= t.spec.deadline_ms {

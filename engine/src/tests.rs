@@ -164,6 +164,7 @@ fn finding_2_awards_are_taken_only_for_our_bids_and_deadlines_are_clamped() {
             result_deadline_ms: deadline,
             select_ppm: None,
             invited: vec![],
+            offer: false,
         }
         .sign(who)
     };
@@ -397,8 +398,14 @@ fn finding_11_a_requester_without_peers_burns_no_rounds() {
 #[test]
 fn finding_17_presence_adverts_are_bounded_checked_and_expire() {
     let mut e = engine(1);
-    let advert =
-        |at_ms: u64| Presence { v: WIRE_VERSION, models: vec![], free_slots: 1, price_floor: 0, at_ms };
+    let advert = |at_ms: u64| Presence {
+        v: WIRE_VERSION,
+        models: vec![],
+        free_slots: 1,
+        price_floor: 0,
+        at_ms,
+        offer_until_ms: None,
+    };
     let other = identity(5);
     // From the future, or with a signature that is not the named signer's: refused. (Gossip
     // is anonymous: the envelope's signature is the only word on whose advert it is.)
@@ -685,6 +692,7 @@ fn review2_an_award_naming_more_winners_than_the_redundancy_is_refused() {
         result_deadline_ms: T0 + 5_000,
         select_ppm: None,
         invited: vec![],
+        offer: false,
     }
     .sign(&identity(1));
     let request = TaskRequest::Award { spec, award, input: vec![5; 16] };
@@ -1369,7 +1377,14 @@ fn wire_2_losing_bidders_are_sent_nothing() {
     // The requester hears the workers' adverts, so the round waits for all of them.
     for (i, w) in workers.iter().enumerate() {
         r.handle(T0, Input::Connected(w.public()));
-        let p = Presence { v: WIRE_VERSION, models: vec![model()], free_slots: 1, price_floor: 0, at_ms: T0 };
+        let p = Presence {
+            v: WIRE_VERSION,
+            models: vec![model()],
+            free_slots: 1,
+            price_floor: 0,
+            at_ms: T0,
+            offer_until_ms: None,
+        };
         let advert = fleetmesh_protocol::encode(&p.sign(&identity(2 + i as u64)));
         assert_eq!(verdict(&gossip(&mut r, T0, Topic::Presence, advert)), Verdict::Accept);
     }
@@ -1449,4 +1464,290 @@ fn wire_2_a_task_stored_under_a_version_1_id_fails_at_restore_saying_why() {
     assert_eq!(failed.phase, fleetmesh_api::Phase::Failed);
     assert!(failed.failure.as_deref().unwrap().contains("wire version 1"), "{:?}", failed.failure);
     assert!(out.iter().any(|a| matches!(a, Action::Persist(_))), "the failure is persisted");
+}
+
+/// A worker engine that advertises (with its standing offer), and its first advert's bytes.
+fn offering(i: u64, now: u64, f: impl FnOnce(&mut EngineConfig)) -> (Engine, Vec<u8>) {
+    let mut w = engine_with(i, |c| {
+        c.presence_interval_ms = 5_000;
+        f(c);
+    });
+    let (_, data, _) = published(&w.handle(now, Input::Tick))
+        .into_iter()
+        .find(|p| p.0 == Topic::Presence)
+        .expect("an advert");
+    (w, data)
+}
+
+/// The awards among `actions`: (worker, spec, award).
+fn awards(actions: &[Action]) -> Vec<(PublicKey, SignedEnvelope, SignedEnvelope)> {
+    sends(actions)
+        .into_iter()
+        .filter_map(|(to, o, _)| match o {
+            Outgoing::Award { spec, award, .. } => Some((to, spec, award)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Market v2, standing offers: a requester holding k neighbours' fresh offers awards a new
+/// task at once, with no announcement, no DHT record and no bid, to the lowest ticket among
+/// them; the award commits to the offers' digests; the winner takes it on its offer.
+#[test]
+fn offers_a_task_is_awarded_at_once_on_the_neighbours_standing_offers() {
+    let mut r = engine_with(1, |c| c.trust.enabled = false);
+    let mut workers = Vec::new();
+    let mut digests = Vec::new();
+    for i in 2..6 {
+        let (w, data) = offering(i, T0, |_| {});
+        let (env, p) = Presence::open_bytes(&data, 1 << 16).unwrap();
+        assert_eq!(p.offer_until_ms, Some(T0 + MAX_CLOCK_SKEW_MS), "an offer for the advert's time to live");
+        digests.push(fleetmesh_protocol::bid_digest(&env));
+        r.handle(T0, Input::Connected(w.public()));
+        assert_eq!(verdict(&gossip(&mut r, T0, Topic::Presence, data)), Verdict::Accept);
+        workers.push(w);
+    }
+    let (id, actions) = submit(&mut r, T0 + 5, &[3; 8]);
+    assert!(published(&actions).is_empty(), "no announcement: {actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::PutRecord { .. })), "no DHT record");
+    let sent = awards(&actions);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (to, spec, award_env) = sent[0].clone();
+    let award = Award::open(&award_env).unwrap();
+    assert!(award.offer);
+    assert_eq!(award.winners, vec![to]);
+    assert_eq!(award.bid_count, 4);
+    digests.sort();
+    assert_eq!(award.bid_root, Some(fleetmesh_protocol::winner::bid_set_root(&digests)));
+    let lowest =
+        workers.iter().map(|w| w.public()).min_by_key(|k| fleetmesh_protocol::selection::ticket(&id, 0, k));
+    assert_eq!(Some(to), lowest, "the lowest ticket among the offers wins");
+    let t = r.requester.get(&id).unwrap();
+    assert_eq!(t.phase, fleetmesh_api::Phase::Running);
+    assert!(t.offer_round);
+    assert_eq!(t.standby.len(), 3, "the other offers stand by");
+    // The winner takes it on its offer; another offering worker is not named and refuses.
+    let request = TaskRequest::Award { spec, award: award_env, input: vec![3; 8] };
+    for w in &mut workers {
+        let a = w.handle(T0 + 6, Input::Request { reply: 1, from: r.public(), request: request.clone() });
+        let want =
+            if w.public() == to { TaskResponse::Ack } else { TaskResponse::Refused(Refusal::NotAWinner) };
+        assert_eq!(reply(&a), want);
+    }
+}
+
+/// Offers that do not cover the task (a price floor above its max price, expired, another
+/// model) or too few of them: the task is announced and takes bids, as before offers; with
+/// offers turned off too.
+#[test]
+fn offers_that_do_not_cover_a_task_leave_it_to_an_announced_round() {
+    type Case = (&'static str, Box<dyn Fn(&mut EngineConfig)>, u64);
+    let cases: Vec<Case> = vec![
+        ("price floor above the max price", Box::new(|c| c.price_floor = 1_000), T0 + 1),
+        ("expired", Box::new(|_| {}), T0 + MAX_CLOCK_SKEW_MS + 1),
+        ("offers off at the requester", Box::new(|_| {}), T0 + 1),
+    ];
+    for (i, (what, f, at)) in cases.into_iter().enumerate() {
+        let mut r = engine_with(1, |c| {
+            c.trust.enabled = false;
+            c.tasks.offers = i != 2;
+        });
+        let (w, data) = offering(2, T0, f);
+        r.handle(T0, Input::Connected(w.public()));
+        assert_eq!(verdict(&gossip(&mut r, T0, Topic::Presence, data)), Verdict::Accept, "{what}");
+        let (_, actions) = submit(&mut r, at, &[3; 8]);
+        assert!(awards(&actions).is_empty(), "{what}: {actions:?}");
+        announcement(&actions);
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::PutRecord { .. })),
+            "{what}: the spec goes to the DHT"
+        );
+    }
+    // k = 2 with one offer: too few.
+    let mut r = engine_with(1, |c| {
+        c.trust.enabled = false;
+        c.tasks.redundancy = 2;
+    });
+    let (w, data) = offering(2, T0, |_| {});
+    r.handle(T0, Input::Connected(w.public()));
+    gossip(&mut r, T0, Topic::Presence, data);
+    let (_, actions) = submit(&mut r, T0 + 1, &[3; 8]);
+    assert!(awards(&actions).is_empty());
+    announcement(&actions);
+}
+
+/// A worker takes an award made on offers only while its own offer covers the task: not
+/// once it expired, not below its price floor, not while its disk is nearly full (and it
+/// withdraws the offer at once, not at the next advert).
+#[test]
+fn offers_a_worker_takes_an_award_only_while_its_own_offer_covers_it() {
+    let mut r = engine(1);
+    let (mut w, _) = offering(2, T0, |c| c.price_floor = 10);
+    let mut n = 0;
+    let mut award_for = |r: &mut Engine, now: u64, max_price: u64, offer: bool| {
+        n += 1;
+        let input = vec![n; 8];
+        let request =
+            SubmitRequest { input: input.clone(), max_price: Some(max_price), ..SubmitRequest::default() };
+        let a = r.handle(now, Input::Submit { call: 1, request, nonce: u64::from(n) });
+        let id = a.iter().find_map(|a| match a {
+            Action::Submitted { result: Ok(id), .. } => Some(*id),
+            _ => None,
+        });
+        let id = id.unwrap();
+        let spec = r.requester.get(&id).unwrap().spec_env.clone();
+        let award = Award {
+            v: WIRE_VERSION,
+            task_id: id,
+            round: 0,
+            bid_root: None,
+            bid_count: 1,
+            winners: vec![identity(2).public()],
+            result_deadline_ms: now + 5_000,
+            select_ppm: None,
+            invited: vec![],
+            offer,
+        }
+        .sign(&identity(1));
+        TaskRequest::Award { spec, award, input }
+    };
+    let from = r.public();
+    let ask = |w: &mut Engine, now: u64, request: TaskRequest| {
+        reply(&w.handle(now, Input::Request { reply: 1, from, request }))
+    };
+    let req = award_for(&mut r, T0 + 1, 100, true);
+    assert_eq!(ask(&mut w, T0 + 1, req), TaskResponse::Ack, "covered by the offer");
+    let req = award_for(&mut r, T0 + 1, 100, false);
+    assert_eq!(
+        ask(&mut w, T0 + 1, req),
+        TaskResponse::Refused(Refusal::NotAWinner),
+        "no bid, no offer claimed"
+    );
+    let req = award_for(&mut r, T0 + 1, 9, true);
+    assert_eq!(ask(&mut w, T0 + 1, req), TaskResponse::Refused(Refusal::NotAWinner), "below the price floor");
+    // Renewed by the next advert; withdrawn at once when the disk fills.
+    let renewed = w.handle(T0 + 5_000, Input::Tick);
+    assert_eq!(published(&renewed).len(), 1);
+    w.handle(T0 + 5_001, Input::DiskLow(true));
+    assert!(published(&w.handle(T0 + 5_500, Input::Tick)).is_empty(), "at most one advert a second");
+    let withdrawn = published(&w.handle(T0 + 6_000, Input::Tick));
+    assert_eq!(withdrawn.len(), 1, "a changed offer goes out before the interval");
+    let (_, p) = Presence::open_bytes(&withdrawn[0].1, 1 << 16).unwrap();
+    assert_eq!(p.offer_until_ms, None);
+    let req = award_for(&mut r, T0 + 6_001, 100, true);
+    assert_eq!(ask(&mut w, T0 + 6_001, req), TaskResponse::Refused(Refusal::NotAWinner), "offer withdrawn");
+    // A new neighbour hears the advert within a second, not at the next interval.
+    w.handle(T0 + 7_000, Input::Connected(identity(9).public()));
+    assert!(published(&w.handle(T0 + 7_500, Input::Tick)).is_empty());
+    assert_eq!(published(&w.handle(T0 + 8_000, Input::Tick)).len(), 1, "advert after a connection");
+    w.handle(T0 + 8_100, Input::Connected(identity(10).public()));
+    w.handle(T0 + 8_200, Input::Connected(identity(11).public()));
+    assert_eq!(published(&w.handle(T0 + 9_100, Input::Tick)).len(), 1, "one for both");
+    assert!(published(&w.handle(T0 + 10_000, Input::Tick)).is_empty());
+    // Back when the disk is, and expired once its time to live passes with no new advert.
+    w.handle(T0 + 10_500, Input::DiskLow(false));
+    assert_eq!(published(&w.handle(T0 + 11_000, Input::Tick)).len(), 1, "the offer is back");
+    let req = award_for(&mut r, T0 + 11_001, 100, true);
+    assert_eq!(ask(&mut w, T0 + 11_001, req), TaskResponse::Ack);
+    let late = T0 + 11_000 + MAX_CLOCK_SKEW_MS + 1;
+    let req = award_for(&mut r, late, 100, true);
+    assert_eq!(ask(&mut w, late, req), TaskResponse::Refused(Refusal::NotAWinner), "the offer expired");
+}
+
+/// A worker that refuses an award made on its offer before doing any work (busy, offer gone)
+/// is no failed worker: its assignment is dropped, the next offer on standby is awarded at
+/// once, and its offers are passed over for a moment. The standby kept (and persisted) is
+/// 2k + 2 whatever the number of offers.
+#[test]
+fn offers_a_refused_offer_award_moves_on_without_counting_a_failure() {
+    let mut r = engine_with(1, |c| c.trust.enabled = false);
+    let mut keys = Vec::new();
+    for i in 2..12 {
+        let (w, data) = offering(i, T0, |_| {});
+        r.handle(T0, Input::Connected(w.public()));
+        gossip(&mut r, T0, Topic::Presence, data);
+        keys.push(w.public());
+    }
+    let (id, actions) = submit(&mut r, T0 + 5, &[3; 8]);
+    let persisted: Vec<ReqTask> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Persist(ops) => ops.iter().find(|o| o.table == Table::Requests && o.key == id).cloned(),
+            _ => None,
+        })
+        .filter_map(|o| fleetmesh_protocol::decode(&o.value.unwrap(), 1 << 20).ok())
+        .collect();
+    let last = persisted.last().unwrap();
+    assert_eq!(last.standby.len(), 4, "2k + 2 on standby, persisted so");
+    let first = awards(&actions)[0].0;
+    let out = r.handle(
+        T0 + 6,
+        Input::Response {
+            tag: SendTag::Award { task: id, worker: first },
+            peer: first,
+            result: Ok(TaskResponse::Refused(Refusal::NoCapacity)),
+        },
+    );
+    let next = awards(&out);
+    assert_eq!(next.len(), 1, "the next offer at once: {out:?}");
+    assert_ne!(next[0].0, first);
+    assert!(Award::open(&next[0].2).unwrap().offer);
+    let t = r.requester.get(&id).unwrap();
+    assert_eq!(t.assignments.len(), 1, "the refusal is no assignment");
+    assert_eq!(t.assignments[0].worker, next[0].0);
+    // The busy worker's offer is passed over for a moment (its ticket would have won some of
+    // these 30 tasks), and taken again after.
+    let winners = |r: &mut Engine, now: u64, nonces: std::ops::Range<u64>| -> Vec<PublicKey> {
+        let mut won = Vec::new();
+        for nonce in nonces {
+            let request = SubmitRequest { input: vec![4; 8], ..SubmitRequest::default() };
+            let a = r.handle(now, Input::Submit { call: 2, request, nonce });
+            won.extend(awards(&a).into_iter().map(|a| a.0));
+        }
+        won
+    };
+    let during = winners(&mut r, T0 + 7, 100..130);
+    assert_eq!(during.len(), 30);
+    assert!(!during.contains(&first), "passed over while backing off");
+    let after = winners(&mut r, T0 + 7 + requester::OFFER_BACKOFF_MS, 100..130);
+    assert!(after.contains(&first), "taken again after the backoff: {after:?}");
+}
+
+/// An award on an offer whose input cannot fit the model is refused, not run: without a bid
+/// the worker had no earlier chance to say so.
+#[test]
+fn offers_an_award_whose_input_cannot_fit_the_model_is_refused() {
+    let mut r = engine(1);
+    let (mut w, _) = offering(2, T0, |c| {
+        c.model_inputs.insert(model(), 16);
+    });
+    let (id, _) = submit(&mut r, T0 + 1, &[1; 8]);
+    let spec = r.requester.get(&id).unwrap().spec_env.clone();
+    let award = Award {
+        v: WIRE_VERSION,
+        task_id: id,
+        round: 0,
+        bid_root: None,
+        bid_count: 1,
+        winners: vec![w.public()],
+        result_deadline_ms: T0 + 5_000,
+        select_ppm: None,
+        invited: vec![],
+        offer: true,
+    }
+    .sign(&identity(1));
+    let a = w.handle(
+        T0 + 2,
+        Input::Request {
+            reply: 1,
+            from: r.public(),
+            request: TaskRequest::Award { spec, award, input: vec![1; 8] },
+        },
+    );
+    match reply(&a) {
+        TaskResponse::Refused(Refusal::Invalid(m)) => assert!(m.contains("8 bytes"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(w.worker.get(&id).is_none());
+    assert!(!a.iter().any(|x| matches!(x, Action::Execute { .. })));
 }

@@ -286,6 +286,10 @@ pub struct Worker {
     quarantined: BTreeSet<ModelId>,
     /// Quarantined models whose self-test failed: when to test again, and the backoff.
     retest: BTreeMap<ModelId, (u64, u64)>,
+    /// The last presence advert this node published: its standing offer, when it carries
+    /// one ([`fleetmesh_protocol::Presence::offer_until_ms`]). Awards made on offers are taken
+    /// only while it covers them.
+    pub(crate) offer: Option<fleetmesh_protocol::Presence>,
     /// Bids sent, for the stats.
     pub bids_sent: u64,
     /// Jobs executed.
@@ -313,6 +317,7 @@ impl Worker {
             failures: BTreeMap::new(),
             quarantined: BTreeSet::new(),
             retest: BTreeMap::new(),
+            offer: None,
             bids_sent: 0,
             jobs_executed: 0,
             jobs_receipted: 0,
@@ -339,6 +344,11 @@ impl Worker {
     /// Free execution slots.
     pub fn free_slots(&self, config: &EngineConfig) -> u32 {
         config.slots.saturating_sub(self.running)
+    }
+
+    /// Whether the queue has room for one more job (what a standing offer promises).
+    pub(crate) fn has_room(&self, config: &EngineConfig) -> bool {
+        self.queued() < config.max_queue as usize
     }
 
     fn queued(&self) -> usize {
@@ -654,22 +664,18 @@ impl Worker {
         let invalid = |m: &str| TaskResponse::Refused(Refusal::Invalid(m.to_owned()));
         let Ok(award) = Award::open(&award_env) else { return invalid("award does not verify") };
         let task = task_id_of(&spec_env);
-        // The spec of a round this node bid on was verified before the bid: the same bytes
-        // (the task id is their hash) from the same signer are decoded, not verified again.
-        let verified_before =
-            self.bids.bids.get(&(task, award.round)).is_some_and(|b| b.requester == spec_env.signer);
-        let spec = if verified_before {
-            TaskSpec::open_unverified(&spec_env).ok()
-        } else {
-            TaskSpec::open(&spec_env).ok()
-        };
-        let Some(spec) = spec else { return invalid("task spec does not verify") };
         if award_env.signer != spec_env.signer || spec_env.signer != from {
             return invalid("award not signed and sent by the task's requester");
         }
         if award.task_id != task {
             return invalid("award names another task");
         }
+        // The spec is authentic as the award is: the award's signer signed the task id, which
+        // hashes that signer's key and the spec's exact bytes. So it is decoded, not verified
+        // a second time (its own signature is for the DHT, where it travels alone).
+        let Ok(spec) = TaskSpec::open_unverified(&spec_env) else {
+            return invalid("task spec does not decode");
+        };
         if !award.winners.contains(&ctx.identity.public()) {
             return TaskResponse::Refused(Refusal::NotAWinner);
         }
@@ -689,12 +695,28 @@ impl Worker {
         if self.done.contains(&task) {
             return TaskResponse::Ack;
         }
-        // Only a round this node bid on, and only from the requester it bid to.
-        if self.bids.bids.get(&(task, award.round)).map(|b| &b.requester) != Some(&from) {
+        // Only a round this node bid on, from the requester it bid to; or, for an award made
+        // on standing offers, one this node's current offer covers.
+        let bid_on = self.bids.bids.get(&(task, award.round)).map(|b| &b.requester) == Some(&from);
+        let offered = award.offer
+            && !self.quarantined.contains(&spec.model)
+            && self
+                .offer
+                .as_ref()
+                .is_some_and(|o| fleetmesh_protocol::winner::offer_covers(o, &spec, ctx.now));
+        if !bid_on && !offered {
             return TaskResponse::Refused(Refusal::NotAWinner);
         }
         if InputDigest::of(&input) != spec.input_digest || input.len() as u64 != spec.input_size {
             return TaskResponse::Refused(Refusal::InputMismatch);
+        }
+        // An input that cannot fit the model is not run (a bidder found that out before
+        // bidding; an award on an offer comes without a bid).
+        if let Some(&expected) = ctx.config.model_inputs.get(&spec.model) {
+            if spec.input_size != expected {
+                let reason = UnableReason::InputSize { expected, got: spec.input_size };
+                return TaskResponse::Refused(Refusal::Invalid(reason.to_string()));
+            }
         }
         if !ctx.models.contains(&spec.model) {
             return TaskResponse::Refused(Refusal::ModelUnavailable);
@@ -742,6 +764,7 @@ impl Worker {
         ctx.trace(TaskRecord {
             round: Some(award.round),
             peer: Some(from.peer_id()),
+            reason: (offered && !bid_on).then(|| "standing offer".to_owned()),
             ..record(event::AWARD_ACCEPTED, &task)
         });
         self.start_queued(ctx);

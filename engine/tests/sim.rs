@@ -99,10 +99,18 @@ fn one_busy_requester_keeps_getting_bids() {
 /// Market v2, selection: the vehicles taking part in a task stay about 2k + 2 (plus the
 /// requester) whether 10 or 400 vehicles hold the model. Before selection every holder bid:
 /// 400 participants per task at 400 vehicles.
+/// (Without adverts, so without standing offers: every task is announced and takes bids.)
 #[test]
 fn participation_per_task_does_not_grow_with_the_fleet() {
     let run = |vehicles| {
-        let c = SimConfig { vehicles, tasks: 60, seed: 5, redundancy: 1, ..SimConfig::default() };
+        let c = SimConfig {
+            vehicles,
+            tasks: 60,
+            seed: 5,
+            redundancy: 1,
+            presence: Some(false),
+            ..SimConfig::default()
+        };
         check(c)
     };
     let (small, large) = (run(10), run(400));
@@ -115,6 +123,33 @@ fn participation_per_task_does_not_grow_with_the_fleet() {
         "10 vehicles: {:.1}, 400 vehicles: {:.1}",
         small.participants_per_task,
         large.participants_per_task
+    );
+}
+
+/// Market v2, standing offers: with neighbours' offers in hand a requester awards at once,
+/// so a task costs award, result and receipt (and their answers), and the vehicles taking
+/// part are the requester and its k workers (with the odd spot check), at 10 vehicles as at
+/// 400. Before offers a task cost one announcement delivery per vehicle plus 2k + 2 bids.
+#[test]
+fn with_standing_offers_a_task_costs_the_same_messages_at_any_fleet_size() {
+    let run = |vehicles| {
+        let c = SimConfig { vehicles, tasks: 60, seed: 5, redundancy: 1, links: 16, ..SimConfig::default() };
+        check(c)
+    };
+    let (small, large) = (run(10), run(400));
+    for r in [&small, &large] {
+        assert_eq!(r.verified, 60, "{}", r.summary());
+        assert!(r.offer_award_share > 0.9, "{}", r.summary());
+        // Award, result, receipt and their three answers; a spot check or an own check adds
+        // a little.
+        assert!(r.messages_per_task <= 8.0, "{}", r.summary());
+        assert!(r.participants_per_task <= 2.5, "{}", r.summary());
+    }
+    assert!(
+        large.messages_per_task <= small.messages_per_task * 1.2,
+        "10 vehicles: {:.1}, 400 vehicles: {:.1}",
+        small.messages_per_task,
+        large.messages_per_task
     );
 }
 

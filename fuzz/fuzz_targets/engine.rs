@@ -16,8 +16,7 @@ use fleetmesh_engine::{
 };
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{
-    Announcement, Award, Bid, Presence, Receipt, RejectReason, ResultHeader, Signed, TaskSpec,
-    WIRE_VERSION,
+    Announcement, Award, Bid, Presence, Receipt, RejectReason, ResultHeader, Signed, TaskSpec, WIRE_VERSION,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -36,7 +35,13 @@ enum Answer {
 #[derive(Arbitrary, Debug)]
 enum Op {
     Advance(u16),
-    Submit { input: Vec<u8>, k: u8, window: u16, exec: u16, deadline: u32 },
+    Submit {
+        input: Vec<u8>,
+        k: u8,
+        window: u16,
+        exec: u16,
+        deadline: u32,
+    },
     Connect(u8),
     Disconnect(u8),
     Announce {
@@ -49,18 +54,65 @@ enum Op {
         price: u8,
         select: Option<u32>,
     },
-    Award { peer: u8, task: u8, round: u8, good_input: bool, deadline: u64 },
-    Bid { peer: u8, task: u8, round_ahead: u8, price: u8, promised: u16 },
-    Result { peer: u8, task: u8, output: Vec<u8>, honest_digest: bool, signer: u8 },
-    Answer { which: u8, answer: Answer },
-    Executed { which: u8, ok: bool, output: Vec<u8> },
-    Checked { which: u8, ok: bool, output: Vec<u8> },
-    Published { which: u8, ok: bool },
-    Record { which: u8, found: bool },
-    Receipt { peer: u8, task: u8 },
-    Presence { peer: u8, ahead: i16 },
-    RawGossip { tasks: bool, data: Vec<u8> },
-    RawRequest { peer: u8, data: Vec<u8> },
+    Award {
+        peer: u8,
+        task: u8,
+        round: u8,
+        good_input: bool,
+        deadline: u64,
+    },
+    Bid {
+        peer: u8,
+        task: u8,
+        round_ahead: u8,
+        price: u8,
+        promised: u16,
+    },
+    Result {
+        peer: u8,
+        task: u8,
+        output: Vec<u8>,
+        honest_digest: bool,
+        signer: u8,
+    },
+    Answer {
+        which: u8,
+        answer: Answer,
+    },
+    Executed {
+        which: u8,
+        ok: bool,
+        output: Vec<u8>,
+    },
+    Checked {
+        which: u8,
+        ok: bool,
+        output: Vec<u8>,
+    },
+    Published {
+        which: u8,
+        ok: bool,
+    },
+    Record {
+        which: u8,
+        found: bool,
+    },
+    Receipt {
+        peer: u8,
+        task: u8,
+    },
+    Presence {
+        peer: u8,
+        ahead: i16,
+    },
+    RawGossip {
+        tasks: bool,
+        data: Vec<u8>,
+    },
+    RawRequest {
+        peer: u8,
+        data: Vec<u8>,
+    },
     Crash,
 }
 
@@ -180,7 +232,13 @@ impl Harness {
             panic!("bounds: {e}");
         }
         // Keep the harness's own queues small.
-        for q in [self.sends.len(), self.executes.len(), self.checks.len(), self.publishes.len(), self.lookups.len()] {
+        for q in [
+            self.sends.len(),
+            self.executes.len(),
+            self.checks.len(),
+            self.publishes.len(),
+            self.lookups.len(),
+        ] {
             assert!(q < 100_000);
         }
     }
@@ -247,7 +305,10 @@ impl Harness {
                     invited: Vec::new(),
                 }
                 .sign(id);
-                self.dht.insert(fleetmesh_protocol::ids::task_record_key(&task), fleetmesh_protocol::encode(&spec));
+                self.dht.insert(
+                    fleetmesh_protocol::ids::task_record_key(&task),
+                    fleetmesh_protocol::encode(&spec),
+                );
                 if self.theirs.len() < 64 {
                     self.theirs.push((usize::from(peer) % 4, spec, input));
                 }
@@ -271,6 +332,8 @@ impl Harness {
                     result_deadline_ms: deadline,
                     select_ppm: None,
                     invited: vec![],
+                    // Some awards claim the worker's standing offer instead of a bid.
+                    offer: peer % 3 == 0,
                 }
                 .sign(signer);
                 let input = if good_input { input } else { vec![0xee; 3] };
@@ -292,8 +355,11 @@ impl Harness {
             }
             Op::Result { peer, task, output, honest_digest, signer } => {
                 let Some((id, t)) = self.my_task(task) else { return };
-                let digest =
-                    if honest_digest { OutputDigest::of(&output) } else { OutputDigest::of(b"something else") };
+                let digest = if honest_digest {
+                    OutputDigest::of(&output)
+                } else {
+                    OutputDigest::of(b"something else")
+                };
                 let header = ResultHeader {
                     v: WIRE_VERSION,
                     task_id: id,
@@ -359,7 +425,11 @@ impl Harness {
                     return;
                 }
                 let task = self.checks.remove(usize::from(which) % self.checks.len());
-                let result = if ok { Ok(fleetmesh_crypto::OutputDigest::of(&output)) } else { Err("did not run".into()) };
+                let result = if ok {
+                    Ok(fleetmesh_crypto::OutputDigest::of(&output))
+                } else {
+                    Err("did not run".into())
+                };
                 self.feed(Input::Checked { task, result });
             }
             Op::Published { which, ok } => {
@@ -401,11 +471,24 @@ impl Harness {
             Op::Presence { peer, ahead } => {
                 let id = &self.peers[usize::from(peer) % 4];
                 let at = self.now.saturating_add_signed(i64::from(ahead) * 1000);
-                let p = Presence { v: WIRE_VERSION, models: vec![model()], free_slots: 1, price_floor: 0, at_ms: at }
-                    .sign(id);
+                // Odd ones are standing offers (the requester may award on them).
+                let offer_until_ms = (ahead % 2 != 0).then(|| at.saturating_add(30_000));
+                let p = Presence {
+                    v: WIRE_VERSION,
+                    models: vec![model()],
+                    free_slots: 1,
+                    price_floor: 0,
+                    at_ms: at,
+                    offer_until_ms,
+                }
+                .sign(id);
                 self.next_id += 1;
                 let msg = self.next_id;
-                self.feed(Input::Gossip { msg, topic: Topic::Presence, data: fleetmesh_protocol::encode(&p) });
+                self.feed(Input::Gossip {
+                    msg,
+                    topic: Topic::Presence,
+                    data: fleetmesh_protocol::encode(&p),
+                });
             }
             Op::RawGossip { tasks, data } => {
                 let topic = if tasks { Topic::Tasks } else { Topic::Presence };
@@ -424,9 +507,14 @@ impl Harness {
                 let mut ledger = Vec::new();
                 for ((t, key), bytes) in &self.store {
                     match t {
-                        0 => reqs.extend(fleetmesh_protocol::decode::<ReqTask>(bytes, usize::MAX).ok().map(|v| (*key, v))),
-                        2 => jobs.extend(fleetmesh_protocol::decode::<Job>(bytes, usize::MAX).ok().map(|v| (*key, v))),
-                        4 => ledger.extend(fleetmesh_protocol::decode(bytes, usize::MAX).ok().map(|v| (*key, v))),
+                        0 => reqs.extend(
+                            fleetmesh_protocol::decode::<ReqTask>(bytes, usize::MAX).ok().map(|v| (*key, v)),
+                        ),
+                        2 => jobs.extend(
+                            fleetmesh_protocol::decode::<Job>(bytes, usize::MAX).ok().map(|v| (*key, v)),
+                        ),
+                        4 => ledger
+                            .extend(fleetmesh_protocol::decode(bytes, usize::MAX).ok().map(|v| (*key, v))),
                         _ => {}
                     }
                 }

@@ -30,12 +30,13 @@ pub(crate) struct Metrics {
     pub(crate) own_checks: Counter,
     pub(crate) spot_checks: Counter,
     pub(crate) workers_distrusted: Counter,
+    pub(crate) tasks_awarded_on_offers: Counter,
 }
 
 impl Metrics {
     pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
-        let entries: [(&str, &str, &Counter); 24] = [
+        let entries: [(&str, &str, &Counter); 25] = [
             ("tasks_submitted", "Tasks submitted to this node", &m.tasks_submitted),
             ("tasks_verified", "Tasks this node requested that were verified", &m.tasks_verified),
             ("tasks_failed", "Tasks this node requested that failed", &m.tasks_failed),
@@ -87,6 +88,11 @@ impl Metrics {
                 "workers_distrusted",
                 "Workers no longer used: they returned an output against checked evidence",
                 &m.workers_distrusted,
+            ),
+            (
+                "tasks_awarded_on_offers",
+                "Tasks this node awarded at once on its neighbours' standing offers (no announcement, no bid)",
+                &m.tasks_awarded_on_offers,
             ),
         ];
         for (name, help, c) in entries {

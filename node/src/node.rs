@@ -1052,6 +1052,7 @@ impl EventLoop {
             Metric::OwnChecks => &c.own_checks,
             Metric::SpotChecks => &c.spot_checks,
             Metric::WorkersDistrusted => &c.workers_distrusted,
+            Metric::OfferAwards => &c.tasks_awarded_on_offers,
         };
         counter.inc();
     }

@@ -69,6 +69,7 @@ async fn an_award_for_a_task_never_bid_on_is_refused() {
         result_deadline_ms: u64::MAX,
         select_ppm: None,
         invited: vec![],
+        offer: false,
     }
     .sign(&attacker_key);
     let r = attacker

@@ -84,6 +84,7 @@ async fn hostile_requests_get_errors_and_the_node_keeps_serving() {
         result_deadline_ms: u64::MAX,
         select_ppm: None,
         invited: vec![],
+        offer: false,
     }
     .sign(&Identity::generate().unwrap());
     let r = attacker
@@ -157,8 +158,14 @@ async fn hostile_gossip_and_dht_records_are_refused() {
     let wrong_kind = SignedEnvelope::sign(&stranger, MessageKind::Bid, fleetmesh_protocol::encode(&a));
     attacker.publish_raw(ids::TOPIC_TASKS, fleetmesh_protocol::encode(&wrong_kind)).await.unwrap().unwrap();
     // A presence advert that claims a victim as its signer, signed by someone else.
-    let advert =
-        fleetmesh_protocol::Presence { v: 1, models: vec![], free_slots: 99, price_floor: 0, at_ms: 0 };
+    let advert = fleetmesh_protocol::Presence {
+        v: 1,
+        models: vec![],
+        free_slots: 99,
+        price_floor: 0,
+        at_ms: 0,
+        offer_until_ms: None,
+    };
     let mut claimed = advert.sign(&stranger);
     claimed.signer = nodes[0].client.public_key();
     attacker.publish_raw(ids::TOPIC_PRESENCE, fleetmesh_protocol::encode(&claimed)).await.unwrap().unwrap();

@@ -25,7 +25,9 @@ async fn happy_path_k1_and_k2() {
     // The requester never serves its own task.
     let me2 = nodes[2].client.public_key().to_string();
     assert!(!v2.verified_by.contains(&me2));
-    assert!(v1.bids_received >= 1 && v2.bids_received >= 2);
+    // Awarded on bids, or at once on the workers' standing offers when their adverts were in
+    // (a race with the mesh forming); either way k distinct workers agreed.
+    assert!(v2.verified_by.len() >= 2, "{v2:?}");
     // Workers got their receipts: one per agreeing worker. (A fresh mesh trusts nobody yet:
     // the requester, which holds the model, checked the k = 1 worker against its own run
     // instead of replicating it.)

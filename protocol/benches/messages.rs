@@ -67,6 +67,7 @@ fn codec(c: &mut Criterion) {
             result_deadline_ms: 5,
             select_ppm: None,
             invited: vec![],
+            offer: false,
         }
     );
     roundtrip!(

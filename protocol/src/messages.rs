@@ -217,6 +217,15 @@ pub struct Award {
     /// The workers the round invited by name, as announced ([`Announcement::invited`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invited: Vec<PublicKey>,
+    /// The winners' standing offers ([`Presence::offer_until_ms`]) cover this award: a worker
+    /// takes it while its own offer covers the task, whether or not it bid in round `round`.
+    /// Set when the round was decided on offers instead of bids (no announcement: `bid_root`
+    /// commits to the digests of the offers the requester held, [`bid_digest`] of each
+    /// advert, and the winners are the lowest tickets of round `round` among them, the
+    /// requester's trusted workers first), and when a standby bidder of an earlier round
+    /// that offers is awarded under a later round's number.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offer: bool,
 }
 signed!(Award, MessageKind::Award, limits::MAX_SPEC_BYTES);
 
@@ -414,6 +423,11 @@ pub struct Presence {
     pub price_floor: u64,
     /// When sent, Unix ms.
     pub at_ms: u64,
+    /// A standing offer: until this instant (Unix ms) the node takes awards for tasks of
+    /// `models` paying `price_floor` or more without a bid round ([`Award::offer`]), so a
+    /// requester holding it needs to send only the award. Absent: an advert, no offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_until_ms: Option<u64>,
 }
 signed!(Presence, MessageKind::Presence, limits::MAX_GOSSIP_BYTES);
 

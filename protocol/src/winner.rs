@@ -182,6 +182,41 @@ pub struct OpenedBid {
     pub bid: Bid,
 }
 
+/// A standing offer (a presence advert with [`crate::Presence::offer_until_ms`]) standing in
+/// for a bid in round `round` of task `task_id`: at the offer's price floor, with no promise
+/// of time or load (which no longer rank). `digest` is the signed advert's ([`bid_digest`]
+/// of its envelope), so an award made on offers commits to the adverts themselves.
+pub fn offer_bid(
+    task_id: &TaskId,
+    round: u32,
+    bidder: PublicKey,
+    digest: Digest,
+    offer: &crate::Presence,
+) -> OpenedBid {
+    OpenedBid {
+        digest,
+        bidder,
+        bid: Bid {
+            v: crate::WIRE_VERSION,
+            task_id: *task_id,
+            round,
+            price: offer.price_floor,
+            promised_ms: 0,
+            queue_depth: 0,
+            free_slots: offer.free_slots,
+        },
+    }
+}
+
+/// Whether a standing offer covers a task at `now`: fresh, for the task's model, at a price
+/// floor the task pays. What a requester checks before awarding on the offer, and what the
+/// worker checks against its own offer before taking such an award.
+pub fn offer_covers(offer: &crate::Presence, spec: &TaskSpec, now: u64) -> bool {
+    offer.offer_until_ms.is_some_and(|until| until >= now)
+        && offer.models.contains(&spec.model)
+        && offer.price_floor <= spec.max_price
+}
+
 /// [`choose_invited`] on bids already opened: the same rule without checking a signature a
 /// second time (a requester verifies each bid once, when it arrives).
 pub fn choose_opened(
@@ -340,6 +375,7 @@ mod tests {
                 result_deadline_ms: 1,
                 select_ppm,
                 invited,
+                offer: false,
             };
         assert!(admitted_by(&award(vec![inside], Some(ppm), vec![])));
         assert!(!admitted_by(&award(vec![inside, outside], Some(ppm), vec![])));
@@ -350,6 +386,45 @@ mod tests {
         let a = award(vec![outside], Some(ppm), vec![outside]);
         let back = crate::Award::open(&a.sign(&Identity::from_secret_bytes(&[9; 32]))).unwrap();
         assert_eq!(back, a);
+    }
+
+    #[test]
+    fn standing_offers_rank_by_ticket_and_commit_to_the_adverts() {
+        let t = TaskId::of(b"t");
+        let offer = |floor: u64| crate::Presence {
+            v: WIRE_VERSION,
+            models: vec![ModelId::of(b"m")],
+            free_slots: 1,
+            price_floor: floor,
+            at_ms: 5,
+            offer_until_ms: Some(1_000),
+        };
+        let adverts: Vec<(SignedEnvelope, crate::Presence)> = (1..=10u8)
+            .map(|i| {
+                let p = offer(u64::from(i) * 20);
+                (p.sign(&Identity::from_secret_bytes(&[i; 32])), p)
+            })
+            .collect();
+        let opened: Vec<OpenedBid> =
+            adverts.iter().map(|(e, p)| offer_bid(&t, 0, e.signer, bid_digest(e), p)).collect();
+        assert_eq!(opened[0].digest, bid_digest(&adverts[0].0));
+        let d = choose_opened(&t, &spec(2), &requester(), 0, Some(crate::selection::ALL), &[], opened);
+        // Floors above the spec's max price (100) are ruled out; the rest rank by ticket.
+        assert_eq!(d.ranked.len(), 5);
+        let tickets: Vec<u64> = d.ranked.iter().map(|r| crate::selection::ticket(&t, 0, &r.bidder)).collect();
+        assert!(tickets.windows(2).all(|w| w[0] <= w[1]));
+        assert!(d.declined.iter().filter(|(_, r)| *r == DeclineReason::PriceAboveMax).count() == 5);
+        // Coverage: fresh, the model, the price.
+        let s = spec(1);
+        assert!(offer_covers(&offer(100), &s, 1_000));
+        assert!(!offer_covers(&offer(100), &s, 1_001), "expired");
+        assert!(!offer_covers(&offer(101), &s, 0), "floor above the max price");
+        assert!(!offer_covers(&crate::Presence { offer_until_ms: None, ..offer(1) }, &s, 0), "no offer");
+        let other = TaskSpec { model: ModelId::of(b"other"), ..spec(1) };
+        assert!(!offer_covers(&offer(1), &other, 0), "another model");
+        // An advert without the field (an older node) is no offer, and the field survives.
+        let p = offer(3);
+        assert_eq!(crate::Presence::open(&p.sign(&Identity::from_secret_bytes(&[1; 32]))).unwrap(), p);
     }
 
     #[test]

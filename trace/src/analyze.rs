@@ -245,15 +245,18 @@ pub struct LaneEvent {
 /// Task figures from the timelines.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TaskFigures {
-    /// Tasks seen announced by a traced requester.
+    /// Tasks seen announced, or awarded on standing offers, by a traced requester.
     pub tasks: u64,
+    /// Of those, awarded on standing offers (no announcement and no bid round first).
+    pub on_offers: u64,
     /// Of those, verified.
     pub verified: u64,
     /// Of those, failed.
     pub failed: u64,
     /// Phase latencies in ms (announce_to_first_bid, announce_to_award,
-    /// award_to_first_result, first_result_to_verified, announce_to_verified, and the
-    /// workers' award_to_result_sent).
+    /// award_to_first_result, first_result_to_verified, announce_to_verified; for tasks
+    /// awarded on standing offers offer_award_to_verified; and the workers'
+    /// award_to_result_sent).
     pub phases_ms: BTreeMap<String, Stats>,
     /// Bids a requester took per task.
     pub bids_per_task: Stats,
@@ -579,6 +582,8 @@ fn mesh_degree(events: &[&TraceEvent], t0: i64) -> Vec<MeshSample> {
 #[derive(Default)]
 struct TaskTimes {
     announced: Option<u64>,
+    /// Awarded on standing offers (no announcement, no bid).
+    on_offers: Option<u64>,
     first_bid: Option<u64>,
     awarded: Option<u64>,
     first_result: Option<u64>,
@@ -586,6 +591,9 @@ struct TaskTimes {
     failed: bool,
     bids: u64,
 }
+
+/// The reason an `awarded` record gives for a round decided on standing offers.
+pub const OFFERS: &str = "standing offers";
 
 fn task_figures(timelines: &[(PathBuf, Vec<Record>)], t0: i64) -> TaskFigures {
     let mut f = TaskFigures::default();
@@ -621,7 +629,11 @@ fn task_figures(timelines: &[(PathBuf, Vec<Record>)], t0: i64) -> TaskFigures {
                     t.bids += 1;
                 }
                 event::AWARDED => {
-                    first(&mut tasks.entry(task.to_owned()).or_default().awarded);
+                    let t = tasks.entry(task.to_owned()).or_default();
+                    first(&mut t.awarded);
+                    if r.reason.as_deref() == Some(OFFERS) {
+                        first(&mut t.on_offers);
+                    }
                     for w in r.winners.iter().flatten() {
                         *f.wins_per_node.entry(w.clone()).or_default() += 1;
                     }
@@ -653,8 +665,17 @@ fn task_figures(timelines: &[(PathBuf, Vec<Record>)], t0: i64) -> TaskFigures {
     let mut phases: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut bids = Vec::new();
     for t in tasks.values() {
-        let Some(ann) = t.announced else { continue };
+        // A task starts with its first announcement, or, awarded on standing offers, with
+        // that award.
+        let (ann, start) = match (t.announced, t.on_offers) {
+            (Some(a), _) => (Some(a), a),
+            (None, Some(o)) => (None, o),
+            (None, None) => continue,
+        };
         f.tasks += 1;
+        if t.on_offers.is_some() {
+            f.on_offers += 1;
+        }
         bids.push(t.bids as f64);
         if t.verified.is_some() {
             f.verified += 1;
@@ -666,11 +687,14 @@ fn task_figures(timelines: &[(PathBuf, Vec<Record>)], t0: i64) -> TaskFigures {
                 phases.entry(name).or_default().push(ms(a, b));
             }
         };
-        add("announce_to_first_bid", Some(ann), t.first_bid);
-        add("announce_to_award", Some(ann), t.awarded);
+        add("announce_to_first_bid", ann, t.first_bid);
+        add("announce_to_award", ann, t.awarded);
         add("award_to_first_result", t.awarded, t.first_result);
         add("first_result_to_verified", t.first_result, t.verified);
-        add("announce_to_verified", Some(ann), t.verified);
+        add("announce_to_verified", ann, t.verified);
+        if ann.is_none() {
+            add("offer_award_to_verified", Some(start), t.verified);
+        }
     }
     if !worker_runs.is_empty() {
         phases.insert("worker_award_to_result_sent", worker_runs);
@@ -770,7 +794,11 @@ impl Analysis {
         let t = &self.tasks;
         if self.timeline_files > 0 {
             let _ = writeln!(s, "\n=== Tasks ===");
-            let _ = writeln!(s, "tasks: {}  verified: {}  failed: {}", t.tasks, t.verified, t.failed);
+            let _ = writeln!(
+                s,
+                "tasks: {}  verified: {}  failed: {}  awarded on standing offers: {}",
+                t.tasks, t.verified, t.failed, t.on_offers
+            );
             let _ = writeln!(s, "{:<28} {:>6} {:>10} {:>10} {:>10}", "phase (ms)", "n", "p50", "p99", "max");
             for (name, st) in &t.phases_ms {
                 let _ = writeln!(
@@ -960,6 +988,14 @@ mod tests {
             rec(event::ANNOUNCED, "b", 100),
             Record { reason: Some("no bids".into()), ..rec(event::FAILED, "b", 900) },
             Record { dropped: Some(4), ..Record::new(event::GAP) },
+            // Awarded on standing offers: no announcement, no bid.
+            Record {
+                winners: Some(vec!["W".into()]),
+                reason: Some(OFFERS.into()),
+                ..rec(event::AWARDED, "c", 200)
+            },
+            rec(event::RESULT_RECEIVED, "c", 230),
+            rec(event::VERIFIED, "c", 231),
         ];
         let worker = vec![
             Record { node: Some("W".into()), ..Record::new(event::START) },
@@ -969,7 +1005,9 @@ mod tests {
         let inputs =
             Inputs { timelines: vec![("r".into(), requester), ("w".into(), worker)], ..Inputs::default() };
         let t = analyze(&inputs, None).tasks;
-        assert_eq!((t.tasks, t.verified, t.failed), (2, 1, 1));
+        assert_eq!((t.tasks, t.verified, t.failed, t.on_offers), (3, 2, 1, 1));
+        assert_eq!(t.phases_ms["offer_award_to_verified"].p50, 31.0);
+        assert_eq!(t.phases_ms["announce_to_verified"].count, 1, "only announced tasks");
         assert_eq!(t.phases_ms["announce_to_first_bid"].p50, 4.0);
         assert_eq!(t.phases_ms["announce_to_award"].p50, 10.0);
         assert_eq!(t.phases_ms["award_to_first_result"].p50, 30.0);
@@ -977,12 +1015,12 @@ mod tests {
         assert_eq!(t.phases_ms["announce_to_verified"].p50, 41.0);
         assert_eq!(t.phases_ms["worker_award_to_result_sent"].p50, 25.0);
         assert_eq!(t.bids_per_task.max, 2.0);
-        assert_eq!(t.bids_per_task.mean, 1.0);
-        assert_eq!(t.wins_per_node["W"], 1);
+        assert_eq!(t.bids_per_task.mean, 2.0 / 3.0);
+        assert_eq!(t.wins_per_node["W"], 2);
         assert_eq!(t.declines["Outbid"], 1);
         assert_eq!(t.failures["no bids"], 1);
         assert_eq!(t.records_dropped, 4);
-        assert_eq!(t.lanes["R"].len(), 9, "start and gap are not lane events");
+        assert_eq!(t.lanes["R"].len(), 12, "start and gap are not lane events");
     }
 
     #[test]

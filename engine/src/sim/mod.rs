@@ -189,8 +189,15 @@ pub struct SimReport {
     pub awards_per_task: f64,
     /// Verified tasks that had a spot check.
     pub spot_checks: usize,
-    /// Network messages (gossip deliveries, requests, responses) per accepted task.
+    /// Network messages of the task lifecycle (announcement deliveries, requests,
+    /// responses) per accepted task; presence adverts are counted apart.
     pub messages_per_task: f64,
+    /// Presence adverts (standing offers) delivered, per accepted task: they go out on a timer
+    /// and when an offer changes, whatever the tasks, so this falls as the task rate grows.
+    pub advert_messages_per_task: f64,
+    /// Share of awards that standing offers covered ([`fleetmesh_protocol::Award::offer`]):
+    /// tasks decided with no announcement and no bid, and offering standbys.
+    pub offer_award_share: f64,
     /// Vehicles whose timeline mentions a task, per task (requester included).
     pub participants_per_task: f64,
     /// The same over the second half of the tasks, once requesters have learned how many
@@ -336,6 +343,8 @@ pub struct Sim {
     /// Awards a worker refused as not answering any bid of its.
     awards_not_a_winner: usize,
     messages: u64,
+    advert_messages: u64,
+    offer_awards: usize,
     announcements: Vec<Vec<u8>>,
     hostile_sent: usize,
     hostile_accepted: usize,
@@ -394,7 +403,10 @@ impl Sim {
             return Err("the time limit must be at most a year".into());
         }
         let mut rng = Rng(config.seed ^ 0x5eed_f1ee_75e5_0001);
-        let presence = config.presence.unwrap_or(config.vehicles <= 100);
+        // Adverts go to direct neighbours only: with bounded links they cost each vehicle a
+        // bounded number of signature checks whatever the fleet; with every pair linked,
+        // every vehicle's advert reaches every other, which is too slow above 100.
+        let presence = config.presence.unwrap_or(config.vehicles <= 100 || config.links > 0);
         let model = ModelId::of(b"fleetmesh-sim-model");
         let mut engine_config = EngineConfig {
             default_model: Some(model),
@@ -492,6 +504,8 @@ impl Sim {
             accepted_order: Vec::new(),
             awards_not_a_winner: 0,
             messages: 0,
+            advert_messages: 0,
+            offer_awards: 0,
             announcements: Vec::new(),
             hostile_sent: 0,
             hostile_accepted: 0,
@@ -849,6 +863,7 @@ impl Sim {
                 for w in a.winners {
                     if self.awarded.insert((a.task_id, w)) {
                         self.awards += 1;
+                        self.offer_awards += usize::from(a.offer);
                         if let Some(q) = quarter {
                             let sybil =
                                 self.by_key.get(&w).is_some_and(|&j| self.vehicles[j].kind == Kind::Sybil);
@@ -882,8 +897,18 @@ impl Sim {
             if !self.reachable(from, j) {
                 continue;
             }
-            any = true;
-            self.messages += 1;
+            // A presence advert is kept only by the advertiser's direct neighbours (an engine
+            // ignores one whose signer it is not connected to, and so does not relay it).
+            if topic == Topic::Presence {
+                if j == from || !self.linked(from, j) {
+                    continue;
+                }
+                any = true;
+                self.advert_messages += 1;
+            } else {
+                any = true;
+                self.messages += 1;
+            }
             if self.rng.chance_ppm(self.config.loss_ppm) {
                 continue;
             }
@@ -1040,6 +1065,8 @@ impl Sim {
                     result_deadline_ms: u64::MAX,
                     select_ppm: None,
                     invited: vec![],
+                    // Half of them claim the victim's standing offer instead of a bid.
+                    offer: nonce.is_multiple_of(2),
                 }
                 .sign(&identity);
                 self.hostile_sent += 1;
@@ -1410,6 +1437,7 @@ impl Sim {
         }
         if r.tasks > 0 {
             r.messages_per_task = self.messages as f64 / r.tasks as f64;
+            r.advert_messages_per_task = self.advert_messages as f64 / r.tasks as f64;
             let parts: usize =
                 accepted.keys().map(|t| self.participants.get(t).map_or(0, BTreeSet::len)).sum();
             r.participants_per_task = parts as f64 / r.tasks as f64;
@@ -1432,6 +1460,7 @@ impl Sim {
         }
         r.sybils = self.config.sybils;
         r.awards_per_task = self.awards as f64 / accepted.len().max(1) as f64;
+        r.offer_award_share = self.offer_awards as f64 / self.awards.max(1) as f64;
         if self.config.sybils > 0 {
             let share = |(all, sybil): (usize, usize)| if all == 0 { 0.0 } else { sybil as f64 / all as f64 };
             r.sybil_share_by_quarter = self.sybil_awards.iter().map(|q| share(*q)).collect();
@@ -1457,7 +1486,13 @@ impl SimReport {
             self.wrong_verified, self.messages_per_task, self.participants_per_task, self.participants_per_task_later, self.crashes, self.partitions,
             self.hostile_sent, self.hostile_accepted, self.virtual_s, self.wall_s
         );
-        s.push_str(&format!("  awards/task {:.2}  spot checks {}\n", self.awards_per_task, self.spot_checks));
+        s.push_str(&format!(
+            "  awards/task {:.2}  spot checks {}  awards on standing offers {:.1} %  advert messages/task {:.1}\n",
+            self.awards_per_task,
+            self.spot_checks,
+            self.offer_award_share * 100.0,
+            self.advert_messages_per_task
+        ));
         if self.light {
             s.push_str("  lighter mode: vehicles a round does not admit count its announcement but do not process it\n");
         }
