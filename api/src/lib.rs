@@ -169,6 +169,10 @@ pub struct PeerInfo {
     pub models: Vec<String>,
     /// Free slots in its last presence advert.
     pub free_slots: Option<u32>,
+    /// Its standing offer stands until this instant (Unix ms): the node awards it tasks
+    /// without a bid round until then. Absent: no offer.
+    #[serde(default)]
+    pub offer_until_ms: Option<u64>,
     /// Its gossip score at this node (negative after invalid messages), when connected.
     #[serde(default)]
     pub score: Option<f64>,

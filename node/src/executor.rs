@@ -84,6 +84,7 @@ impl std::fmt::Debug for ModelStore {
 impl ModelStore {
     /// Opens `dir` (creating it) and installs the embedded default model.
     pub fn open(dir: &Path) -> Result<Self, ExecError> {
+        avoid_amx_kernels();
         std::fs::create_dir_all(dir)
             .map_err(|e| ExecError::Store { path: dir.to_owned(), message: e.to_string() })?;
         let held = std::fs::read_dir(dir)
@@ -253,6 +254,28 @@ fn argmax<T: PartialOrd + Copy>(v: &[T]) -> Option<u32> {
     best.map(|(i, _)| i as u32)
 }
 
+/// Takes Intel AMX out of the instruction sets tract dispatches to, before it first looks.
+///
+/// tract 0.23.9's AMX int8 matrix kernel (`avx512amx_mmm_i32_16x16`) crashed the process with
+/// SIGSEGV at a tile load under concurrent inference on an AMX host (Xeon with amx_int8;
+/// `fleetmesh bench throughput`, every run within seconds); with AMX taken out the same run
+/// went through at 800 tasks/s. The kernels below it (AVX-512 VNNI and down) give the same
+/// integer logits (the digits test checks it on every path). Set as tract's process-wide
+/// default, below the environment: `TRACT_CPU_ISA` still decides when it is set.
+fn avoid_amx_kernels() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if let Err(e) =
+                tract_onnx::tract_core::knobs::set_config_global("TRACT_CPU_ISA", "-amx-int8,-amx-bf16")
+            {
+                tracing::warn!(error = %e, "could not take AMX out of tract's instruction sets");
+            }
+        });
+    }
+}
+
 /// The engine and instruction-set path, for result headers.
 pub fn runtime_profile() -> fleetmesh_protocol::RuntimeProfile {
     fleetmesh_protocol::RuntimeProfile {
@@ -298,6 +321,10 @@ mod tests {
             for removed in spec.split(',').filter_map(|t| t.trim().strip_prefix('-')) {
                 assert!(!isa.split(',').any(|f| f == removed), "{removed} still in use: {isa}");
             }
+        }
+        // Without TRACT_CPU_ISA, AMX is never dispatched to (its kernel crashed under load).
+        if std::env::var("TRACT_CPU_ISA").is_err() {
+            assert!(!isa.contains("amx"), "AMX still in use: {isa}");
         }
         // The recipe measured 438/450 with onnxruntime; tract must reproduce its integer logits.
         assert_eq!(logits_equal, set.len(), "tract and onnxruntime disagree on integer logits");

@@ -1350,6 +1350,7 @@ impl EventLoop {
                                 .map(|a| a.models.iter().map(|m| m.to_string()).collect())
                                 .unwrap_or_default(),
                             free_slots: adv.map(|a| a.free_slots),
+                            offer_until_ms: adv.and_then(|a| a.offer_until_ms),
                             score: self.swarm.behaviour().gossipsub.peer_score(p),
                         }
                     })

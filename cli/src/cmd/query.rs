@@ -49,11 +49,20 @@ pub(crate) async fn status(a: StatusArgs) -> Result<()> {
 
 pub(crate) async fn peers(api: ApiArgs) -> Result<()> {
     let peers = api.client(Duration::from_secs(10))?.peers().await?;
-    say!("{:<54} {:<9} {:<6} models", "peer id", "connected", "slots");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    say!("{:<54} {:<9} {:<6} {:<8} models", "peer id", "connected", "slots", "offer");
     for p in peers {
         let models: Vec<String> = p.models.iter().map(|m| m.chars().take(8).collect()).collect();
         let slots = p.free_slots.map_or("-".into(), |s| s.to_string());
-        say!("{:<54} {:<9} {:<6} {}", p.peer_id, p.connected, slots, models.join(","));
+        // How much longer its standing offer stands.
+        let offer = match p.offer_until_ms {
+            Some(until) if until >= now => format!("{}s", (until - now) / 1000),
+            Some(_) => "expired".into(),
+            None => "-".into(),
+        };
+        say!("{:<54} {:<9} {:<6} {:<8} {}", p.peer_id, p.connected, slots, offer, models.join(","));
     }
     Ok(())
 }

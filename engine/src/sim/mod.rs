@@ -223,9 +223,13 @@ pub struct SimReport {
     pub light: bool,
     /// Connections per vehicle ([`SimConfig::links`]; 0: every pair).
     pub links: usize,
-    /// Awards refused by their worker as answering no bid of its (`NotAWinner`): a worker that
-    /// restarted and forgot its bids, or one awarded under another round than it bid in.
+    /// Awards on bids refused by their worker as answering no bid of its (`NotAWinner`): a
+    /// worker that restarted and forgot its bids, or one awarded under another round than it
+    /// bid in.
     pub awards_not_a_winner: usize,
+    /// Awards made on standing offers that their worker refused (busy, or its offer gone since
+    /// its last advert): the requester moves on to the next offer.
+    pub offer_awards_refused: usize,
     /// Properties that did not hold: empty on a good run.
     pub violations: Vec<String>,
 }
@@ -342,6 +346,7 @@ pub struct Sim {
     accepted_order: Vec<TaskId>,
     /// Awards a worker refused as not answering any bid of its.
     awards_not_a_winner: usize,
+    offer_awards_refused: usize,
     messages: u64,
     advert_messages: u64,
     offer_awards: usize,
@@ -503,6 +508,7 @@ impl Sim {
             participants: BTreeMap::new(),
             accepted_order: Vec::new(),
             awards_not_a_winner: 0,
+            offer_awards_refused: 0,
             messages: 0,
             advert_messages: 0,
             offer_awards: 0,
@@ -952,6 +958,13 @@ impl Sim {
         let reply = self.id();
         let from_key = self.vehicles[from].key;
         let Some(engine) = self.vehicles[to].engine.as_mut() else { return };
+        // Whether it is an award made on standing offers (its refusal means busy or offer gone).
+        let on_offer = match &request {
+            TaskRequest::Award { award, .. } => {
+                fleetmesh_protocol::Award::open_unverified(award).is_ok_and(|a| a.offer)
+            }
+            _ => false,
+        };
         let actions = engine.handle(now, Input::Request { reply, from: from_key, request });
         let response = actions.iter().find_map(|a| match a {
             Action::Reply { reply: r, response } if *r == reply => Some(response.clone()),
@@ -962,10 +975,13 @@ impl Sim {
             self.violations.push(format!("vehicle {to} did not answer a request"));
             return;
         };
-        if matches!(tag, Some(SendTag::Award { .. }))
-            && response == TaskResponse::Refused(fleetmesh_protocol::wire::Refusal::NotAWinner)
-        {
-            self.awards_not_a_winner += 1;
+        if matches!(tag, Some(SendTag::Award { .. })) {
+            use fleetmesh_protocol::wire::Refusal;
+            match &response {
+                TaskResponse::Refused(Refusal::NotAWinner) if !on_offer => self.awards_not_a_winner += 1,
+                TaskResponse::Refused(_) if on_offer => self.offer_awards_refused += 1,
+                _ => {}
+            }
         }
         match tag {
             Some(tag) => {
@@ -1319,6 +1335,7 @@ impl Sim {
             light: self.config.light,
             links: self.config.links,
             awards_not_a_winner: self.awards_not_a_winner,
+            offer_awards_refused: self.offer_awards_refused,
             crashes: self.crashes,
             partitions: self.partitions,
             hostile_sent: self.hostile_sent,

@@ -1,0 +1,20 @@
+//! The README's first command, `fleetmesh demo`, end to end on a small scale: every task
+//! verified with the right label, and awarded on the workers' standing offers (the mesh is
+//! ready only once the nodes hold each other's adverts).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::Duration;
+
+use fleetmesh_cli::demo::{run, DemoOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_verifies_every_task_on_standing_offers() {
+    let opts =
+        DemoOptions { tasks: 6, timeout: Duration::from_secs(60), progress: false, ..DemoOptions::default() };
+    let r = run(opts).await.unwrap();
+    assert_eq!(r.tasks_verified, 6, "{}", r.table());
+    assert_eq!(r.accuracy, 1.0, "{}", r.table());
+    assert_eq!(r.tasks_on_offers, 6, "{}", r.table());
+    assert!(r.table().contains("awarded on offers"));
+}
