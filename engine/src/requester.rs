@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use fleetmesh_crypto::{Digest, OutputDigest, PublicKey, SignedEnvelope, TaskId};
 use fleetmesh_protocol::selection;
-use fleetmesh_protocol::verify::{anchored_agreement, check_result, Agreement};
+use fleetmesh_protocol::verify::{anchored_agreement, check_opened, Agreement};
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{
     ids, task_id_of, winner, Announcement, Award, DeclineReason, OpenTask, OpenTasks, Receipt, RejectReason,
@@ -51,10 +51,12 @@ pub const MAX_CLOSED_REMEMBERED: usize = 4096;
 pub const ANNOUNCE_RETRY_MS: u64 = 500;
 /// Longest deadline a user may ask for, ms (one week).
 pub const MAX_DEADLINE_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Refusals before any work (busy, offer gone) a task forgives; later ones count as failures.
+pub const MAX_REFUSED_PER_TASK: usize = 8;
 /// Standing offers one task is decided on at most: the best by trust, then ticket.
 pub const MAX_OFFERS_PER_TASK: usize = 64;
-/// A worker that refused an award made on its offer (busy, or its offer gone) is not
-/// awarded on its offer again for this long, ms.
+/// A worker that refused an award (busy, or its offer gone) is not awarded on its offer again
+/// before its next advert, nor for this long, ms.
 pub const OFFER_BACKOFF_MS: u64 = 1_000;
 
 /// Where one awarded worker stands.
@@ -70,6 +72,10 @@ pub enum AssignStatus {
     Rejected(RejectReason),
     /// It will not deliver: why.
     Failed(String),
+    /// It refused the award before doing any work (busy, its offer gone, no bid of its): it
+    /// took no part and does not count towards the task's workers, but is not asked again for
+    /// this task. At most [`MAX_REFUSED_PER_TASK`] per task; refusals beyond count as failures.
+    Refused(String),
 }
 
 /// The requester's own run of a task (market v2 reputation: what a requester that trusts
@@ -96,7 +102,7 @@ pub struct Assignment {
     /// Where it stands.
     pub status: AssignStatus,
     /// Awarded on its standing offer (the award said `offer`): a refusal before any work
-    /// (busy, offer gone) is no failure of the worker's.
+    /// (busy, offer gone) is no failure of the worker's ([`AssignStatus::Refused`]).
     #[serde(default)]
     pub on_offer: bool,
 }
@@ -282,6 +288,7 @@ impl ReqTask {
                         AssignStatus::Returned(_) => "returned".into(),
                         AssignStatus::Rejected(r) => format!("rejected: {r}"),
                         AssignStatus::Failed(r) => format!("failed: {r}"),
+                        AssignStatus::Refused(r) => format!("refused: {r}"),
                     },
                 })
                 .collect(),
@@ -324,6 +331,17 @@ impl ReqTask {
         best.saturating_add(waiting) >= self.need()
     }
 
+    /// Workers counted towards the task's bound of k + 6: all awarded but those that refused
+    /// before doing any work.
+    pub fn counted(&self) -> usize {
+        self.assignments.iter().filter(|a| !matches!(a.status, AssignStatus::Refused(_))).count()
+    }
+
+    /// Awards refused before any work.
+    pub fn refused(&self) -> usize {
+        self.assignments.len().saturating_sub(self.counted())
+    }
+
     fn live_count(&self) -> usize {
         self.assignments.iter().filter(|a| a.live()).count()
     }
@@ -358,8 +376,8 @@ pub struct Requester {
     holders: BoundedMap<fleetmesh_crypto::ModelId, u32>,
     /// What this node has seen each worker do (market v2 reputation).
     ledger: Ledger,
-    /// Workers that refused an award made on their offer, and until when their offers are
-    /// passed over ([`OFFER_BACKOFF_MS`]).
+    /// Workers that refused an award before any work, and when: their offers are passed over
+    /// until they advertise again, and for [`OFFER_BACKOFF_MS`] at least.
     offer_backoff: BoundedMap<PublicKey, u64>,
 }
 
@@ -606,8 +624,14 @@ impl Requester {
             if t.bids.len() > MAX_BIDS_PER_ROUND {
                 return Err(format!("task {id} holds {} bids", t.bids.len()));
             }
-            if t.assignments.len() > usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS) {
-                return Err(format!("task {id} has {} assignments", t.assignments.len()));
+            if t.counted() > usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS)
+                || t.refused() > MAX_REFUSED_PER_TASK
+            {
+                return Err(format!(
+                    "task {id} has {} assignments ({} refused)",
+                    t.assignments.len(),
+                    t.refused()
+                ));
             }
             if t.rejections.len() > t.assignments.len() {
                 return Err(format!("task {id} recorded rejections from workers never awarded"));
@@ -761,7 +785,7 @@ impl Requester {
             .presence
             .iter()
             .filter(|(k, _)| **k != me && ctx.connected.contains(k))
-            .filter(|(k, _)| self.offer_backoff.get(k).is_none_or(|until| *until <= ctx.now))
+            .filter(|(k, _)| !Self::backing_off(&self.offer_backoff, ctx, k))
             .filter(|(_, a)| winner::offer_covers(&a.advert, &t.spec, ctx.now))
             .filter_map(|(k, a)| {
                 let trust = self.trust_of(ctx, k);
@@ -1055,7 +1079,7 @@ impl Requester {
             }
             let empty = t.empty_rounds;
             if empty >= ctx.config.tasks.max_rounds || now >= t.spec.deadline_ms {
-                let took_part = t.assignments.len();
+                let took_part = t.counted();
                 let reason = if hopeless {
                     format!(
                         "no trusted worker reachable in {empty} rounds: the task's workers are unknown \
@@ -1086,11 +1110,10 @@ impl Requester {
         t.bid_root = Some(winner::bid_set_root(&decision.bid_set));
         t.bid_count = u32::try_from(decision.bid_set.len()).unwrap_or(u32::MAX);
         // Never more workers on one task than its bound, whatever a round brought.
-        let allowed = usize::from(t.spec.redundancy)
-            .saturating_add(MAX_EXTRA_WORKERS)
-            .saturating_sub(t.assignments.len());
+        let allowed =
+            usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS).saturating_sub(t.counted());
         if allowed == 0 {
-            let reason = format!("gave up after {} workers failed or disagreed", t.assignments.len());
+            let reason = format!("gave up after {} workers failed or disagreed", t.counted());
             self.fail(ctx, id, reason);
             return;
         }
@@ -1314,14 +1337,20 @@ impl Requester {
                 self.fail(ctx, &id, format!("the task input is missing from the store ({m})"));
                 return;
             }
-            // Refused on its offer before doing any work: busy (its queue, or its jobs from
-            // this requester, are full), its offer gone, or its disk full. No failure of the
-            // worker's: it does not count towards the task's workers, and its offers are
-            // passed over for a while.
+            // Refused before doing any work: busy (its queue, or its jobs from this
+            // requester, are full), its offer gone, or its disk full, for an award on its
+            // offer; or no bid of its for this round (a standby awarded under a later round,
+            // a worker that restarted). No failure of the worker's: it does not count towards
+            // the task's workers (up to a bound), and its offers are passed over until it
+            // advertises again.
             Ok(TaskResponse::Refused(
                 r @ (Refusal::NoCapacity | Refusal::NotAWinner | Refusal::Unavailable),
-            )) if self.assignment_mut(&id, &worker).is_some_and(|a| a.on_offer && a.waiting()) => {
-                self.offer_refused(ctx, &id, &worker, format!("award on its offer refused: {r:?}"));
+            )) if self
+                .assignment_mut(&id, &worker)
+                .is_some_and(|a| a.waiting() && (a.on_offer || matches!(r, Refusal::NotAWinner)))
+                && self.tasks.get(&id).is_some_and(|t| t.refused() < MAX_REFUSED_PER_TASK) =>
+            {
+                self.award_refused(ctx, &id, &worker, format!("award refused before any work: {r:?}"));
                 return;
             }
             Ok(other) => format!("award refused: {other:?}"),
@@ -1330,26 +1359,32 @@ impl Requester {
         self.worker_failed(ctx, &id, &worker, reason);
     }
 
-    /// A worker refused an award made on its standing offer before doing any work: its
-    /// assignment is dropped (it took no part), and another worker is brought in.
-    fn offer_refused(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, worker: &PublicKey, reason: String) {
-        let until = ctx.now.saturating_add(OFFER_BACKOFF_MS);
-        self.offer_backoff.insert(*worker, until);
-        let Some(t) = self.tasks.get_mut(id) else { return };
-        let Some(i) = t.assignments.iter().rposition(|a| a.worker == *worker && a.on_offer && a.waiting())
-        else {
-            return;
-        };
-        t.assignments.remove(i);
-        tracing::debug!(task = %id, worker = %worker.fmt_short(), %reason, "offer award refused; moving on");
-        if t.phase.is_terminal() {
+    /// A worker refused an award before doing any work: it took no part (its assignment is
+    /// marked [`AssignStatus::Refused`], not counted towards the task's workers, and it is not
+    /// asked again for this task), its offers are passed over until it advertises again, and
+    /// another worker is brought in.
+    fn award_refused(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, worker: &PublicKey, reason: String) {
+        self.offer_backoff.insert(*worker, ctx.now);
+        let Some(a) = self.assignment_mut(id, worker) else { return };
+        if !a.waiting() {
             return;
         }
-        if !t.can_still_verify() {
+        tracing::debug!(task = %id, worker = %worker.fmt_short(), %reason, "award refused; moving on");
+        a.status = AssignStatus::Refused(reason);
+        if self.tasks.get(id).is_some_and(|t| !t.can_still_verify()) {
             self.add_worker(ctx, id);
         } else {
             self.persist(ctx, id);
         }
+    }
+
+    /// Whether `worker` refused an award and has not advertised since (or
+    /// [`OFFER_BACKOFF_MS`] has not passed): its offer is not to be trusted to stand yet.
+    fn backing_off(backoff: &BoundedMap<PublicKey, u64>, ctx: &Ctx<'_>, worker: &PublicKey) -> bool {
+        backoff.get(worker).is_some_and(|refused_at| {
+            ctx.now < refused_at.saturating_add(OFFER_BACKOFF_MS)
+                || ctx.presence.get(worker).is_none_or(|a| a.received_ms <= *refused_at)
+        })
     }
 
     fn assignment_mut(&mut self, id: &TaskId, worker: &PublicKey) -> Option<&mut Assignment> {
@@ -1377,10 +1412,13 @@ impl Requester {
         let Some(t) = self.tasks.get(id) else { return };
         let no_trusted = self.anchor_required(ctx, t) && !self.has_trusted_worker(ctx, t);
         let ledger = &self.ledger;
+        let backoff = &self.offer_backoff;
         let Some(t) = self.tasks.get_mut(id) else { return };
         if t.phase.is_terminal() {
             return;
         }
+        // Standbys that just refused an award elsewhere (busy) are not asked again now.
+        t.standby.retain(|(w, _)| !Self::backing_off(backoff, ctx, w));
         // No trusted worker on the task: check it here if this node can; then any worker
         // will do.
         if no_trusted {
@@ -1390,7 +1428,7 @@ impl Requester {
             // Only a trusted worker can verify this task now: the first one on standby, or
             // a wider round (unless one is already taking bids).
             if let Some(i) = t.standby.iter().position(|(w, _)| ledger.trust(w) == Trust::Trusted) {
-                if t.assignments.len() < usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS) {
+                if t.counted() < usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS) {
                     let next = t.standby.remove(i);
                     self.award(ctx, id, vec![next], true);
                     return;
@@ -1398,15 +1436,22 @@ impl Requester {
             } else if t.phase == Phase::Bidding {
                 return;
             } else if ctx.now < t.spec.deadline_ms
-                && t.assignments.len() < usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS)
+                && t.counted() < usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS)
             {
                 t.seeking = true;
                 self.next_round(ctx, id);
                 return;
             }
         }
-        if t.assignments.len() >= usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS) {
-            let reason = format!("gave up after {} workers failed or disagreed", t.assignments.len());
+        // A round is already taking bids: it brings the missing workers (it counts the live
+        // ones when it closes). A second round now would announce over it.
+        if t.phase == Phase::Bidding {
+            let op = t.persist(id);
+            ctx.push(Action::Persist(vec![op]));
+            return;
+        }
+        if t.counted() >= usize::from(t.spec.redundancy).saturating_add(MAX_EXTRA_WORKERS) {
+            let reason = format!("gave up after {} workers failed or disagreed", t.counted());
             self.fail(ctx, id, reason);
             return;
         }
@@ -1476,6 +1521,8 @@ impl Requester {
                 };
             }
             AssignStatus::Rejected(r) => return TaskResponse::Rejected(r.clone()),
+            // It refused the award: it has no job, so no result.
+            AssignStatus::Refused(_) => return TaskResponse::Rejected(RejectReason::NotAwarded),
             // Given up on (it disconnected, restarted, or was late) but back with a result
             // while the task is still open: checked like any other, and counted. Better
             // than the same work done again by a replacement.
@@ -1485,7 +1532,8 @@ impl Requester {
         let checked = if header.signer != from {
             Err(RejectReason::NotAwarded)
         } else {
-            check_result(&id, &t.spec, &t.awarded_keys(), &header, &output).and_then(|h| {
+            // The header's signature was checked above: checked once.
+            check_opened(&id, &t.spec, &t.awarded_keys(), &header.signer, h, &output).and_then(|h| {
                 // Where this node holds the model it knows the size of its output: a larger
                 // one is junk meant to fill the requester's memory.
                 match ctx.config.model_outputs.get(&t.spec.model) {

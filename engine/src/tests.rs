@@ -1662,11 +1662,13 @@ fn offers_a_worker_takes_an_award_only_while_its_own_offer_covers_it() {
 fn offers_a_refused_offer_award_moves_on_without_counting_a_failure() {
     let mut r = engine_with(1, |c| c.trust.enabled = false);
     let mut keys = Vec::new();
+    let mut engines = Vec::new();
     for i in 2..12 {
         let (w, data) = offering(i, T0, |_| {});
         r.handle(T0, Input::Connected(w.public()));
         gossip(&mut r, T0, Topic::Presence, data);
         keys.push(w.public());
+        engines.push(w);
     }
     let (id, actions) = submit(&mut r, T0 + 5, &[3; 8]);
     let persisted: Vec<ReqTask> = actions
@@ -1693,8 +1695,9 @@ fn offers_a_refused_offer_award_moves_on_without_counting_a_failure() {
     assert_ne!(next[0].0, first);
     assert!(Award::open(&next[0].2).unwrap().offer);
     let t = r.requester.get(&id).unwrap();
-    assert_eq!(t.assignments.len(), 1, "the refusal is no assignment");
-    assert_eq!(t.assignments[0].worker, next[0].0);
+    assert_eq!(t.counted(), 1, "the refusal does not count towards the task's workers");
+    assert!(matches!(t.assignments[0].status, requester::AssignStatus::Refused(_)));
+    assert_eq!(t.assignments[1].worker, next[0].0);
     // The busy worker's offer is passed over for a moment (its ticket would have won some of
     // these 30 tasks), and taken again after.
     let winners = |r: &mut Engine, now: u64, nonces: std::ops::Range<u64>| -> Vec<PublicKey> {
@@ -1709,8 +1712,52 @@ fn offers_a_refused_offer_award_moves_on_without_counting_a_failure() {
     let during = winners(&mut r, T0 + 7, 100..130);
     assert_eq!(during.len(), 30);
     assert!(!during.contains(&first), "passed over while backing off");
-    let after = winners(&mut r, T0 + 7 + requester::OFFER_BACKOFF_MS, 100..130);
-    assert!(after.contains(&first), "taken again after the backoff: {after:?}");
+    // Still passed over after the backoff until it advertises again.
+    let later = T0 + 7 + requester::OFFER_BACKOFF_MS;
+    assert!(!winners(&mut r, later, 200..230).contains(&first), "no advert since its refusal");
+    let busy = engines.iter_mut().find(|w| w.public() == first).unwrap();
+    let (_, advert, _) = published(&busy.handle(T0 + 5_000, Input::Tick)).remove(0);
+    gossip(&mut r, T0 + 5_000, Topic::Presence, advert);
+    let after = winners(&mut r, T0 + 5_001, 300..330);
+    assert!(after.contains(&first), "taken again once it advertised: {after:?}");
+}
+
+/// Workers that refuse every award before any work cannot keep a task going round: none is
+/// asked again for that task, the standby (2k + 2) is tried once, then an announced round
+/// takes over (where a busy worker does not bid).
+#[test]
+fn offers_refusals_are_bounded_per_task() {
+    let mut r = engine_with(1, |c| c.trust.enabled = false);
+    for i in 2..30 {
+        let (w, data) = offering(i, T0, |_| {});
+        r.handle(T0, Input::Connected(w.public()));
+        gossip(&mut r, T0, Topic::Presence, data);
+    }
+    let (id, actions) = submit(&mut r, T0 + 5, &[3; 8]);
+    let mut pending = awards(&actions);
+    let mut asked = std::collections::BTreeSet::new();
+    let mut now = T0 + 6;
+    let mut last = Vec::new();
+    while let Some((to, ..)) = pending.pop() {
+        assert!(asked.insert(to), "a worker that refused was asked again");
+        now += 1;
+        let out = r.handle(
+            now,
+            Input::Response {
+                tag: SendTag::Award { task: id, worker: to },
+                peer: to,
+                result: Ok(TaskResponse::Refused(Refusal::NoCapacity)),
+            },
+        );
+        pending.extend(awards(&out));
+        r.check_bounds().unwrap();
+        last = out;
+    }
+    let t = r.requester.get(&id).unwrap();
+    assert_eq!(t.refused(), 5, "the winner and its 4 standbys");
+    assert!(t.refused() <= requester::MAX_REFUSED_PER_TASK);
+    assert_eq!((t.counted(), t.phase), (0, fleetmesh_api::Phase::Bidding));
+    announcement(&last);
 }
 
 /// An award on an offer whose input cannot fit the model is refused, not run: without a bid

@@ -259,25 +259,27 @@ fn argmax<T: PartialOrd + Copy>(v: &[T]) -> Option<u32> {
 /// tract 0.23.9's AMX int8 matrix kernel (`avx512amx_mmm_i32_16x16`) crashed the process with
 /// SIGSEGV at a tile load under concurrent inference on an AMX host (Xeon with amx_int8;
 /// `fleetmesh bench throughput`, every run within seconds); with AMX taken out the same run
-/// went through at 800 tasks/s. The kernels below it (AVX-512 VNNI and down) give the same
-/// integer logits (the digits test checks it on every path). Set as tract's process-wide
-/// default, below the environment: `TRACT_CPU_ISA` still decides when it is set.
+/// went through at about 800 tasks/s. The kernels below it (AVX-512 VNNI and down) give the
+/// same integer logits (the digits test checks it). A `TRACT_CPU_ISA` the user set is kept,
+/// with AMX taken out of it too. Called before every model load and ISA report.
 fn avoid_amx_kernels() {
     #[cfg(target_arch = "x86_64")]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
-            if let Err(e) =
-                tract_onnx::tract_core::knobs::set_config_global("TRACT_CPU_ISA", "-amx-int8,-amx-bf16")
-            {
-                tracing::warn!(error = %e, "could not take AMX out of tract's instruction sets");
-            }
+            let amx_off = "-amx-int8,-amx-bf16";
+            let spec = match std::env::var("TRACT_CPU_ISA") {
+                Ok(user) if !user.trim().is_empty() => format!("{user},{amx_off}"),
+                _ => amx_off.to_owned(),
+            };
+            tract_onnx::prelude::tract_linalg::knobs::TRACT_CPU_ISA.set(Some(spec));
         });
     }
 }
 
 /// The engine and instruction-set path, for result headers.
 pub fn runtime_profile() -> fleetmesh_protocol::RuntimeProfile {
+    avoid_amx_kernels();
     fleetmesh_protocol::RuntimeProfile {
         engine: "tract-onnx 0.23.9".into(),
         isa: format!("{:?}", tract_onnx::prelude::tract_linalg::isa::native()),
@@ -322,10 +324,9 @@ mod tests {
                 assert!(!isa.split(',').any(|f| f == removed), "{removed} still in use: {isa}");
             }
         }
-        // Without TRACT_CPU_ISA, AMX is never dispatched to (its kernel crashed under load).
-        if std::env::var("TRACT_CPU_ISA").is_err() {
-            assert!(!isa.contains("amx"), "AMX still in use: {isa}");
-        }
+        // AMX is never dispatched to (its kernel crashed under load), whatever TRACT_CPU_ISA
+        // says besides.
+        assert!(!isa.contains("amx"), "AMX still in use: {isa}");
         // The recipe measured 438/450 with onnxruntime; tract must reproduce its integer logits.
         assert_eq!(logits_equal, set.len(), "tract and onnxruntime disagree on integer logits");
         assert_eq!(correct, 438);

@@ -1057,17 +1057,26 @@ impl Sim {
                 }
                 let input = vec![7u8; 1024];
                 let nonce = self.rng.next();
+                // Half of them claim the victim's standing offer instead of a bid: with sane
+                // limits (so the offer check is what must stop them) and a price below every
+                // vehicle's floor (so no offer covers them).
+                let claims_offer = nonce.is_multiple_of(2);
+                let (max_price, exec_timeout_ms, deadline_ms) = if claims_offer {
+                    (0, 5_000, self.local_now(victim) + 60_000)
+                } else {
+                    (u64::MAX, u32::MAX, u64::MAX)
+                };
                 let spec = fleetmesh_protocol::TaskSpec {
                     v: fleetmesh_protocol::WIRE_VERSION,
                     model: self.model,
                     input_digest: InputDigest::of(&input),
                     input_size: input.len() as u64,
                     redundancy: 1,
-                    max_price: u64::MAX,
+                    max_price,
                     created_ms: 0,
                     bid_window_ms: 100,
-                    exec_timeout_ms: u32::MAX,
-                    deadline_ms: u64::MAX,
+                    exec_timeout_ms,
+                    deadline_ms,
                     nonce,
                 }
                 .sign(&identity);
@@ -1081,8 +1090,7 @@ impl Sim {
                     result_deadline_ms: u64::MAX,
                     select_ppm: None,
                     invited: vec![],
-                    // Half of them claim the victim's standing offer instead of a bid.
-                    offer: nonce.is_multiple_of(2),
+                    offer: claims_offer,
                 }
                 .sign(&identity);
                 self.hostile_sent += 1;
@@ -1423,7 +1431,7 @@ impl Sim {
                             .and_then(|n| n.parse::<u32>().ok())
                             == Some(self.engine_config.tasks.max_rounds)
                     } else if reason.starts_with("gave up after ") {
-                        t.assignments.len() >= usize::from(*k) + crate::requester::MAX_EXTRA_WORKERS
+                        t.counted() >= usize::from(*k) + crate::requester::MAX_EXTRA_WORKERS
                     } else {
                         reason.starts_with("the task input is missing")
                     };
