@@ -1170,7 +1170,10 @@ impl Requester {
         if let Some(s) = spot {
             self.award(ctx, id, vec![s], false);
         }
-        self.open_dirty.insert(model);
+        // A task decided on offers was never in the open-tasks record: nothing to rewrite.
+        if !offer_round {
+            self.open_dirty.insert(model);
+        }
         // Offers that were not chosen were no bids: nothing to record about them.
         let declined = if offer_round { Vec::new() } else { declined };
         for (pk, reason) in declined {
@@ -1755,7 +1758,8 @@ impl Requester {
                 _ => {}
             }
         }
-        let model = t.spec.model;
+        // Only a task that was ever announced can be in the open-tasks record.
+        let (model, was_open) = (t.spec.model, !t.offer_round);
         // Finished: its input is not needed again. The ledger changes in the same write.
         let drop_input = StoreOp { table: Table::RequestInputs, key: *id, value: None };
         let mut ops = vec![t.persist(id), drop_input];
@@ -1776,7 +1780,9 @@ impl Requester {
                 tag: SendTag::Receipt,
             });
         }
-        self.open_dirty.insert(model);
+        if was_open {
+            self.open_dirty.insert(model);
+        }
         ctx.push(Action::Finished(*id));
     }
 
@@ -1792,11 +1798,14 @@ impl Requester {
         t.failure = Some(reason);
         t.times.finished_ms = ctx.now;
         t.bids.clear();
-        let model = t.spec.model;
+        let (model, was_open) = (t.spec.model, !t.offer_round);
         let drop_input = StoreOp { table: Table::RequestInputs, key: *id, value: None };
         ctx.push(Action::Persist(vec![t.persist(id), drop_input]));
         ctx.count(Metric::TasksFailed);
-        self.open_dirty.insert(model);
+        // Only a task that was ever announced can be in the open-tasks record.
+        if was_open {
+            self.open_dirty.insert(model);
+        }
         ctx.push(Action::Finished(*id));
     }
 

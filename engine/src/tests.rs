@@ -1526,6 +1526,9 @@ fn offers_a_task_is_awarded_at_once_on_the_neighbours_standing_offers() {
     assert_eq!(t.phase, fleetmesh_api::Phase::Running);
     assert!(t.offer_round);
     assert_eq!(t.standby.len(), 3, "the other offers stand by");
+    // Never announced, so never in the open-tasks record: nothing to rewrite in the DHT.
+    let flush = r.handle(T0 + 10_000, Input::Tick);
+    assert!(!flush.iter().any(|a| matches!(a, Action::PutRecord { .. })), "{flush:?}");
     // The winner takes it on its offer; another offering worker is not named and refuses.
     let request = TaskRequest::Award { spec, award: award_env, input: vec![3; 8] };
     for w in &mut workers {
