@@ -319,7 +319,7 @@ fn messages_received(nodes: &[fleetmesh_node::Node]) -> u64 {
 }
 
 /// A counter of every node of `nodes`, summed (their `/metrics` text).
-fn counter_sum(nodes: &[fleetmesh_node::Node], name: &str) -> u64 {
+pub(crate) fn counter_sum(nodes: &[fleetmesh_node::Node], name: &str) -> u64 {
     nodes
         .iter()
         .map(|n| {

@@ -203,15 +203,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Er
     report.bids_per_task = if submitted.is_empty() { 0.0 } else { bids as f64 / submitted.len() as f64 };
     for n in &nodes {
         report.served_per_node.push(n.client.stats().await?.jobs_executed);
-        report.tasks_on_offers += n
-            .client
-            .metrics_text()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("fleetmesh_tasks_awarded_on_offers_total ")?.trim().parse::<f64>().ok()
-            })
-            .map_or(0, |v| v as u64);
     }
+    report.tasks_on_offers = crate::bench::counter_sum(&nodes, "fleetmesh_tasks_awarded_on_offers_total");
     for n in nodes {
         n.stop().await;
     }

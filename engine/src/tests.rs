@@ -1479,6 +1479,17 @@ fn offering(i: u64, now: u64, f: impl FnOnce(&mut EngineConfig)) -> (Engine, Vec
     (w, data)
 }
 
+/// Offering workers `ids`, connected to requester `r`, which holds their first adverts.
+fn hear_offers(r: &mut Engine, ids: std::ops::Range<u64>) -> Vec<Engine> {
+    ids.map(|i| {
+        let (w, data) = offering(i, T0, |_| {});
+        r.handle(T0, Input::Connected(w.public()));
+        assert_eq!(verdict(&gossip(r, T0, Topic::Presence, data)), Verdict::Accept);
+        w
+    })
+    .collect()
+}
+
 /// The awards among `actions`: (worker, spec, award).
 fn awards(actions: &[Action]) -> Vec<(PublicKey, SignedEnvelope, SignedEnvelope)> {
     sends(actions)
@@ -1664,15 +1675,7 @@ fn offers_a_worker_takes_an_award_only_while_its_own_offer_covers_it() {
 #[test]
 fn offers_a_refused_offer_award_moves_on_without_counting_a_failure() {
     let mut r = engine_with(1, |c| c.trust.enabled = false);
-    let mut keys = Vec::new();
-    let mut engines = Vec::new();
-    for i in 2..12 {
-        let (w, data) = offering(i, T0, |_| {});
-        r.handle(T0, Input::Connected(w.public()));
-        gossip(&mut r, T0, Topic::Presence, data);
-        keys.push(w.public());
-        engines.push(w);
-    }
+    let mut engines = hear_offers(&mut r, 2..12);
     let (id, actions) = submit(&mut r, T0 + 5, &[3; 8]);
     let persisted: Vec<ReqTask> = actions
         .iter()
@@ -1731,11 +1734,7 @@ fn offers_a_refused_offer_award_moves_on_without_counting_a_failure() {
 #[test]
 fn offers_refusals_are_bounded_per_task() {
     let mut r = engine_with(1, |c| c.trust.enabled = false);
-    for i in 2..30 {
-        let (w, data) = offering(i, T0, |_| {});
-        r.handle(T0, Input::Connected(w.public()));
-        gossip(&mut r, T0, Topic::Presence, data);
-    }
+    hear_offers(&mut r, 2..30);
     let (id, actions) = submit(&mut r, T0 + 5, &[3; 8]);
     let mut pending = awards(&actions);
     let mut asked = std::collections::BTreeSet::new();
