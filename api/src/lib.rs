@@ -102,6 +102,31 @@ pub struct TaskView {
     pub failure: Option<String>,
     /// Milestones.
     pub timings: Timings,
+    /// Inputs in the task when it is a batch (`output_digest` is then the Merkle root the
+    /// workers signed, and `output_base64` the list of outputs); absent for one input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u16>,
+    /// A verified batch's outputs, in input order, each with what checks it alone against
+    /// `output_digest`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<BatchItemView>,
+}
+
+/// One output of a verified batch task. Anyone holding the signed result header checks it
+/// without the other outputs: blake3 of `output_base64` is `output_digest`, and folding
+/// `path` onto it gives the header's root (`fleetmesh_protocol::batch::verify_item`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchItemView {
+    /// Its place in the batch (0 first).
+    pub index: u32,
+    /// blake3 of the output (hex): the Merkle leaf.
+    pub output_digest: String,
+    /// The output bytes, base64.
+    pub output_base64: String,
+    /// The argmax of the output, for classifiers.
+    pub label: Option<u32>,
+    /// Sibling digests (hex) from the leaf up to the root.
+    pub path: Vec<String>,
 }
 
 /// A task to submit.
@@ -123,6 +148,9 @@ pub struct SubmitRequest {
     pub exec_timeout_ms: Option<u32>,
     /// Overall deadline from now, ms.
     pub deadline_ms: Option<u64>,
+    /// A batch: the input is this many inputs of the model's size end to end, run under one
+    /// award and verified as one result (at most 256). Absent: one input.
+    pub batch: Option<u16>,
 }
 
 /// The body of `POST /v1/tasks`.
@@ -136,6 +164,8 @@ pub struct SubmitBody {
     pub input_base64: Option<String>,
     /// Use this sample of the embedded digits test set as the input.
     pub digits_sample: Option<usize>,
+    /// A batch of samples of the embedded digits test set, in this order (sets `batch`).
+    pub digits_samples: Option<Vec<usize>>,
 }
 
 /// The answer to a submit.
@@ -145,6 +175,9 @@ pub struct Submitted {
     pub task_id: String,
     /// For digits samples: the true label.
     pub expected_label: Option<u8>,
+    /// For a batch of digits samples: the true labels, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_labels: Vec<u8>,
 }
 
 /// Node identity and addresses.

@@ -93,6 +93,16 @@ pub struct BenchReport {
     /// Every level tried: (in flight, tasks/s, p99 ms).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub throughput_levels: Vec<(usize, f64, f64)>,
+    /// Inputs per batch task in the batch run of the throughput part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u16>,
+    /// Verified inputs per second when the same lanes submit batch tasks (one award and one
+    /// signed result per batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_inputs_per_s: Option<f64>,
+    /// p99 submit-to-verified latency of a batch task in that run, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_p99_ms: Option<f64>,
     /// RSS of one idle node process after joining a 3-node mesh, MB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_node_rss_mb: Option<f64>,
@@ -255,38 +265,7 @@ async fn throughput(
     let levels: &[usize] = if quick { &[4, 16] } else { &[8, 32, 128, 256] };
     let mut best: Option<(usize, f64, f64)> = None;
     for &level in levels {
-        let end = Instant::now() + window;
-        let mut lanes = tokio::task::JoinSet::new();
-        for lane in 0..level {
-            let client = nodes[lane % nodes.len()].client.clone();
-            let samples = samples.clone();
-            lanes.spawn(async move {
-                let mut lat = Vec::new();
-                let mut i = lane;
-                while Instant::now() < end {
-                    let input = samples[i % samples.len()].to_input();
-                    i += level;
-                    let t = Instant::now();
-                    let Ok(id) = client
-                        .submit(SubmitRequest { input, redundancy: Some(1), ..SubmitRequest::default() })
-                        .await
-                    else {
-                        break;
-                    };
-                    match tokio::time::timeout(Duration::from_secs(60), client.wait(id)).await {
-                        Ok(Ok(v)) if v.phase == Phase::Verified && Instant::now() <= end => {
-                            lat.push(t.elapsed().as_millis() as u64)
-                        }
-                        _ => {}
-                    }
-                }
-                lat
-            });
-        }
-        let mut lat = Vec::new();
-        while let Some(r) = lanes.join_next().await {
-            lat.extend(r.unwrap_or_default());
-        }
+        let lat = saturate(&nodes, &samples, level, window, None).await;
         let tps = lat.len() as f64 / window.as_secs_f64();
         let p99 = Percentiles::of(&lat).p99;
         report.throughput_levels.push((level, tps, p99));
@@ -300,11 +279,64 @@ async fn throughput(
         report.tasks_per_s = Some(tps);
         report.throughput_p99_ms = Some(p99);
         report.throughput_in_flight = Some(level);
+        // The same load in batches: one award and one signed result for BATCH inputs.
+        let lat = saturate(&nodes, &samples, level, window, Some(BATCH)).await;
+        report.batch_size = Some(BATCH);
+        report.batch_inputs_per_s = Some(lat.len() as f64 * f64::from(BATCH) / window.as_secs_f64());
+        report.batch_p99_ms = Some(Percentiles::of(&lat).p99);
     }
     for n in nodes {
         n.stop().await;
     }
     Ok(())
+}
+
+/// Inputs per task in the throughput part's batch run.
+const BATCH: u16 = 16;
+
+/// `level` lanes submit k = 1 tasks (of `batch` inputs each, if given) back to back for
+/// `window`, spread over the nodes; the latencies of the tasks verified within the window.
+async fn saturate(
+    nodes: &[fleetmesh_node::Node],
+    samples: &std::sync::Arc<Vec<fleetmesh_node::digits::Sample>>,
+    level: usize,
+    window: Duration,
+    batch: Option<u16>,
+) -> Vec<u64> {
+    let end = Instant::now() + window;
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 0..level {
+        let client = nodes[lane % nodes.len()].client.clone();
+        let samples = samples.clone();
+        lanes.spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = lane;
+            while Instant::now() < end {
+                let mut input = Vec::new();
+                for _ in 0..batch.unwrap_or(1) {
+                    input.extend(samples[i % samples.len()].to_input());
+                    i += level;
+                }
+                let t = Instant::now();
+                let request = SubmitRequest { input, redundancy: Some(1), batch, ..SubmitRequest::default() };
+                let Ok(id) = client.submit(request).await else {
+                    break;
+                };
+                match tokio::time::timeout(Duration::from_secs(60), client.wait(id)).await {
+                    Ok(Ok(v)) if v.phase == Phase::Verified && Instant::now() <= end => {
+                        lat.push(t.elapsed().as_millis() as u64)
+                    }
+                    _ => {}
+                }
+            }
+            lat
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(r) = lanes.join_next().await {
+        lat.extend(r.unwrap_or_default());
+    }
+    lat
 }
 
 /// Gossip messages, task requests and answers every node of `nodes` received so far (their
@@ -525,6 +557,14 @@ impl BenchReport {
                 let _ = writeln!(s, "    in flight {level:>4}: {tps:>8.1} tasks/s, p99 {p99:>8.0} ms");
             }
             let _ = writeln!(s, "    tasks_per_s       {:>10}   (target >= 2000)", f(self.tasks_per_s));
+            if let Some(n) = self.batch_size {
+                let _ = writeln!(
+                    s,
+                    "    batch_inputs_per_s {:>9}   (batches of {n}, same lanes; p99 {} ms)",
+                    f(self.batch_inputs_per_s),
+                    f(self.batch_p99_ms)
+                );
+            }
         }
         if self.idle_node_rss_mb.is_some() || self.mesh200_rss_mb.is_some() {
             let _ = writeln!(s, "  memory");

@@ -28,6 +28,9 @@ pub struct DemoOptions {
     /// Write each node's gossip trace and task timeline into this folder
     /// (`node-<i>.jsonl`, `node-<i>.timeline.jsonl`).
     pub trace: Option<std::path::PathBuf>,
+    /// Then one batch task of this many samples (one award, one signed result per worker),
+    /// each output checked alone against the signed root; 0 runs none.
+    pub batch: u16,
 }
 
 impl Default for DemoOptions {
@@ -39,6 +42,7 @@ impl Default for DemoOptions {
             timeout: Duration::from_secs(120),
             progress: true,
             trace: None,
+            batch: 16,
         }
     }
 }
@@ -81,6 +85,32 @@ pub struct DemoReport {
     pub wall_ms: u64,
     /// Failure reasons, if any.
     pub failures: Vec<String>,
+    /// The batch task, if one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchReport>,
+}
+
+/// What the demo's batch task showed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BatchReport {
+    /// Inputs in the batch.
+    pub inputs: u16,
+    /// Whether the batch was verified.
+    pub verified: bool,
+    /// Outputs whose label matches the test set's (the model's own accuracy: it gets a few
+    /// of the test set wrong).
+    pub correct: usize,
+    /// Outputs byte for byte equal to a run of the same sample on this machine, outside the
+    /// mesh.
+    pub equal_to_local: usize,
+    /// Outputs that check alone against the signed Merkle root with their path.
+    pub checked_alone: usize,
+    /// Workers whose root was accepted.
+    pub verified_by: usize,
+    /// Submit to verified, ms.
+    pub latency_ms: u64,
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
 }
 
 /// Runs the demo and returns its report.
@@ -205,8 +235,69 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Er
         report.served_per_node.push(n.client.stats().await?.jobs_executed);
     }
     report.tasks_on_offers = crate::bench::counter_sum(&nodes, "fleetmesh_tasks_awarded_on_offers_total");
+    if opts.batch > 0 {
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(10));
+        let local = fleetmesh_node::executor::ModelStore::open(&dir.path().join("local-check"))?;
+        report.batch =
+            Some(run_batch(&nodes, &samples, &local, opts.batch, opts.redundancy, remaining).await?);
+        if opts.progress {
+            eprintln!("ran one batch task of {} samples", opts.batch);
+        }
+    }
     for n in nodes {
         n.stop().await;
+    }
+    Ok(report)
+}
+
+/// One task carrying `n` samples, from the first node: the report of what came back, each
+/// output checked as a client holding only its own output, its path and the signed root would.
+async fn run_batch(
+    nodes: &[fleetmesh_node::Node],
+    samples: &[fleetmesh_node::digits::Sample],
+    local: &fleetmesh_node::executor::ModelStore,
+    n: u16,
+    k: u8,
+    timeout: Duration,
+) -> Result<BatchReport, Box<dyn std::error::Error + Send + Sync>> {
+    use base64::Engine as _;
+    let chosen: Vec<&fleetmesh_node::digits::Sample> =
+        (0..usize::from(n)).map(|i| &samples[(i * 53 + 11) % samples.len()]).collect();
+    let req = SubmitRequest {
+        input: chosen.iter().flat_map(|s| s.to_input()).collect(),
+        batch: Some(n),
+        redundancy: Some(k),
+        ..SubmitRequest::default()
+    };
+    let client = &nodes[0].client;
+    let start = Instant::now();
+    let id = client.submit(req).await?;
+    let v = tokio::time::timeout(timeout, client.wait(id)).await??;
+    let mut report = BatchReport {
+        inputs: n,
+        verified: v.phase == Phase::Verified,
+        verified_by: v.verified_by.len(),
+        latency_ms: start.elapsed().as_millis() as u64,
+        failure: v.failure.clone(),
+        ..BatchReport::default()
+    };
+    let root = v.output_digest.as_deref().and_then(|d| d.parse::<fleetmesh_crypto::OutputDigest>().ok());
+    for (item, sample) in v.items.iter().zip(&chosen) {
+        if item.label == Some(u32::from(sample.label)) {
+            report.correct += 1;
+        }
+        let output =
+            base64::engine::general_purpose::STANDARD.decode(&item.output_base64).unwrap_or_default();
+        let model = fleetmesh_node::digits::model_id();
+        if local.run(&model, &sample.to_input()).is_ok_and(|i| i.output == output) {
+            report.equal_to_local += 1;
+        }
+        let path: Option<Vec<fleetmesh_crypto::Digest>> = item.path.iter().map(|d| d.parse().ok()).collect();
+        if let (Some(root), Some(path)) = (&root, path) {
+            if fleetmesh_protocol::batch::verify_item(&output, item.index as usize, n, &path, root) {
+                report.checked_alone += 1;
+            }
+        }
     }
     Ok(report)
 }
@@ -247,6 +338,24 @@ impl DemoReport {
             self.served_per_node.iter().enumerate().map(|(i, n)| format!("node{i}={n}")).collect();
         let _ = writeln!(s, "  tasks served per node: {}", served.join(" "));
         let _ = writeln!(s, "  wall time {:.1} s", self.wall_ms as f64 / 1000.0);
+        if let Some(b) = &self.batch {
+            let state = if b.verified { "verified" } else { "NOT verified" };
+            let _ = writeln!(
+                s,
+                "  batch of {n}: {state} in {} ms under one award ({} workers' roots agreed)\n    \
+                 outputs checked alone against the signed root {}/{n}, equal to a local run {}/{n}, \
+                 labels right {}/{n}",
+                b.latency_ms,
+                b.verified_by,
+                b.checked_alone,
+                b.equal_to_local,
+                b.correct,
+                n = b.inputs,
+            );
+            if let Some(f) = &b.failure {
+                let _ = writeln!(s, "  batch failure: {f}");
+            }
+        }
         for f in &self.failures {
             let _ = writeln!(s, "  failure: {f}");
         }

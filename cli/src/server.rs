@@ -2,7 +2,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | POST | `/v1/tasks` | submit: `{"input_base64": "...", "model": "<hex>", "redundancy": 2}` or `{"digits_sample": 7}` |
+//! | POST | `/v1/tasks` | submit: `{"input_base64": "...", "model": "<hex>", "redundancy": 2}`, `{"digits_sample": 7}`, or a batch: `{"digits_samples": [1, 2, 3]}` or `{"input_base64": "...", "batch": 3}` |
 //! | GET | `/v1/tasks` | every task this node requested |
 //! | GET | `/v1/tasks/{id}` | one task |
 //! | GET | `/v1/tasks/{id}/wait?timeout_ms=N` | waits until verified or failed (or the timeout) |
@@ -331,15 +331,17 @@ async fn method_not_allowed() -> ApiError {
 
 /// The fields `POST /v1/tasks` knows: any other is refused, so a typo
 /// (`"redundancey": 3`) is an error instead of a silently ignored wish.
-const SUBMIT_FIELDS: [&str; 8] = [
+const SUBMIT_FIELDS: [&str; 10] = [
     "model",
     "redundancy",
     "max_price",
     "bid_window_ms",
     "exec_timeout_ms",
     "deadline_ms",
+    "batch",
     "input_base64",
     "digits_sample",
+    "digits_samples",
 ];
 
 /// A JSON body, or the framework's rejection as the documented `{"error": ...}`.
@@ -368,28 +370,46 @@ async fn submit(
     let body: SubmitBody = serde_json::from_value(value)
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid task: {e}")))?;
     let mut req = body.params;
-    let mut expected_label = None;
-    req.input = match (body.input_base64, body.digits_sample) {
-        (Some(b64), None) => base64::engine::general_purpose::STANDARD
+    let (mut expected_label, mut expected_labels) = (None, Vec::new());
+    let set = fleetmesh_node::digits::test_set();
+    let sample = |i: usize| {
+        set.get(i).ok_or_else(|| {
+            ApiError(StatusCode::BAD_REQUEST, format!("digits samples must be below {}", set.len()))
+        })
+    };
+    req.input = match (body.input_base64, body.digits_sample, body.digits_samples) {
+        (Some(b64), None, None) => base64::engine::general_purpose::STANDARD
             .decode(b64.as_bytes())
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("input_base64: {e}")))?,
-        (None, Some(i)) => {
-            let set = fleetmesh_node::digits::test_set();
-            let s = set.get(i).ok_or_else(|| {
-                ApiError(StatusCode::BAD_REQUEST, format!("digits_sample must be below {}", set.len()))
-            })?;
+        (None, Some(i), None) => {
+            let s = sample(i)?;
             expected_label = Some(s.label);
             s.to_input()
+        }
+        (None, None, Some(list)) => {
+            let n = u16::try_from(list.len()).unwrap_or(u16::MAX);
+            if req.batch.is_some_and(|b| b != n) {
+                let why = format!("batch is {} but digits_samples lists {n}", req.batch.unwrap_or(0));
+                return Err(ApiError(StatusCode::BAD_REQUEST, why));
+            }
+            req.batch = Some(n);
+            let mut input = Vec::new();
+            for i in list {
+                let s = sample(i)?;
+                expected_labels.push(s.label);
+                input.extend(s.to_input());
+            }
+            input
         }
         _ => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
-                "give exactly one of input_base64 or digits_sample".into(),
+                "give exactly one of input_base64, digits_sample or digits_samples".into(),
             ))
         }
     };
     let id = c.submit(req).await?;
-    Ok((StatusCode::ACCEPTED, Json(Submitted { task_id: id.to_string(), expected_label })))
+    Ok((StatusCode::ACCEPTED, Json(Submitted { task_id: id.to_string(), expected_label, expected_labels })))
 }
 
 async fn list(State(c): State<Client>) -> Result<Json<Vec<TaskView>>, ApiError> {

@@ -83,6 +83,20 @@ async fn api_and_cli_submit_status_peers_metrics_and_errors() {
     assert!(ops("fleetmesh_signatures_made_total").is_some_and(|n| n > 0), "{metrics}");
     assert!(ops("fleetmesh_signatures_checked_total").is_some_and(|n| n > 0), "{metrics}");
 
+    // A batch through the API: the expected labels in order, one verified root, each output
+    // with its path to it.
+    let (code, sub) = post(&format!("{base}/v1/tasks"), json!({ "digits_samples": [5, 6, 7] })).await;
+    assert_eq!(code, 202, "{sub}");
+    let id3 = sub["task_id"].as_str().unwrap().to_owned();
+    let labels: Vec<u64> =
+        sub["expected_labels"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap()).collect();
+    let set = fleetmesh_node::digits::test_set();
+    assert_eq!(labels, (5..8).map(|i| u64::from(set[i].label)).collect::<Vec<_>>());
+    let (_, body) = get(&format!("{base}/v1/tasks/{id3}/wait?timeout_ms=30000")).await;
+    let view: TaskView = serde_json::from_str(&body).unwrap();
+    assert_eq!((view.phase, view.batch, view.items.len()), (Phase::Verified, Some(3), 3), "{body}");
+    assert!(view.items.iter().all(|i| !i.path.is_empty() && i.label.is_some()), "{body}");
+
     // Bad requests: a clear error and a 4xx.
     for body in [
         json!({ "input_base64": "%%%" }),
@@ -91,6 +105,10 @@ async fn api_and_cli_submit_status_peers_metrics_and_errors() {
         json!({ "digits_sample": 100000 }),
         json!({ "digits_sample": 1, "model": "not-hex" }),
         json!({ "digits_sample": 1, "redundancy": 0 }),
+        json!({ "digits_samples": [] }),
+        json!({ "digits_samples": [1, 2], "batch": 3 }),
+        json!({ "digits_samples": [1, 2], "digits_sample": 1 }),
+        json!({ "input_base64": "AAAAAAAA", "batch": 3 }),
     ] {
         let (code, err) = post(&format!("{base}/v1/tasks"), body.clone()).await;
         assert_eq!(code, 400, "{body} -> {err}");
@@ -118,6 +136,11 @@ async fn api_and_cli_submit_status_peers_metrics_and_errors() {
     assert!(ok, "{out}{err}");
     let label9 = fleetmesh_node::digits::test_set()[9].label;
     assert!(out.contains("phase    Verified"), "{out}");
+    assert!(out.contains(&format!("(expected {label9})")), "{out}");
+    let (ok, out, err) =
+        cli([vec!["submit".into(), "--digits-samples".into(), "9,10".into()], api.clone()].concat()).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("merkle root over 2 outputs") && out.contains("item   1 label"), "{out}");
     assert!(out.contains(&format!("(expected {label9})")), "{out}");
     let (ok, out, _) = cli([vec!["status".into(), id.clone()], api.clone()].concat()).await;
     assert!(ok && out.contains("\"verified\""), "{out}");

@@ -41,6 +41,10 @@ async fn quick_bench_reports_every_part() {
     assert!(r.messages_per_task.unwrap() >= 4.0, "{r:?}");
     assert_eq!(r.throughput_levels.len(), 2);
     assert!(r.tasks_per_s.unwrap() > 0.0, "no task verified under load: {r:?}");
+    // The same lanes with batches of 16: each verified batch counts 16 inputs.
+    assert_eq!(r.batch_size, Some(16));
+    let batch = r.batch_inputs_per_s.unwrap();
+    assert!(batch > 0.0, "no batch verified under load: {r:?}");
     assert!(r.idle_node_rss_mb.unwrap() > 1.0 && r.mesh200_rss_mb.unwrap() > r.idle_node_rss_mb.unwrap());
     let anon = r.idle_node_anon_mb.unwrap();
     assert!(anon > 0.0 && anon < r.idle_node_rss_mb.unwrap(), "{r:?}");

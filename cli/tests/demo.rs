@@ -18,4 +18,11 @@ async fn the_demo_verifies_every_task_on_standing_offers() {
     // (One may race a reconnect, whose advert comes within a second: then it is announced.)
     assert!(r.tasks_on_offers >= 5, "{}", r.table());
     assert!(r.table().contains("awarded on offers"));
+    // Then one batch of 16 under one award: verified, every output equal to a local run of its
+    // sample and checked alone against the signed root. (Labels: the model's own accuracy.)
+    let b = r.batch.as_ref().unwrap();
+    assert!(b.verified, "{}", r.table());
+    assert_eq!((b.equal_to_local, b.checked_alone), (16, 16), "{}", r.table());
+    assert!(b.correct >= 12, "{}", r.table());
+    assert!(b.verified_by >= 2, "{}", r.table());
 }

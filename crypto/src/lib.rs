@@ -18,6 +18,7 @@ mod digest;
 mod envelope;
 mod keys;
 mod keystore;
+pub mod merkle;
 pub mod ops;
 
 pub use digest::{Digest, DigestParseError, InputDigest, ModelId, OutputDigest, TaskId};

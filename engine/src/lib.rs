@@ -424,6 +424,9 @@ pub enum Action {
         task: TaskId,
         /// The model.
         model: ModelId,
+        /// The spec's batch: run each of its inputs, and answer with the outputs' Merkle root
+        /// ([`fleetmesh_protocol::batch::output_digest`]).
+        batch: Option<u16>,
     },
     /// Run a model on a job's stored input; answered by [`Input::Executed`].
     Execute {
@@ -431,6 +434,9 @@ pub enum Action {
         task: TaskId,
         /// The model.
         model: ModelId,
+        /// The spec's batch: run each of its inputs, and answer with the outputs as one list
+        /// ([`fleetmesh_protocol::batch::encode_outputs`]).
+        batch: Option<u16>,
     },
     /// Write durably, as one transaction. If it fails, the driver answers the `Reply`s that
     /// follow it in the same batch with `Refused(Unavailable)` and the `Submitted`s with an
@@ -464,6 +470,9 @@ pub struct EngineConfig {
     pub max_queue: u32,
     /// Unfinished jobs accepted from one requester.
     pub max_jobs_per_requester: u32,
+    /// The most inputs of one batch task this node runs; 1 takes no batches
+    /// ([`fleetmesh_protocol::batch`]).
+    pub max_batch: u16,
     /// Lowest price this node bids.
     pub price_floor: u64,
     /// Defaults for submitted tasks.
@@ -500,6 +509,7 @@ impl Default for EngineConfig {
             slots: 2,
             max_queue: 64,
             max_jobs_per_requester: 32,
+            max_batch: fleetmesh_protocol::batch::MAX_BATCH,
             price_floor: 1,
             tasks: TaskDefaults::default(),
             default_model: None,
@@ -937,6 +947,7 @@ impl Engine {
                     // The offer stands as long as requesters keep the advert, and is renewed
                     // with each one.
                     offer_until_ms: offering.then(|| now.saturating_add(self.presence_ttl_ms())),
+                    max_batch: self.config.max_batch.max(1),
                 };
                 let env = advert.sign(&self.identity);
                 self.worker.offer = Some(advert);

@@ -35,7 +35,7 @@ use super::{
     record, Action, Ctx, EngineConfig, Metric, Outgoing, SendFailure, SendTag, StoreOp, SubmitError,
     SubmitRequest, Table, Topic,
 };
-use fleetmesh_api::{Phase, TaskView, Timings, WorkerView};
+use fleetmesh_api::{BatchItemView, Phase, TaskView, Timings, WorkerView};
 use fleetmesh_trace::timeline::event;
 use fleetmesh_trace::TaskRecord;
 
@@ -265,10 +265,29 @@ impl ReqTask {
             .verified
             .as_ref()
             .and_then(|(d, _)| self.outputs.iter().find(|(o, _)| o == d).map(|(_, b)| b.to_vec()));
-        let label = verified_output
-            .as_deref()
-            .and_then(|b| fleetmesh_protocol::output::ModelOutput::from_bytes(b).ok())
-            .and_then(|o| o.argmax);
+        let label_of =
+            |b: &[u8]| fleetmesh_protocol::output::ModelOutput::from_bytes(b).ok().and_then(|o| o.argmax);
+        let (label, items) = match (self.spec.batch, verified_output.as_deref()) {
+            (None, output) => (output.and_then(label_of), Vec::new()),
+            (Some(n), Some(output)) => {
+                // Checked against the root when the result arrived; a list that no longer
+                // splits (it cannot) shows no items rather than wrong ones.
+                let proofs = fleetmesh_protocol::batch::proofs(n, output).unwrap_or_default();
+                let items = proofs
+                    .into_iter()
+                    .zip(0u32..)
+                    .map(|(p, index)| BatchItemView {
+                        index,
+                        output_digest: p.digest.to_string(),
+                        label: label_of(&p.output),
+                        output_base64: base64::engine::general_purpose::STANDARD.encode(&p.output),
+                        path: p.path.iter().map(|d| d.to_string()).collect(),
+                    })
+                    .collect();
+                (None, items)
+            }
+            (Some(_), None) => (None, Vec::new()),
+        };
         TaskView {
             task_id: self.id().to_string(),
             model: self.spec.model.to_string(),
@@ -303,6 +322,8 @@ impl ReqTask {
             rejections: self.rejections.iter().map(|(w, r)| (w.to_string(), r.to_string())).collect(),
             failure: self.failure.clone(),
             timings: self.times.clone(),
+            batch: self.spec.batch,
+            items,
         }
     }
 
@@ -447,7 +468,7 @@ impl Requester {
         if t.self_check.is_none() && Self::can_check(ctx, t) {
             t.self_check = Some(SelfCheck::Running);
             ctx.count(Metric::OwnChecks);
-            ctx.push(Action::Check { task: *id, model: t.spec.model });
+            ctx.push(Action::Check { task: *id, model: t.spec.model, batch: t.spec.batch });
         }
     }
 
@@ -671,11 +692,17 @@ impl Requester {
                 req.input.len()
             ));
         }
+        let input_digest = match fleetmesh_protocol::batch::input_digest(req.batch, &req.input) {
+            Ok(d) => d,
+            Err(e) => return reject(e.to_string()),
+        };
+        let items = req.batch.unwrap_or(1);
+        let item_size = (req.input.len() as u64).checked_div(u64::from(items)).unwrap_or(0);
         if let Some(&expected) = ctx.config.model_inputs.get(&model) {
-            if req.input.len() as u64 != expected {
+            if item_size != expected {
+                let each = if req.batch.is_some() { format!(" (each of {items})") } else { String::new() };
                 return reject(format!(
-                    "the input has {} bytes but model {model} takes {expected} ({} little-endian f32)",
-                    req.input.len(),
+                    "the input{each} has {item_size} bytes but model {model} takes {expected} ({} little-endian f32)",
                     expected / 4
                 ));
             }
@@ -707,7 +734,7 @@ impl Requester {
         let spec = TaskSpec {
             v: WIRE_VERSION,
             model,
-            input_digest: fleetmesh_crypto::InputDigest::of(&req.input),
+            input_digest,
             input_size: req.input.len() as u64,
             redundancy: k,
             max_price: req.max_price.unwrap_or(d.max_price),
@@ -716,6 +743,7 @@ impl Requester {
             exec_timeout_ms,
             deadline_ms: now.saturating_add(deadline),
             nonce,
+            batch: req.batch,
         };
         let spec_env = spec.sign(ctx.identity);
         let id = task_id_of(&spec_env);
@@ -1309,8 +1337,8 @@ impl Requester {
                 if in_round
                     && fresh
                     && t.unable.len() < MAX_UNABLE_PER_ROUND
-                    && *got == t.spec.input_size
-                    && *expected != t.spec.input_size
+                    && *got == t.spec.item_size()
+                    && *expected != t.spec.item_size()
                     && !ctx.config.model_inputs.contains_key(&t.spec.model) =>
             {
                 t.unable.push((from, u.reason));
@@ -1539,8 +1567,14 @@ impl Requester {
             check_opened(&id, &t.spec, &t.awarded_keys(), &header.signer, h, &output).and_then(|h| {
                 // Where this node holds the model it knows the size of its output: a larger
                 // one is junk meant to fill the requester's memory.
+                // A batch's list adds at most 9 bytes of framing to each output and to the list.
+                let items = u64::from(t.spec.items());
+                let batch_max = |max: u64| match t.spec.batch {
+                    Some(_) => max.saturating_add(9).saturating_mul(items).saturating_add(9),
+                    None => max,
+                };
                 match ctx.config.model_outputs.get(&t.spec.model) {
-                    Some(&max) if h.output_size > max => Err(RejectReason::OutputTooLarge),
+                    Some(&max) if h.output_size > batch_max(max) => Err(RejectReason::OutputTooLarge),
                     _ => Ok(h),
                 }
             })
@@ -1898,7 +1932,7 @@ impl Requester {
                 ctx.push(Action::Persist(vec![t.persist(&id)]));
                 // An own check that was running is run again.
                 if t.self_check == Some(SelfCheck::Running) {
-                    ctx.push(Action::Check { task: id, model: t.spec.model });
+                    ctx.push(Action::Check { task: id, model: t.spec.model, batch: t.spec.batch });
                 }
             }
             self.tasks.insert(id, t);

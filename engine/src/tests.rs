@@ -405,6 +405,7 @@ fn finding_17_presence_adverts_are_bounded_checked_and_expire() {
         price_floor: 0,
         at_ms,
         offer_until_ms: None,
+        max_batch: 0,
     };
     let other = identity(5);
     // From the future, or with a signature that is not the named signer's: refused. (Gossip
@@ -1384,6 +1385,7 @@ fn wire_2_losing_bidders_are_sent_nothing() {
             price_floor: 0,
             at_ms: T0,
             offer_until_ms: None,
+            max_batch: 0,
         };
         let advert = fleetmesh_protocol::encode(&p.sign(&identity(2 + i as u64)));
         assert_eq!(verdict(&gossip(&mut r, T0, Topic::Presence, advert)), Verdict::Accept);
@@ -1799,4 +1801,214 @@ fn offers_an_award_whose_input_cannot_fit_the_model_is_refused() {
     }
     assert!(w.worker.get(&id).is_none());
     assert!(!a.iter().any(|x| matches!(x, Action::Execute { .. })));
+}
+
+/// A batch submit of `parts` (each the same size) with redundancy `k`.
+fn submit_batch(r: &mut Engine, now: u64, parts: &[Vec<u8>], k: u8) -> (TaskId, Vec<Action>) {
+    let request = SubmitRequest {
+        input: parts.concat(),
+        batch: Some(parts.len() as u16),
+        redundancy: Some(k),
+        ..SubmitRequest::default()
+    };
+    let actions = r.handle(now, Input::Submit { call: 1, request, nonce: 7 });
+    let id = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Submitted { result: Ok(id), .. } => Some(*id),
+            _ => None,
+        })
+        .expect("submitted");
+    (id, actions)
+}
+
+/// What an honest run of the test "model" gives for one input: its bytes reversed.
+fn batch_outputs(parts: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    parts.iter().map(|p| p.iter().rev().copied().collect()).collect()
+}
+
+/// Worker `w` takes `award` for `input`, runs it to `outputs` (one list) and returns the result
+/// request it sends.
+fn run_award(w: &mut Engine, r: &PublicKey, award: TaskRequest, outputs: &[Vec<u8>]) -> TaskRequest {
+    let a = w.handle(T0 + 6, Input::Request { reply: 1, from: *r, request: award });
+    assert_eq!(reply(&a), TaskResponse::Ack);
+    let (task, batch) = a
+        .iter()
+        .find_map(|x| match x {
+            Action::Execute { task, batch, .. } => Some((*task, *batch)),
+            _ => None,
+        })
+        .expect("it runs the batch");
+    assert_eq!(batch, Some(outputs.len() as u16), "the executor is told to run each input");
+    let output = fleetmesh_protocol::batch::encode_outputs(outputs);
+    let runtime = fleetmesh_protocol::RuntimeProfile::default();
+    let done = w
+        .handle(T0 + 7, Input::Executed { task, result: Ok(ExecOutput { output, run_time_us: 9, runtime }) });
+    sends(&done)
+        .into_iter()
+        .find_map(|(_, o, _)| match o {
+            Outgoing::Request(req @ TaskRequest::Result { .. }) => Some(req),
+            _ => None,
+        })
+        .expect("a result")
+}
+
+/// Market v2, batch awards: one spec carries four inputs, its input digest is the Merkle
+/// root over them; each of the k = 2 workers takes one award and signs one result whose
+/// digest is the root over its four outputs; the requester verifies the batch once and gives
+/// each output with a path that checks it alone against the signed root.
+#[test]
+fn batch_one_award_and_one_signed_result_carry_many_inputs_each_checked_alone() {
+    let mut r = engine_with(1, |c| {
+        c.trust.enabled = false;
+        c.model_inputs.insert(model(), 4);
+    });
+    let mut workers = hear_offers(&mut r, 2..6);
+    let parts: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i, i + 1, i + 2, i + 3]).collect();
+    let (id, actions) = submit_batch(&mut r, T0 + 5, &parts, 2);
+    let spec = r.requester.get(&id).unwrap().spec.clone();
+    assert_eq!(spec.batch, Some(4));
+    assert_eq!(spec.input_digest, fleetmesh_protocol::batch::input_digest(Some(4), &parts.concat()).unwrap());
+    assert_ne!(spec.input_digest, InputDigest::of(&parts.concat()));
+    let sent = awards(&actions);
+    assert_eq!(sent.len(), 2, "one award to each of k workers, on their offers: {actions:?}");
+    let outputs = batch_outputs(&parts);
+    for (to, spec_env, award) in sent {
+        let w = workers.iter_mut().find(|w| w.public() == to).unwrap();
+        let request = TaskRequest::Award { spec: spec_env, award, input: parts.concat() };
+        let result = run_award(w, &r.public(), request, &outputs);
+        let TaskRequest::Result { header, .. } = &result else { unreachable!() };
+        let h = fleetmesh_protocol::ResultHeader::open(header).unwrap();
+        let root = fleetmesh_protocol::batch::output_digest(
+            Some(4),
+            &fleetmesh_protocol::batch::encode_outputs(&outputs),
+        );
+        assert_eq!(Ok(h.output_digest), root, "the worker signs the root over its outputs");
+        r.handle(T0 + 8, Input::Request { reply: 2, from: to, request: result });
+    }
+    let view = r.requester.get(&id).unwrap().view();
+    assert_eq!(view.phase, fleetmesh_api::Phase::Verified, "{view:#?}");
+    assert_eq!(view.verified_by.len(), 2);
+    assert_eq!(view.batch, Some(4));
+    assert_eq!(view.items.len(), 4);
+    let root: fleetmesh_crypto::OutputDigest = view.output_digest.as_deref().unwrap().parse().unwrap();
+    use base64::Engine as _;
+    for (i, item) in view.items.iter().enumerate() {
+        let output = base64::engine::general_purpose::STANDARD.decode(&item.output_base64).unwrap();
+        assert_eq!(output, outputs[i], "item {i} in input order");
+        let path: Vec<fleetmesh_crypto::Digest> = item.path.iter().map(|d| d.parse().unwrap()).collect();
+        assert!(fleetmesh_protocol::batch::verify_item(&output, i, 4, &path, &root), "item {i} checks alone");
+        assert!(!fleetmesh_protocol::batch::verify_item(&outputs[(i + 1) % 4], i, 4, &path, &root));
+    }
+}
+
+/// Batch results that do not match their signed root are rejected, as any wrong digest is:
+/// a list with an output missing, one with an output changed after signing, bytes that are
+/// no list. Workers that lie about one output disagree with the honest root.
+#[test]
+fn batch_results_that_do_not_match_their_root_are_rejected() {
+    let mut r = engine_with(1, |c| c.trust.enabled = false);
+    let workers = hear_offers(&mut r, 2..6);
+    let parts: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 4]).collect();
+    let (id, actions) = submit_batch(&mut r, T0 + 5, &parts, 1);
+    let to = awards(&actions)[0].0;
+    let i = (2..6).find(|i| identity(*i).public() == to).unwrap();
+    let spec = r.requester.get(&id).unwrap().spec.clone();
+    let outputs = batch_outputs(&parts);
+    let signed_result = |root: fleetmesh_crypto::OutputDigest, output: Vec<u8>| {
+        let header = fleetmesh_protocol::ResultHeader {
+            v: WIRE_VERSION,
+            task_id: id,
+            input_digest: spec.input_digest,
+            model: spec.model,
+            output_digest: root,
+            output_size: output.len() as u64,
+            run_time_us: 5,
+            runtime: fleetmesh_protocol::RuntimeProfile::default(),
+        }
+        .sign(&identity(i));
+        Input::Request { reply: 3, from: to, request: TaskRequest::Result { task_id: id, header, output } }
+    };
+    let honest = fleetmesh_protocol::batch::encode_outputs(&outputs);
+    let root = fleetmesh_protocol::batch::output_digest(Some(4), &honest).unwrap();
+    let three = fleetmesh_protocol::batch::encode_outputs(&outputs[..3]);
+    let mut changed = outputs.clone();
+    changed[1][0] ^= 1;
+    let changed = fleetmesh_protocol::batch::encode_outputs(&changed);
+    let cases = [
+        ("an output missing, signed as it is", fleetmesh_crypto::OutputDigest::of(&three), three.clone()),
+        ("an output missing under the honest root", root, three),
+        ("an output changed after signing", root, changed),
+        ("no list at all", fleetmesh_crypto::OutputDigest::of(b"not a list"), b"not a list".to_vec()),
+    ];
+    for (what, digest, output) in cases {
+        let a = r.handle(T0 + 9, signed_result(digest, output));
+        assert_eq!(reply(&a), TaskResponse::Rejected(RejectReason::OutputDigestMismatch), "{what}");
+    }
+    drop(workers);
+    assert_ne!(r.requester.get(&id).unwrap().phase, fleetmesh_api::Phase::Verified);
+}
+
+/// A worker runs batches up to its `max_batch` and says so in its offer; a larger batch, or a
+/// malformed one, is refused with the reason, and never run. A submit of a malformed batch
+/// is refused with a clear error.
+#[test]
+fn batch_limits_are_kept_and_malformed_batches_refused() {
+    let (w, data) = offering(2, T0, |c| c.max_batch = 2);
+    let (_, p) = Presence::open_bytes(&data, 1 << 16).unwrap();
+    assert_eq!(p.max_batch, 2, "the offer says how large a batch it takes");
+    let mut r = engine_with(1, |c| c.trust.enabled = false);
+    r.handle(T0, Input::Connected(w.public()));
+    assert_eq!(verdict(&gossip(&mut r, T0, Topic::Presence, data)), Verdict::Accept);
+    let mut w = w;
+    // Two inputs: covered by its offer, awarded on it.
+    let two: Vec<Vec<u8>> = vec![vec![1; 4], vec![2; 4]];
+    let (_, actions) = submit_batch(&mut r, T0 + 1, &two, 1);
+    assert_eq!(awards(&actions).len(), 1, "a batch of 2 goes on the offer");
+    // Four: not covered, so announced; and an award made anyway is refused.
+    let four: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 4]).collect();
+    let (id, actions) = submit_batch(&mut r, T0 + 2, &four, 1);
+    assert!(awards(&actions).is_empty(), "its offer does not cover a batch of 4");
+    let (data, _, _) = announcement(&actions);
+    let heard = gossip(&mut w, T0 + 2, Topic::Tasks, data);
+    assert!(sends(&heard).is_empty(), "no bid on a batch larger than it takes: {heard:?}");
+    let spec = r.requester.get(&id).unwrap().spec_env.clone();
+    let award = Award {
+        v: WIRE_VERSION,
+        task_id: id,
+        round: 0,
+        bid_root: None,
+        bid_count: 1,
+        winners: vec![w.public()],
+        result_deadline_ms: T0 + 5_000,
+        select_ppm: None,
+        invited: vec![],
+        offer: true,
+    }
+    .sign(&identity(1));
+    let request = TaskRequest::Award { spec, award, input: four.concat() };
+    let a = w.handle(T0 + 3, Input::Request { reply: 1, from: r.public(), request });
+    assert_eq!(reply(&a), TaskResponse::Refused(Refusal::NotAWinner), "its offer does not cover it");
+    // Submits: a batch that does not split evenly, of 0, of more than 256.
+    for (batch, len, says) in [(3u16, 8usize, "do not split"), (0, 8, "1 to 256"), (257, 257, "1 to 256")] {
+        let request = SubmitRequest { input: vec![1; len], batch: Some(batch), ..SubmitRequest::default() };
+        let a = r.handle(T0 + 4, Input::Submit { call: 9, request, nonce: 1 });
+        let err = a
+            .iter()
+            .find_map(|x| match x {
+                Action::Submitted { result: Err(e), .. } => Some(e.to_string()),
+                _ => None,
+            })
+            .expect("refused");
+        assert!(err.contains(says), "{batch}: {err}");
+    }
+    // Where the requester knows the model's input size, each input must fit it.
+    let mut r = engine_with(1, |c| {
+        c.model_inputs.insert(model(), 4);
+    });
+    let request = SubmitRequest { input: vec![1; 12], batch: Some(2), ..SubmitRequest::default() };
+    let a = r.handle(T0, Input::Submit { call: 9, request, nonce: 1 });
+    assert!(a.iter().any(
+        |x| matches!(x, Action::Submitted { result: Err(e), .. } if e.to_string().contains("each of 2"))
+    ));
 }

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use fleetmesh_crypto::{InputDigest, ModelId, PublicKey, SignedEnvelope, TaskId};
+use fleetmesh_crypto::{ModelId, PublicKey, SignedEnvelope, TaskId};
 use fleetmesh_protocol::wire::{Refusal, TaskRequest, TaskResponse};
 use fleetmesh_protocol::{
     ids, task_id_of, Announcement, Award, Bid, OpenTasks, Receipt, RejectReason, ResultHeader, Signed,
@@ -512,16 +512,20 @@ impl Worker {
     ) {
         let Some(spec) = opened.or_else(|| TaskSpec::open(env).ok()) else { return };
         // An input that cannot fit the model: say so, once, instead of bidding.
+        // A batch this node does not take (malformed, or larger than it runs): no bid.
+        if spec.check_batch().is_err() || spec.items() > ctx.config.max_batch.max(1) {
+            return;
+        }
         if let Some(&expected) = ctx.config.model_inputs.get(&spec.model) {
-            if spec.input_size != expected
+            if !spec.fits(expected)
                 && task_id_of(env) == task
                 && env.signer != ctx.identity.public()
                 && self.unable_sent.insert((task, round))
             {
-                let reason = UnableReason::InputSize { expected, got: spec.input_size };
+                let reason = UnableReason::InputSize { expected, got: spec.item_size() };
                 self.send_unable(ctx, env.signer, task, round, reason);
             }
-            if spec.input_size != expected {
+            if !spec.fits(expected) {
                 return;
             }
         }
@@ -707,14 +711,20 @@ impl Worker {
         if !bid_on && !offered {
             return TaskResponse::Refused(Refusal::NotAWinner);
         }
-        if InputDigest::of(&input) != spec.input_digest || input.len() as u64 != spec.input_size {
+        if spec.items() > ctx.config.max_batch.max(1) {
+            let why =
+                format!("a batch of {} is more than this node runs ({})", spec.items(), ctx.config.max_batch);
+            return TaskResponse::Refused(Refusal::Invalid(why));
+        }
+        let digest = fleetmesh_protocol::batch::input_digest(spec.batch, &input);
+        if digest.ok() != Some(spec.input_digest) || input.len() as u64 != spec.input_size {
             return TaskResponse::Refused(Refusal::InputMismatch);
         }
         // An input that cannot fit the model is not run (a bidder found that out before
         // bidding; an award on an offer comes without a bid).
         if let Some(&expected) = ctx.config.model_inputs.get(&spec.model) {
-            if spec.input_size != expected {
-                let reason = UnableReason::InputSize { expected, got: spec.input_size };
+            if !spec.fits(expected) {
+                let reason = UnableReason::InputSize { expected, got: spec.item_size() };
                 return TaskResponse::Refused(Refusal::Invalid(reason.to_string()));
             }
         }
@@ -782,7 +792,7 @@ impl Worker {
             job.running = true;
             self.running = self.running.saturating_add(1);
             ctx.trace(record(event::STARTED, &task));
-            ctx.push(Action::Execute { task, model: job.spec.model });
+            ctx.push(Action::Execute { task, model: job.spec.model, batch: job.spec.batch });
         }
     }
 
@@ -802,6 +812,25 @@ impl Worker {
         job.running = false;
         self.running = self.running.saturating_sub(1);
         let drop_input = StoreOp { table: Table::JobInputs, key: task, value: None };
+        #[allow(unused_mut)]
+        let mut result = result;
+        #[cfg(feature = "test-hooks")]
+        if ctx.config.misbehave == Some(crate::hooks::Misbehave::WrongAnswer) {
+            if let Ok(exec) = result.as_mut() {
+                // A well-formed lie: same size, another answer (the last byte of the
+                // output's encoding is its argmax; of a batch's, the last output's).
+                if let Some(b) = exec.output.last_mut() {
+                    *b ^= 0x01;
+                }
+            }
+        }
+        // What the header signs: blake3 of the output, or a batch's Merkle root.
+        let batch = job.spec.batch;
+        let result =
+            result.and_then(|exec| match fleetmesh_protocol::batch::output_digest(batch, &exec.output) {
+                Ok(digest) => Ok((exec, digest)),
+                Err(e) => Err(format!("the executor's output is not a batch's: {e}")),
+            });
         match result {
             Err(e) => {
                 tracing::warn!(%task, "execution failed: {e}");
@@ -819,23 +848,15 @@ impl Worker {
                     ctx.push(Action::SelfTest { model });
                 }
             }
-            Ok(exec) => {
+            Ok((exec, output_digest)) => {
                 #[allow(unused_mut)]
                 let mut output = exec.output;
-                #[cfg(feature = "test-hooks")]
-                if ctx.config.misbehave == Some(crate::hooks::Misbehave::WrongAnswer) {
-                    // A well-formed lie: same size, another answer (the last byte of the
-                    // output's encoding is its argmax).
-                    if let Some(b) = output.last_mut() {
-                        *b ^= 0x01;
-                    }
-                }
                 let header = ResultHeader {
                     v: WIRE_VERSION,
                     task_id: task,
                     input_digest: job.spec.input_digest,
                     model: job.spec.model,
-                    output_digest: fleetmesh_crypto::OutputDigest::of(&output),
+                    output_digest,
                     output_size: output.len() as u64,
                     run_time_us: exec.run_time_us,
                     runtime: exec.runtime,

@@ -262,6 +262,9 @@ impl Harness {
                     bid_window_ms: Some(u32::from(window)),
                     exec_timeout_ms: Some(u32::from(exec)),
                     deadline_ms: Some(u64::from(deadline)),
+                    // Now and then a batch, of 0 to 7 (0, and counts that do not divide the
+                    // input, must be refused with a reason).
+                    batch: (k & 0x80 != 0).then_some(u16::from((k >> 4) & 7)),
                     ..SubmitRequest::default()
                 };
                 self.next_id += 1;
@@ -278,10 +281,13 @@ impl Harness {
             Op::Announce { peer, round, with_spec, input_len, exec, deadline, price, select } => {
                 let input = vec![input_len; usize::from(input_len) + 1];
                 let id = &self.peers[usize::from(peer) % 4];
+                // A batch of two when the input splits evenly.
+                let batch = (input_len % 4 == 1).then_some(2u16);
                 let spec = TaskSpec {
                     v: WIRE_VERSION,
                     model: model(),
-                    input_digest: InputDigest::of(&input),
+                    input_digest: fleetmesh_protocol::batch::input_digest(batch, &input)
+                        .unwrap_or_else(|_| InputDigest::of(&input)),
                     input_size: input.len() as u64,
                     redundancy: 1,
                     max_price: u64::from(price),
@@ -290,6 +296,7 @@ impl Harness {
                     exec_timeout_ms: u32::from(exec),
                     deadline_ms: self.now.saturating_add(u64::from(deadline)),
                     nonce: self.next_id,
+                    batch,
                 }
                 .sign(id);
                 let task = fleetmesh_protocol::task_id_of(&spec);
@@ -413,6 +420,12 @@ impl Harness {
                     return;
                 }
                 let task = self.executes.remove(usize::from(which) % self.executes.len());
+                // Sometimes a well-formed list of two (a batch of two's output).
+                let output = if output.first() == Some(&0) {
+                    fleetmesh_protocol::batch::encode_outputs(&[output.clone(), output])
+                } else {
+                    output
+                };
                 let result = if ok {
                     Ok(ExecOutput { output, run_time_us: 1, runtime: Default::default() })
                 } else {
@@ -480,6 +493,8 @@ impl Harness {
                     price_floor: 0,
                     at_ms: at,
                     offer_until_ms,
+                    // Offers that take batches of two now and then.
+                    max_batch: if ahead % 4 == 1 { 2 } else { 0 },
                 }
                 .sign(id);
                 self.next_id += 1;

@@ -52,6 +52,9 @@ pub struct NodeConfig {
     /// Unfinished jobs this node accepts from any one requester, so one requester cannot
     /// take every slot and queue place.
     pub max_jobs_per_requester: u32,
+    /// The most inputs of one batch task this node runs (a batch takes one slot and runs its
+    /// inputs one after another); 1 takes no batches. At most 256.
+    pub max_batch: u16,
     /// The lowest price this node bids.
     pub price_floor: u64,
     /// Whether this node bids on other nodes' tasks at all.
@@ -108,6 +111,7 @@ impl Default for NodeConfig {
             slots: 2,
             max_queue: 64,
             max_jobs_per_requester: 32,
+            max_batch: fleetmesh_protocol::batch::MAX_BATCH,
             price_floor: 1,
             serve: true,
             tasks: TaskDefaults::default(),

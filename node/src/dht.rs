@@ -243,6 +243,7 @@ mod tests {
             exec_timeout_ms: 10,
             deadline_ms: 1_000_000,
             nonce: 0,
+            batch: None,
         }
         .sign(&id);
         let key = fleetmesh_protocol::ids::task_record_key(&fleetmesh_protocol::task_id_of(&spec));

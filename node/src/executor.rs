@@ -210,6 +210,29 @@ impl ModelStore {
         let out = outputs.first().ok_or_else(|| ExecError::Run("model produced no output".into()))?;
         Ok(Inference { output: canonical_output(out)?.to_bytes(), run_time_us })
     }
+
+    /// Runs `model` on a task's input: once, or for a batch ([`fleetmesh_protocol::batch`])
+    /// on each of its inputs in turn, the outputs as one list. Run time is the sum.
+    pub fn run_batch(
+        &self,
+        model: &ModelId,
+        batch: Option<u16>,
+        input: &[u8],
+    ) -> Result<Inference, ExecError> {
+        if batch.is_none() {
+            return self.run(model, input);
+        }
+        let parts = fleetmesh_protocol::batch::split_input(batch, input)
+            .map_err(|e| ExecError::Run(format!("the batch's input: {e}")))?;
+        let (mut outputs, mut run_time_us) = (Vec::with_capacity(parts.len()), 0u64);
+        for (i, part) in parts.into_iter().enumerate() {
+            let one =
+                self.run(model, part).map_err(|e| ExecError::Run(format!("input {i} of the batch: {e}")))?;
+            run_time_us = run_time_us.saturating_add(one.run_time_us);
+            outputs.push(one.output);
+        }
+        Ok(Inference { output: fleetmesh_protocol::batch::encode_outputs(&outputs), run_time_us })
+    }
 }
 
 fn canonical_output(t: &Tensor) -> Result<ModelOutput, ExecError> {

@@ -459,6 +459,7 @@ fn engine_config(c: &NodeConfig) -> EngineConfig {
         slots: c.slots.max(1),
         max_queue: c.max_queue,
         max_jobs_per_requester: c.max_jobs_per_requester,
+        max_batch: c.max_batch.clamp(1, fleetmesh_protocol::batch::MAX_BATCH),
         price_floor: c.price_floor,
         tasks: c.tasks.clone(),
         trust: c.trust.clone(),
@@ -663,8 +664,7 @@ impl Executor {
     /// ([`Input::Checked`], the output's digest).
     fn execute(
         &mut self,
-        task: TaskId,
-        model: ModelId,
+        (task, model, batch): (TaskId, ModelId, Option<u16>),
         input: Result<Option<Vec<u8>>, crate::store::StoreError>,
         check: bool,
     ) {
@@ -677,7 +677,7 @@ impl Executor {
             let result = match input {
                 Ok(Some(input)) => tokio::task::spawn_blocking(move || {
                     models
-                        .run(&model, &input)
+                        .run_batch(&model, batch, &input)
                         .map(|i| ExecOutput {
                             output: i.output,
                             run_time_us: i.run_time_us,
@@ -691,7 +691,9 @@ impl Executor {
                 Err(e) => Err(format!("input unreadable: {e}")),
             };
             let done = if check {
-                let result = result.map(|r| fleetmesh_crypto::OutputDigest::of(&r.output));
+                let result = result.and_then(|r| {
+                    fleetmesh_protocol::batch::output_digest(batch, &r.output).map_err(|e| e.to_string())
+                });
                 Input::Checked { task, result }
             } else {
                 Input::Executed { task, result }
@@ -1010,14 +1012,14 @@ impl EventLoop {
                     let qid = self.swarm.behaviour_mut().kad.get_providers(key);
                     self.pending.queries.insert(qid, Query::Providers(model));
                 }
-                Action::Execute { task, model } => {
+                Action::Execute { task, model, batch } => {
                     let input = self.store.get_raw(crate::store::JOB_INPUTS, &task);
-                    self.executor.execute(task, model, input, false);
+                    self.executor.execute((task, model, batch), input, false);
                 }
                 // The requester's own run of its task, to check the workers against.
-                Action::Check { task, model } => {
+                Action::Check { task, model, batch } => {
                     let input = self.store.get_raw(crate::store::REQUEST_INPUTS, &task);
-                    self.executor.execute(task, model, input, true);
+                    self.executor.execute((task, model, batch), input, true);
                 }
                 Action::SelfTest { model } => self.executor.self_test(model),
                 Action::Trace(record) => {

@@ -25,6 +25,7 @@ fn spec_for(id: &Identity, input: &[u8]) -> SignedEnvelope {
         exec_timeout_ms: 1000,
         deadline_ms: u64::MAX,
         nonce: 1,
+        batch: None,
     }
     .sign(id)
 }

@@ -25,6 +25,7 @@ fn spec_signed_by(id: &Identity) -> SignedEnvelope {
         exec_timeout_ms: 1000,
         deadline_ms: u64::MAX,
         nonce: 0,
+        batch: None,
     }
     .sign(id)
 }
@@ -165,6 +166,7 @@ async fn hostile_gossip_and_dht_records_are_refused() {
         price_floor: 0,
         at_ms: 0,
         offer_until_ms: None,
+        max_batch: 0,
     };
     let mut claimed = advert.sign(&stranger);
     claimed.signer = nodes[0].client.public_key();

@@ -186,6 +186,57 @@ async fn wrong_answer_is_outvoted_with_k2() {
     stop_all(nodes).await;
 }
 
+/// A batch of eight digits under one award: each worker runs the eight inputs in one slot and
+/// signs one Merkle root over the outputs; a worker that changes one output disagrees with
+/// the root of the honest ones and is outvoted; every output of the verified batch carries
+/// the right label and checks alone against the signed root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_runs_under_one_award_and_each_output_checks_alone() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 5, |i, c| {
+        c.tasks.selection = false; // the cheapest worker (the cheat) must win
+        c.price_floor = match i {
+            1 => 1,
+            2 => 2,
+            _ => 3,
+        };
+        if i == 1 {
+            c.misbehave = Some(Misbehave::WrongAnswer);
+        }
+    })
+    .await;
+    ready(&nodes, 4).await;
+    let set = fleetmesh_node::digits::test_set();
+    let samples: Vec<&fleetmesh_node::digits::Sample> = (50..58).map(|i| &set[i]).collect();
+    let req = fleetmesh_node::SubmitRequest {
+        input: samples.iter().flat_map(|s| s.to_input()).collect(),
+        batch: Some(8),
+        redundancy: Some(2),
+        ..Default::default()
+    };
+    let task = nodes[0].client.submit(req).await.unwrap();
+    let v = wait_done(&nodes[0].client, task).await;
+    assert_eq!(v.phase, Phase::Verified, "{v:#?}");
+    assert_eq!(v.batch, Some(8));
+    let cheat = nodes[1].client.public_key().to_string();
+    assert!(!v.verified_by.contains(&cheat));
+    assert!(
+        v.rejections.iter().any(|(w, r)| *w == cheat && r == "output disagrees with the majority"),
+        "{v:#?}"
+    );
+    let root: fleetmesh_crypto::OutputDigest = v.output_digest.as_deref().unwrap().parse().unwrap();
+    assert_eq!(v.items.len(), 8);
+    for (i, item) in v.items.iter().enumerate() {
+        assert_eq!(item.label, Some(u32::from(samples[i].label)), "item {i}");
+        let output = base64::engine::general_purpose::STANDARD.decode(&item.output_base64).unwrap();
+        let path: Vec<fleetmesh_crypto::Digest> = item.path.iter().map(|d| d.parse().unwrap()).collect();
+        assert_eq!(path.len(), 3, "log2 8 digests");
+        assert!(fleetmesh_protocol::batch::verify_item(&output, i, 8, &path, &root), "item {i}");
+    }
+    stop_all(nodes).await;
+}
+
 /// The requester is killed after awarding and restarted on the same data dir and ports; the
 /// worker keeps re-sending its result, and the restarted requester verifies it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,7 @@ fn spec() -> TaskSpec {
         exec_timeout_ms: 10_000,
         deadline_ms: 100_000,
         nonce: 9,
+        batch: None,
     }
 }
 

@@ -15,9 +15,11 @@
 //! * [`records`]: which DHT records a node stores.
 //! * [`selection`]: who may take part in a round (market v2; not yet used by the engine).
 //! * [`output`]: the canonical encoding of a model's output.
+//! * [`batch`]: many inputs under one spec, one Merkle root over their outputs.
 //! * [`limits`] and [`ids`]: sizes and names both sides must agree on.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod batch;
 pub mod codec;
 pub mod ids;
 pub mod limits;

@@ -114,6 +114,11 @@ pub struct TaskSpec {
     pub deadline_ms: u64,
     /// Makes otherwise identical specs distinct.
     pub nonce: u64,
+    /// A batch: `input_size` is this many inputs of equal size end to end, `input_digest` and
+    /// the result's `output_digest` are Merkle roots over them ([`crate::batch`]). Absent: one
+    /// input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u16>,
 }
 signed!(TaskSpec, MessageKind::TaskSpec, limits::MAX_SPEC_BYTES);
 
@@ -428,8 +433,16 @@ pub struct Presence {
     /// requester holding it needs to send only the award. Absent: an advert, no offer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offer_until_ms: Option<u64>,
+    /// The largest batch ([`TaskSpec::batch`]) the node takes; 0 (absent): none, a node
+    /// from before batches.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_batch: u16,
 }
 signed!(Presence, MessageKind::Presence, limits::MAX_GOSSIP_BYTES);
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
 
 /// One requester's open tasks for one model: a DHT record under
 /// [`crate::ids::open_tasks_record_key`], so nodes that missed the gossip still find them.
@@ -479,6 +492,7 @@ mod tests {
             exec_timeout_ms: 5_000,
             deadline_ms: 60_000,
             nonce: 7,
+            batch: None,
         }
     }
 

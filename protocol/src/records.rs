@@ -57,6 +57,7 @@ mod tests {
             exec_timeout_ms: 10,
             deadline_ms: 100,
             nonce: 0,
+            batch: None,
         }
         .sign(id)
     }

@@ -209,12 +209,13 @@ pub fn offer_bid(
 }
 
 /// Whether a standing offer covers a task at `now`: fresh, for the task's model, at a price
-/// floor the task pays. What a requester checks before awarding on the offer, and what the
+/// floor the task pays, and for a batch task, from a node that takes batches that large. What a requester checks before awarding on the offer, and what the
 /// worker checks against its own offer before taking such an award.
 pub fn offer_covers(offer: &crate::Presence, spec: &TaskSpec, now: u64) -> bool {
     offer.offer_until_ms.is_some_and(|until| until >= now)
         && offer.models.contains(&spec.model)
         && offer.price_floor <= spec.max_price
+        && (spec.batch.is_none() || spec.items() <= offer.max_batch)
 }
 
 /// [`choose_invited`] on bids already opened: the same rule without checking a signature a
@@ -302,6 +303,7 @@ mod tests {
             exec_timeout_ms: 1000,
             deadline_ms: 10_000,
             nonce: 0,
+            batch: None,
         }
     }
 
@@ -398,6 +400,7 @@ mod tests {
             price_floor: floor,
             at_ms: 5,
             offer_until_ms: Some(1_000),
+            max_batch: 16,
         };
         let adverts: Vec<(SignedEnvelope, crate::Presence)> = (1..=10u8)
             .map(|i| {
@@ -422,6 +425,12 @@ mod tests {
         assert!(!offer_covers(&crate::Presence { offer_until_ms: None, ..offer(1) }, &s, 0), "no offer");
         let other = TaskSpec { model: ModelId::of(b"other"), ..spec(1) };
         assert!(!offer_covers(&offer(1), &other, 0), "another model");
+        // Batches: up to the advert's max_batch; an advert without it (an older node) takes none.
+        let batch = |n: u16| TaskSpec { batch: Some(n), input_size: u64::from(n), ..spec(1) };
+        assert!(offer_covers(&offer(1), &batch(16), 0));
+        assert!(!offer_covers(&offer(1), &batch(17), 0), "larger than it takes");
+        assert!(!offer_covers(&crate::Presence { max_batch: 0, ..offer(1) }, &batch(1), 0), "takes none");
+        assert!(offer_covers(&crate::Presence { max_batch: 0, ..offer(1) }, &s, 0), "one input is no batch");
         // An advert without the field (an older node) is no offer, and the field survives.
         let p = offer(3);
         assert_eq!(crate::Presence::open(&p.sign(&Identity::from_secret_bytes(&[1; 32]))).unwrap(), p);

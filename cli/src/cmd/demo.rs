@@ -27,6 +27,9 @@ pub(crate) struct DemoArgs {
     /// Write every node's gossip trace and task timeline into this folder.
     #[arg(long)]
     pub(crate) trace: Option<PathBuf>,
+    /// Then run one batch task of this many samples under one award (0: none).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=i64::from(fleetmesh_protocol::batch::MAX_BATCH)))]
+    pub(crate) batch: u16,
 }
 
 pub(crate) async fn run(a: DemoArgs) -> Result<()> {
@@ -37,6 +40,7 @@ pub(crate) async fn run(a: DemoArgs) -> Result<()> {
         timeout: Duration::from_secs(a.timeout_secs),
         progress: !a.json,
         trace: a.trace.clone(),
+        batch: a.batch,
     });
     // Ctrl-C drops the demo: its nodes stop and its temporary data dir is deleted.
     let report = tokio::select! {
@@ -56,6 +60,15 @@ pub(crate) async fn run(a: DemoArgs) -> Result<()> {
     }
     if report.tasks_failed > 0 {
         bail!("{} of {} tasks failed (reasons above)", report.tasks_failed, report.tasks_submitted);
+    }
+    let incomplete = |b: &&demo::BatchReport| {
+        !b.verified || b.checked_alone < usize::from(b.inputs) || b.equal_to_local < usize::from(b.inputs)
+    };
+    if let Some(b) = report.batch.as_ref().filter(incomplete) {
+        bail!(
+            "the batch task was not verified with every output checked: {}",
+            b.failure.as_deref().unwrap_or("-")
+        );
     }
     Ok(())
 }

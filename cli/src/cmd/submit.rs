@@ -20,8 +20,16 @@ pub(crate) struct SubmitArgs {
     #[arg(long, conflicts_with = "digits_sample")]
     pub(crate) input: Option<PathBuf>,
     /// Use sample N of the embedded digits test set as input.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "digits_samples")]
     pub(crate) digits_sample: Option<usize>,
+    /// A batch of samples of the embedded digits test set (e.g. `0,1,2`), run under one award
+    /// and verified as one result; each output is checked alone against the signed root.
+    #[arg(long, value_delimiter = ',', conflicts_with = "input")]
+    pub(crate) digits_samples: Option<Vec<usize>>,
+    /// With --input: the file holds this many inputs of the model's size, end to end, run as
+    /// one batch task (at most 256).
+    #[arg(long, requires = "input", value_parser = clap::value_parser!(u16).range(1..=i64::from(fleetmesh_protocol::batch::MAX_BATCH)))]
+    pub(crate) batch: Option<u16>,
     /// Workers (k).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(fleetmesh_protocol::limits::MAX_REDUNDANCY)))]
     pub(crate) redundancy: Option<u8>,
@@ -39,17 +47,19 @@ pub(crate) async fn run(args: SubmitArgs) -> Result<()> {
         params: SubmitRequest {
             model: args.model.clone(),
             redundancy: args.redundancy,
+            batch: args.batch,
             ..SubmitRequest::default()
         },
         ..SubmitBody::default()
     };
-    match (&args.input, args.digits_sample) {
-        (Some(path), _) => {
+    match (&args.input, args.digits_sample, &args.digits_samples) {
+        (Some(path), _, _) => {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             body.input_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
         }
-        (None, Some(i)) => body.digits_sample = Some(i),
-        (None, None) => bail!("give --input FILE or --digits-sample N"),
+        (None, Some(i), _) => body.digits_sample = Some(i),
+        (None, None, Some(list)) => body.digits_samples = Some(list.clone()),
+        (None, None, None) => bail!("give --input FILE, --digits-sample N or --digits-samples N,M,..."),
     }
     let client = args.api.client(Duration::from_secs(30))?;
     let sub = client.submit(&body).await.map_err(|e| anyhow::anyhow!("submit refused: {e}"))?;
@@ -65,7 +75,19 @@ pub(crate) async fn run(args: SubmitArgs) -> Result<()> {
             say!("label    {l}{expected}");
         }
         if let Some(d) = &view.output_digest {
-            say!("output   blake3 {d}");
+            match view.batch {
+                Some(n) => say!("output   merkle root over {n} outputs {d}"),
+                None => say!("output   blake3 {d}"),
+            }
+        }
+        for item in &view.items {
+            let label = item.label.map_or_else(|| "-".to_owned(), |l| l.to_string());
+            let expected = sub
+                .expected_labels
+                .get(item.index as usize)
+                .map(|e| format!(" (expected {e})"))
+                .unwrap_or_default();
+            say!("item {:>3} label {label}{expected}  blake3 {}", item.index, item.output_digest);
         }
         for w in &view.workers {
             say!("worker   {} {}", w.peer_id, w.status);

@@ -750,7 +750,7 @@ impl Sim {
                     self.schedule(at, Event::Deliver { to: i, life: Some(life), input });
                 }
                 // The requester's own run (requesters are honest vehicles).
-                Action::Check { task, model: _ } => {
+                Action::Check { task, .. } => {
                     let result = match self.vehicles[i].store.get(&(table_tag(Table::RequestInputs), task)) {
                         Some(input) => Ok(fleetmesh_crypto::OutputDigest::of(&honest_output(input))),
                         None => Err("input missing from the store".to_owned()),
@@ -762,7 +762,7 @@ impl Sim {
                         Event::Deliver { to: i, life: Some(life), input: Input::Checked { task, result } },
                     );
                 }
-                Action::Execute { task, model: _ } => {
+                Action::Execute { task, .. } => {
                     let result = match self.vehicles[i].store.get(&(table_tag(Table::JobInputs), task)) {
                         Some(input) => {
                             let output = match self.vehicles[i].kind {
@@ -1078,6 +1078,7 @@ impl Sim {
                     exec_timeout_ms,
                     deadline_ms,
                     nonce,
+                    batch: None,
                 }
                 .sign(&identity);
                 let award = fleetmesh_protocol::Award {
