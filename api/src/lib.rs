@@ -107,14 +107,16 @@ pub struct TaskView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<u16>,
     /// A verified batch's outputs, in input order, each with what checks it alone against
-    /// `output_digest`.
+    /// `output_digest` (in a task's own view; the list of all tasks leaves them out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<BatchItemView>,
 }
 
-/// One output of a verified batch task. Anyone holding the signed result header checks it
-/// without the other outputs: blake3 of `output_base64` is `output_digest`, and folding
-/// `path` onto it gives the header's root (`fleetmesh_protocol::batch::verify_item`).
+/// One output of a verified batch task, with what checks it without the other outputs:
+/// blake3 of `output_base64` is `output_digest`, and folding `path` onto it at `index` gives
+/// the task's `output_digest`, the root the agreeing workers signed
+/// (`fleetmesh_protocol::batch::verify_item`). So a client can hand one output and its path
+/// to whoever needs only that one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchItemView {
     /// Its place in the batch (0 first).
@@ -140,7 +142,8 @@ pub struct SubmitRequest {
     pub input: Vec<u8>,
     /// Workers (k); the node's default when absent.
     pub redundancy: Option<u8>,
-    /// Max price per worker; the node's default when absent.
+    /// Max price per worker for the whole task; the node's default (per input, times the
+    /// batch's inputs) when absent.
     pub max_price: Option<u64>,
     /// Bid window, ms.
     pub bid_window_ms: Option<u32>,

@@ -279,7 +279,8 @@ async fn throughput(
         report.tasks_per_s = Some(tps);
         report.throughput_p99_ms = Some(p99);
         report.throughput_in_flight = Some(level);
-        // The same load in batches: one award and one signed result for BATCH inputs.
+        // The same load in batches: one award and one signed result for BATCH inputs (the
+        // last level slept already, so this starts from an idle mesh too).
         let lat = saturate(&nodes, &samples, level, window, Some(BATCH)).await;
         report.batch_size = Some(BATCH);
         report.batch_inputs_per_s = Some(lat.len() as f64 * f64::from(BATCH) / window.as_secs_f64());

@@ -371,7 +371,9 @@ async fn submit(
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid task: {e}")))?;
     let mut req = body.params;
     let (mut expected_label, mut expected_labels) = (None, Vec::new());
-    let set = fleetmesh_node::digits::test_set();
+    // Parsed only for a submit that names samples.
+    let named = body.digits_sample.is_some() || body.digits_samples.is_some();
+    let set = if named { fleetmesh_node::digits::test_set() } else { Vec::new() };
     let sample = |i: usize| {
         set.get(i).ok_or_else(|| {
             ApiError(StatusCode::BAD_REQUEST, format!("digits samples must be below {}", set.len()))
@@ -387,9 +389,18 @@ async fn submit(
             s.to_input()
         }
         (None, None, Some(list)) => {
-            let n = u16::try_from(list.len()).unwrap_or(u16::MAX);
-            if req.batch.is_some_and(|b| b != n) {
-                let why = format!("batch is {} but digits_samples lists {n}", req.batch.unwrap_or(0));
+            // Counted before any input is built (the body may list a million samples).
+            let max = fleetmesh_protocol::batch::MAX_BATCH;
+            let n = match u16::try_from(list.len()) {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    let why =
+                        format!("digits_samples lists {} samples; a batch holds 1 to {max}", list.len());
+                    return Err(ApiError(StatusCode::BAD_REQUEST, why));
+                }
+            };
+            if let Some(b) = req.batch.filter(|b| *b != n) {
+                let why = format!("batch is {b} but digits_samples lists {n} samples");
                 return Err(ApiError(StatusCode::BAD_REQUEST, why));
             }
             req.batch = Some(n);

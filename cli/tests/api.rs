@@ -105,14 +105,23 @@ async fn api_and_cli_submit_status_peers_metrics_and_errors() {
         json!({ "digits_sample": 100000 }),
         json!({ "digits_sample": 1, "model": "not-hex" }),
         json!({ "digits_sample": 1, "redundancy": 0 }),
-        json!({ "digits_samples": [] }),
-        json!({ "digits_samples": [1, 2], "batch": 3 }),
-        json!({ "digits_samples": [1, 2], "digits_sample": 1 }),
-        json!({ "input_base64": "AAAAAAAA", "batch": 3 }),
     ] {
         let (code, err) = post(&format!("{base}/v1/tasks"), body.clone()).await;
         assert_eq!(code, 400, "{body} -> {err}");
         assert!(err["error"].as_str().is_some_and(|e| !e.is_empty()), "{err}");
+    }
+    // Bad batches: the error names what is wrong.
+    for (body, says) in [
+        (json!({ "digits_samples": [] }), "1 to 256"),
+        (json!({ "digits_samples": vec![1; 257] }), "257 samples; a batch holds 1 to 256"),
+        (json!({ "digits_samples": [1, 2], "batch": 3 }), "batch is 3 but digits_samples lists 2"),
+        (json!({ "digits_samples": [1, 2], "digits_sample": 1 }), "exactly one of"),
+        (json!({ "input_base64": "AAAAAAAAAAA=", "batch": 3 }), "8 input bytes do not split into 3"),
+        (json!({ "input_base64": "AAAAAAAAAAA=", "batch": 2 }), "each of 2"),
+    ] {
+        let (code, err) = post(&format!("{base}/v1/tasks"), body.clone()).await;
+        assert_eq!(code, 400, "{body} -> {err}");
+        assert!(err["error"].as_str().is_some_and(|e| e.contains(says)), "{body} -> {err}");
     }
     let raw = reqwest::Client::new()
         .post(format!("{base}/v1/tasks"))

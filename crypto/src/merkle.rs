@@ -59,29 +59,34 @@ pub fn root(leaves: &[Digest]) -> Digest {
 }
 
 /// The path of leaf `index`: the sibling digests from the leaf up to the root. `None` when
-/// `index` is not a leaf.
+/// `index` is not a leaf. For every leaf's path, [`paths`] costs far less than n calls.
 pub fn path(leaves: &[Digest], index: usize) -> Option<Vec<Digest>> {
     if index >= leaves.len() {
         return None;
     }
-    let mut out = Vec::new();
-    collect(leaves, index, &mut out);
-    Some(out)
+    paths(leaves).into_iter().nth(index)
 }
 
-// Top-down, then reversed: the path lists the leaf's sibling first.
-fn collect(leaves: &[Digest], index: usize, out: &mut Vec<Digest>) {
-    if leaves.len() < 2 {
-        return;
-    }
-    let k = split(leaves.len());
-    let (l, r) = leaves.split_at(k);
-    if index < k {
-        collect(l, index, out);
-        out.push(Digest::from_bytes(subtree(r)));
-    } else {
-        collect(r, index.saturating_sub(k), out);
-        out.push(Digest::from_bytes(subtree(l)));
+/// Every leaf's path, in leaf order, hashing each node of the tree once (O(n log n) in all,
+/// where n calls of [`path`] would hash the tree n times).
+pub fn paths(leaves: &[Digest]) -> Vec<Vec<Digest>> {
+    all_paths(leaves).1
+}
+
+// The subtree's hash and each of its leaves' paths within it (the sibling nearest the leaf
+// first; the caller appends the siblings above).
+fn all_paths(leaves: &[Digest]) -> ([u8; 32], Vec<Vec<Digest>>) {
+    match leaves {
+        [] => (subtree(leaves), Vec::new()),
+        [one] => (leaf_hash(one), vec![Vec::new()]),
+        _ => {
+            let (l, r) = leaves.split_at(split(leaves.len()));
+            let ((lh, mut lp), (rh, mut rp)) = (all_paths(l), all_paths(r));
+            lp.iter_mut().for_each(|p| p.push(Digest::from_bytes(rh)));
+            rp.iter_mut().for_each(|p| p.push(Digest::from_bytes(lh)));
+            lp.append(&mut rp);
+            (node_hash(&lh, &rh), lp)
+        }
     }
 }
 
@@ -126,14 +131,19 @@ mod tests {
         for n in 1..=40 {
             let ls = leaves(n);
             let r = root(&ls);
+            let all = paths(&ls);
+            assert_eq!(all.len(), n);
             for (i, leaf) in ls.iter().enumerate() {
                 let p = path(&ls, i).unwrap();
+                assert_eq!(p, all[i], "one path or all, the same");
                 assert!(p.len() <= 6, "a path of {} for {n} leaves", p.len());
                 assert!(verify(leaf, i, n, &p, &r), "leaf {i} of {n}");
-                // Another index, another leaf, a shorter or longer path: no. (The count is not
-                // in the path: it comes from the signed spec.)
-                assert!(n == 1 || !verify(leaf, (i + 1) % n, n, &p, &r), "leaf {i} of {n} at another index");
-                assert!(n == 1 || !verify(&ls[(i + 1) % n], i, n, &p, &r), "another leaf at {i} of {n}");
+                // Any other index, any other leaf, a shorter or longer path: no. (The count is
+                // not in the path: it comes from the signed spec.)
+                for j in (0..n).filter(|j| *j != i) {
+                    assert!(!verify(leaf, j, n, &p, &r), "leaf {i} of {n} at index {j}");
+                    assert!(!verify(&ls[j], i, n, &p, &r), "leaf {j} at {i} of {n}");
+                }
                 if let Some((_, shorter)) = p.split_last() {
                     assert!(!verify(leaf, i, n, shorter, &r));
                 }

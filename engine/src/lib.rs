@@ -427,6 +427,9 @@ pub enum Action {
         /// The spec's batch: run each of its inputs, and answer with the outputs' Merkle root
         /// ([`fleetmesh_protocol::batch::output_digest`]).
         batch: Option<u16>,
+        /// A batch stops between inputs once this instant (Unix ms) has passed: the task's
+        /// deadline.
+        until_ms: u64,
     },
     /// Run a model on a job's stored input; answered by [`Input::Executed`].
     Execute {
@@ -437,6 +440,10 @@ pub enum Action {
         /// The spec's batch: run each of its inputs, and answer with the outputs as one list
         /// ([`fleetmesh_protocol::batch::encode_outputs`]).
         batch: Option<u16>,
+        /// A batch stops between inputs once this instant (Unix ms) has passed (the result
+        /// deadline: a result after it is not taken), so it holds a slot no longer than one
+        /// input would.
+        until_ms: u64,
     },
     /// Write durably, as one transaction. If it fails, the driver answers the `Reply`s that
     /// follow it in the same batch with `Refused(Unavailable)` and the `Submitted`s with an
@@ -470,7 +477,7 @@ pub struct EngineConfig {
     pub max_queue: u32,
     /// Unfinished jobs accepted from one requester.
     pub max_jobs_per_requester: u32,
-    /// The most inputs of one batch task this node runs; 1 takes no batches
+    /// The most inputs of one batch task this node runs; 0 takes no batches
     /// ([`fleetmesh_protocol::batch`]).
     pub max_batch: u16,
     /// Lowest price this node bids.
@@ -533,7 +540,7 @@ impl Default for EngineConfig {
 pub struct TaskDefaults {
     /// Workers per task (k).
     pub redundancy: u8,
-    /// Highest price paid per worker.
+    /// Highest price paid per worker (per input: a batch of n pays up to n times it).
     pub max_price: u64,
     /// Bid round length, ms.
     pub bid_window_ms: u32,
@@ -947,7 +954,7 @@ impl Engine {
                     // The offer stands as long as requesters keep the advert, and is renewed
                     // with each one.
                     offer_until_ms: offering.then(|| now.saturating_add(self.presence_ttl_ms())),
-                    max_batch: self.config.max_batch.max(1),
+                    max_batch: self.config.max_batch,
                 };
                 let env = advert.sign(&self.identity);
                 self.worker.offer = Some(advert);

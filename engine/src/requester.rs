@@ -260,6 +260,16 @@ impl ReqTask {
 
     /// What the API, the CLI and the demo show.
     pub fn view(&self) -> TaskView {
+        self.view_with(true)
+    }
+
+    /// [`Self::view`] without a batch's items (the list of every task: each item carries its
+    /// output and path, and a node keeps up to 1,024 tasks).
+    pub fn summary(&self) -> TaskView {
+        self.view_with(false)
+    }
+
+    fn view_with(&self, with_items: bool) -> TaskView {
         use base64::Engine;
         let verified_output = self
             .verified
@@ -269,6 +279,7 @@ impl ReqTask {
             |b: &[u8]| fleetmesh_protocol::output::ModelOutput::from_bytes(b).ok().and_then(|o| o.argmax);
         let (label, items) = match (self.spec.batch, verified_output.as_deref()) {
             (None, output) => (output.and_then(label_of), Vec::new()),
+            (Some(_), Some(_)) if !with_items => (None, Vec::new()),
             (Some(n), Some(output)) => {
                 // Checked against the root when the result arrived; a list that no longer
                 // splits (it cannot) shows no items rather than wrong ones.
@@ -468,7 +479,12 @@ impl Requester {
         if t.self_check.is_none() && Self::can_check(ctx, t) {
             t.self_check = Some(SelfCheck::Running);
             ctx.count(Metric::OwnChecks);
-            ctx.push(Action::Check { task: *id, model: t.spec.model, batch: t.spec.batch });
+            ctx.push(Action::Check {
+                task: *id,
+                model: t.spec.model,
+                batch: t.spec.batch,
+                until_ms: t.spec.deadline_ms,
+            });
         }
     }
 
@@ -698,6 +714,15 @@ impl Requester {
         };
         let items = req.batch.unwrap_or(1);
         let item_size = (req.input.len() as u64).checked_div(u64::from(items)).unwrap_or(0);
+        if let Some(&out) = ctx.config.model_outputs.get(&model).filter(|_| req.batch.is_some()) {
+            let max_output = fleetmesh_protocol::limits::MAX_OUTPUT_BYTES as u64;
+            if fleetmesh_protocol::batch::output_limit(req.batch, out) > max_output {
+                return reject(format!(
+                    "a batch of {items} outputs of {out} bytes may exceed the {max_output}-byte limit on a result; \
+                     send fewer inputs per batch"
+                ));
+            }
+        }
         if let Some(&expected) = ctx.config.model_inputs.get(&model) {
             if item_size != expected {
                 let each = if req.batch.is_some() { format!(" (each of {items})") } else { String::new() };
@@ -737,7 +762,9 @@ impl Requester {
             input_digest,
             input_size: req.input.len() as u64,
             redundancy: k,
-            max_price: req.max_price.unwrap_or(d.max_price),
+            // The default is per input: a batch of n pays n times it (a worker's floor is per
+            // input too).
+            max_price: req.max_price.unwrap_or(d.max_price.saturating_mul(u64::from(items))),
             created_ms: now,
             bid_window_ms,
             exec_timeout_ms,
@@ -819,7 +846,7 @@ impl Requester {
                 let trust = self.trust_of(ctx, k);
                 (trust != Trust::Bad).then(|| {
                     let ticket = selection::ticket(id, t.round, k);
-                    (trust, ticket, winner::offer_bid(id, t.round, *k, a.digest, &a.advert))
+                    (trust, ticket, winner::offer_bid((id, &t.spec), t.round, *k, a.digest, &a.advert))
                 })
             })
             .collect();
@@ -1384,6 +1411,19 @@ impl Requester {
                 self.award_refused(ctx, &id, &worker, format!("award refused before any work: {r:?}"));
                 return;
             }
+            // A batch's input refused by a node from before batches (it reads the spec as one
+            // input, and the input does not hash to the root): not a failure either.
+            Ok(TaskResponse::Refused(Refusal::InputMismatch))
+                if self
+                    .tasks
+                    .get(&id)
+                    .is_some_and(|t| t.spec.batch.is_some() && t.refused() < MAX_REFUSED_PER_TASK)
+                    && self.assignment_mut(&id, &worker).is_some_and(|a| a.waiting()) =>
+            {
+                let why = "a batch refused (InputMismatch: a node from before batches)".to_owned();
+                self.award_refused(ctx, &id, &worker, why);
+                return;
+            }
             Ok(other) => format!("award refused: {other:?}"),
             Err(e) => format!("award not delivered: {e}"),
         };
@@ -1563,21 +1603,15 @@ impl Requester {
         let checked = if header.signer != from {
             Err(RejectReason::NotAwarded)
         } else {
-            // The header's signature was checked above: checked once.
-            check_opened(&id, &t.spec, &t.awarded_keys(), &header.signer, h, &output).and_then(|h| {
-                // Where this node holds the model it knows the size of its output: a larger
-                // one is junk meant to fill the requester's memory.
-                // A batch's list adds at most 9 bytes of framing to each output and to the list.
-                let items = u64::from(t.spec.items());
-                let batch_max = |max: u64| match t.spec.batch {
-                    Some(_) => max.saturating_add(9).saturating_mul(items).saturating_add(9),
-                    None => max,
-                };
-                match ctx.config.model_outputs.get(&t.spec.model) {
-                    Some(&max) if h.output_size > batch_max(max) => Err(RejectReason::OutputTooLarge),
-                    _ => Ok(h),
+            // Where this node holds the model it knows the size of its output: a larger one
+            // is junk meant to fill the requester's memory (checked before a batch's list is
+            // decoded). The header's signature was checked above: checked once.
+            match ctx.config.model_outputs.get(&t.spec.model) {
+                Some(&max) if output.len() as u64 > t.spec.output_limit(max) => {
+                    Err(RejectReason::OutputTooLarge)
                 }
-            })
+                _ => check_opened(&id, &t.spec, &t.awarded_keys(), &header.signer, h, &output),
+            }
         };
         let h = match checked {
             Ok(h) => h,
@@ -1932,7 +1966,12 @@ impl Requester {
                 ctx.push(Action::Persist(vec![t.persist(&id)]));
                 // An own check that was running is run again.
                 if t.self_check == Some(SelfCheck::Running) {
-                    ctx.push(Action::Check { task: id, model: t.spec.model, batch: t.spec.batch });
+                    ctx.push(Action::Check {
+                        task: id,
+                        model: t.spec.model,
+                        batch: t.spec.batch,
+                        until_ms: t.spec.deadline_ms,
+                    });
                 }
             }
             self.tasks.insert(id, t);

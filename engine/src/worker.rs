@@ -511,11 +511,11 @@ impl Worker {
         bid_deadline_ms: u64,
     ) {
         let Some(spec) = opened.or_else(|| TaskSpec::open(env).ok()) else { return };
-        // An input that cannot fit the model: say so, once, instead of bidding.
         // A batch this node does not take (malformed, or larger than it runs): no bid.
-        if spec.check_batch().is_err() || spec.items() > ctx.config.max_batch.max(1) {
+        if spec.check_batch().is_err() || spec.batch.is_some_and(|n| n > ctx.config.max_batch) {
             return;
         }
+        // An input that cannot fit the model: say so, once, instead of bidding.
         if let Some(&expected) = ctx.config.model_inputs.get(&spec.model) {
             if !spec.fits(expected)
                 && task_id_of(env) == task
@@ -533,7 +533,7 @@ impl Worker {
         let until = spec.deadline_ms.min(bid_deadline_ms.max(ctx.now).saturating_add(BID_MEMORY_MS));
         if task_id_of(env) != task
             || env.signer == ctx.identity.public()
-            || spec.max_price < ctx.config.price_floor
+            || spec.max_price < spec.price_for(ctx.config.price_floor)
             || spec.deadline_ms <= ctx.now
             || spec.deadline_ms > ctx.now.saturating_add(MAX_TASK_HORIZON_MS)
             || spec.exec_timeout_ms > MAX_EXEC_TIMEOUT_MS
@@ -544,10 +544,12 @@ impl Worker {
             return;
         }
         let queue = u32::try_from(self.queue.len()).unwrap_or(u32::MAX);
-        // A promise this node can keep: its queue ahead of the task, at a conservative 50 ms
-        // per task, plus 100 ms of network, capped at the spec's timeout.
-        let promised_ms = queue.saturating_mul(50).saturating_add(100).min(spec.exec_timeout_ms);
-        let price = ctx.config.price_floor;
+        // A promise this node can keep: its queue ahead of the task and the task's own runs
+        // (n for a batch), at a conservative 50 ms each, plus 50 ms of network, capped at the
+        // spec's timeout. The price is per input.
+        let runs = queue.saturating_add(u32::from(spec.items()));
+        let promised_ms = runs.saturating_mul(50).saturating_add(50).min(spec.exec_timeout_ms);
+        let price = spec.price_for(ctx.config.price_floor);
         let bid = Bid {
             v: WIRE_VERSION,
             task_id: task,
@@ -711,9 +713,10 @@ impl Worker {
         if !bid_on && !offered {
             return TaskResponse::Refused(Refusal::NotAWinner);
         }
-        if spec.items() > ctx.config.max_batch.max(1) {
-            let why =
-                format!("a batch of {} is more than this node runs ({})", spec.items(), ctx.config.max_batch);
+        // (It bid or offered under another setting: restarted with a lower one.)
+        if spec.batch.is_some_and(|n| n > ctx.config.max_batch) {
+            let (n, max) = (spec.items(), ctx.config.max_batch);
+            let why = format!("a batch of {n} is more than this node runs (max_batch {max})");
             return TaskResponse::Refused(Refusal::Invalid(why));
         }
         let digest = fleetmesh_protocol::batch::input_digest(spec.batch, &input);
@@ -792,7 +795,12 @@ impl Worker {
             job.running = true;
             self.running = self.running.saturating_add(1);
             ctx.trace(record(event::STARTED, &task));
-            ctx.push(Action::Execute { task, model: job.spec.model, batch: job.spec.batch });
+            ctx.push(Action::Execute {
+                task,
+                model: job.spec.model,
+                batch: job.spec.batch,
+                until_ms: job.result_deadline_ms,
+            });
         }
     }
 
@@ -840,7 +848,14 @@ impl Worker {
                 ctx.push(Action::Persist(vec![job.op(&task), drop_input]));
                 // Tell the requester now, so it replaces this worker instead of waiting.
                 let reason = UnableReason::ExecutionFailed { message };
+                let late = ctx.now > job.result_deadline_ms;
                 self.send_unable(ctx, requester, task, 0, reason);
+                // A batch cut at its result deadline says nothing about the model (and a
+                // requester must not quarantine it by asking for batches it cannot finish).
+                if late {
+                    self.start_queued(ctx);
+                    return;
+                }
                 let n = self.failures.entry(model).or_insert(0);
                 *n = n.saturating_add(1);
                 if *n >= MAX_MODEL_FAILURES && self.quarantined.insert(model) {

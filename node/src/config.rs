@@ -53,7 +53,8 @@ pub struct NodeConfig {
     /// take every slot and queue place.
     pub max_jobs_per_requester: u32,
     /// The most inputs of one batch task this node runs (a batch takes one slot and runs its
-    /// inputs one after another); 1 takes no batches. At most 256.
+    /// inputs one after another, stopping at the result deadline); 0 takes no batches. At
+    /// most 256.
     pub max_batch: u16,
     /// The lowest price this node bids.
     pub price_floor: u64,

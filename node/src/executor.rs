@@ -212,12 +212,14 @@ impl ModelStore {
     }
 
     /// Runs `model` on a task's input: once, or for a batch ([`fleetmesh_protocol::batch`])
-    /// on each of its inputs in turn, the outputs as one list. Run time is the sum.
+    /// on each of its inputs in turn, the outputs as one list. Run time is the sum. A batch
+    /// stops between inputs once `late()` says its deadline passed (nobody takes the result).
     pub fn run_batch(
         &self,
         model: &ModelId,
         batch: Option<u16>,
         input: &[u8],
+        late: &dyn Fn() -> bool,
     ) -> Result<Inference, ExecError> {
         if batch.is_none() {
             return self.run(model, input);
@@ -225,7 +227,13 @@ impl ModelStore {
         let parts = fleetmesh_protocol::batch::split_input(batch, input)
             .map_err(|e| ExecError::Run(format!("the batch's input: {e}")))?;
         let (mut outputs, mut run_time_us) = (Vec::with_capacity(parts.len()), 0u64);
+        let n = parts.len();
         for (i, part) in parts.into_iter().enumerate() {
+            if late() {
+                return Err(ExecError::Run(format!(
+                    "the batch's deadline passed after {i} of its {n} inputs"
+                )));
+            }
             let one =
                 self.run(model, part).map_err(|e| ExecError::Run(format!("input {i} of the batch: {e}")))?;
             run_time_us = run_time_us.saturating_add(one.run_time_us);
@@ -353,6 +361,37 @@ mod tests {
         // The recipe measured 438/450 with onnxruntime; tract must reproduce its integer logits.
         assert_eq!(logits_equal, set.len(), "tract and onnxruntime disagree on integer logits");
         assert_eq!(correct, 438);
+    }
+
+    #[test]
+    fn a_batch_runs_each_input_in_order_and_stops_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(dir.path()).unwrap();
+        let model = crate::digits::model_id();
+        let set = crate::digits::test_set();
+        let input: Vec<u8> = set[..4].iter().flat_map(|s| s.to_input()).collect();
+        let out = store.run_batch(&model, Some(4), &input, &|| false).unwrap();
+        let outputs = fleetmesh_protocol::batch::decode_outputs(4, &out.output).unwrap();
+        for (i, o) in outputs.iter().enumerate() {
+            assert_eq!(o.as_slice(), store.run(&model, &set[i].to_input()).unwrap().output, "input {i}");
+        }
+        // Without a batch: one run, its output as is.
+        let one = store.run_batch(&model, None, &set[0].to_input(), &|| false).unwrap();
+        assert_eq!(one.output, store.run(&model, &set[0].to_input()).unwrap().output);
+        // Its deadline passes after two inputs: it stops there, saying so.
+        let calls = std::cell::Cell::new(0);
+        let late = || {
+            calls.set(calls.get() + 1);
+            calls.get() > 2
+        };
+        match store.run_batch(&model, Some(4), &input, &late) {
+            Err(ExecError::Run(m)) => assert!(m.contains("after 2 of its 4"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(store.run_batch(&model, Some(3), &input, &|| false), Err(ExecError::Run(_))),
+            "uneven"
+        );
     }
 
     #[test]

@@ -459,7 +459,7 @@ fn engine_config(c: &NodeConfig) -> EngineConfig {
         slots: c.slots.max(1),
         max_queue: c.max_queue,
         max_jobs_per_requester: c.max_jobs_per_requester,
-        max_batch: c.max_batch.clamp(1, fleetmesh_protocol::batch::MAX_BATCH),
+        max_batch: c.max_batch.min(fleetmesh_protocol::batch::MAX_BATCH),
         price_floor: c.price_floor,
         tasks: c.tasks.clone(),
         trust: c.trust.clone(),
@@ -664,7 +664,7 @@ impl Executor {
     /// ([`Input::Checked`], the output's digest).
     fn execute(
         &mut self,
-        (task, model, batch): (TaskId, ModelId, Option<u16>),
+        (task, model, batch, until_ms): (TaskId, ModelId, Option<u16>, u64),
         input: Result<Option<Vec<u8>>, crate::store::StoreError>,
         check: bool,
     ) {
@@ -677,7 +677,7 @@ impl Executor {
             let result = match input {
                 Ok(Some(input)) => tokio::task::spawn_blocking(move || {
                     models
-                        .run_batch(&model, batch, &input)
+                        .run_batch(&model, batch, &input, &|| now_ms() > until_ms)
                         .map(|i| ExecOutput {
                             output: i.output,
                             run_time_us: i.run_time_us,
@@ -1012,14 +1012,14 @@ impl EventLoop {
                     let qid = self.swarm.behaviour_mut().kad.get_providers(key);
                     self.pending.queries.insert(qid, Query::Providers(model));
                 }
-                Action::Execute { task, model, batch } => {
+                Action::Execute { task, model, batch, until_ms } => {
                     let input = self.store.get_raw(crate::store::JOB_INPUTS, &task);
-                    self.executor.execute((task, model, batch), input, false);
+                    self.executor.execute((task, model, batch, until_ms), input, false);
                 }
                 // The requester's own run of its task, to check the workers against.
-                Action::Check { task, model, batch } => {
+                Action::Check { task, model, batch, until_ms } => {
                     let input = self.store.get_raw(crate::store::REQUEST_INPUTS, &task);
-                    self.executor.execute((task, model, batch), input, true);
+                    self.executor.execute((task, model, batch, until_ms), input, true);
                 }
                 Action::SelfTest { model } => self.executor.self_test(model),
                 Action::Trace(record) => {
@@ -1332,7 +1332,8 @@ impl EventLoop {
                 }
             },
             Command::Tasks(tx) => {
-                let mut all: Vec<TaskView> = self.engine.requester.tasks().map(|(_, t)| t.view()).collect();
+                let mut all: Vec<TaskView> =
+                    self.engine.requester.tasks().map(|(_, t)| t.summary()).collect();
                 all.sort_by_key(|v| v.timings.submitted_ms);
                 self.answer(Answer::Tasks(tx, all));
             }

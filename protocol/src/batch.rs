@@ -41,6 +41,9 @@ pub enum BatchError {
     /// The outputs do not decode as a list.
     #[error("the batch's outputs do not decode: {0}")]
     Decode(#[from] DecodeError),
+    /// The list is not in its canonical encoding ([`encode_outputs`]).
+    #[error("the batch's outputs are not canonically encoded")]
+    NotCanonical,
     /// The list holds another number of outputs than the batch has inputs.
     #[error("{got} outputs for a batch of {n}")]
     Outputs {
@@ -67,9 +70,30 @@ impl TaskSpec {
         check(self.batch, self.input_size).map(|_| ())
     }
 
+    /// What a worker asking `floor` per input asks for the task: a batch costs n runs.
+    pub fn price_for(&self, floor: u64) -> u64 {
+        floor.saturating_mul(u64::from(self.items()))
+    }
+
+    /// The most output bytes an honest worker returns for the task when the model's output
+    /// has `per_output` bytes ([`output_limit`]).
+    pub fn output_limit(&self, per_output: u64) -> u64 {
+        output_limit(self.batch, per_output)
+    }
+
     /// Whether the spec's inputs each fit a model taking `expected` bytes.
     pub fn fits(&self, expected: u64) -> bool {
         self.check_batch().is_ok() && self.item_size() == expected
+    }
+}
+
+/// The most output bytes of a task of `batch` when each output has `per_output` bytes: the
+/// output itself, or a batch's list, which adds at most 9 bytes of framing to each output
+/// and 3 to the list.
+pub fn output_limit(batch: Option<u16>, per_output: u64) -> u64 {
+    match batch {
+        Some(n) => per_output.saturating_add(9).saturating_mul(u64::from(n)).saturating_add(3),
+        None => per_output,
     }
 }
 
@@ -111,11 +135,19 @@ pub fn encode_outputs(outputs: &[Vec<u8>]) -> Vec<u8> {
     encode(&list)
 }
 
-/// The outputs of a batch of `n` from the bytes a worker sent.
+/// The outputs of a batch of `n` from the bytes a worker sent, which must be their canonical
+/// encoding ([`encode_outputs`]). The root covers the outputs, not the list's bytes, and a
+/// CBOR decoder takes the same list in many encodings (tags, indefinite lengths, long
+/// heads, byte strings as arrays of integers): without this check a worker could send its
+/// outputs padded, or in a form another decoder reads differently, under an honest root.
 pub fn decode_outputs(n: u16, bytes: &[u8]) -> Result<Vec<ByteBuf>, BatchError> {
     let list: Vec<ByteBuf> = decode(bytes, limits::MAX_OUTPUT_BYTES)?;
     if list.len() != usize::from(n) {
         return Err(BatchError::Outputs { got: list.len(), n });
+    }
+    let list_refs: Vec<&serde_bytes::Bytes> = list.iter().map(|o| serde_bytes::Bytes::new(o)).collect();
+    if encode(&list_refs) != bytes {
+        return Err(BatchError::NotCanonical);
     }
     Ok(list)
 }
@@ -145,12 +177,9 @@ pub fn proofs(n: u16, output: &[u8]) -> Result<Vec<ItemProof>, BatchError> {
     let leaves: Vec<Digest> = outputs.iter().map(|o| Digest::of(o)).collect();
     Ok(outputs
         .into_iter()
-        .enumerate()
-        .map(|(i, o)| ItemProof {
-            digest: leaves.get(i).copied().unwrap_or_else(|| Digest::of(&o)),
-            path: merkle::path(&leaves, i).unwrap_or_default(),
-            output: o.into_vec(),
-        })
+        .zip(leaves.iter().copied())
+        .zip(merkle::paths(&leaves))
+        .map(|((o, digest), path)| ItemProof { digest, path, output: o.into_vec() })
         .collect())
 }
 
@@ -200,6 +229,18 @@ mod tests {
         assert_eq!(output_digest(Some(4), &three), Err(BatchError::Outputs { got: 3, n: 4 }));
         assert!(matches!(output_digest(Some(1), &[0xff, 0x00]), Err(BatchError::Decode(_))));
         assert!(matches!(proofs(2, b"junk"), Err(BatchError::Decode(_))));
+        // The same outputs in another encoding: an indefinite-length list, a tagged byte
+        // string, a byte string as an array of integers. All decode; none is accepted.
+        let two = encode_outputs(&[vec![7], vec![8]]);
+        assert_eq!(two, vec![0x82, 0x41, 7, 0x41, 8]);
+        let root = output_digest(Some(2), &two).unwrap();
+        for other in [vec![0x9f, 0x41, 7, 0x41, 8, 0xff], vec![0x82, 0x58, 1, 7, 0x41, 8]] {
+            assert_eq!(output_digest(Some(2), &other), Err(BatchError::NotCanonical), "{other:02x?}");
+        }
+        for other in [vec![0x82, 0xd8, 0x18, 0x41, 7, 0x41, 8], vec![0x82, 0x81, 7, 0x41, 8]] {
+            assert!(output_digest(Some(2), &other).is_err(), "{other:02x?}");
+        }
+        assert_eq!(output_digest(Some(2), &two), Ok(root));
         // Without a batch any bytes are an output.
         assert_eq!(output_digest(None, b"junk"), Ok(OutputDigest::of(b"junk")));
     }

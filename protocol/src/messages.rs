@@ -96,7 +96,8 @@ pub struct TaskSpec {
     pub v: u16,
     /// The model to run.
     pub model: ModelId,
-    /// blake3 of the input bytes (the input itself goes only to the winners).
+    /// blake3 of the input bytes, or for a batch the Merkle root over its inputs'
+    /// ([`crate::batch::input_digest`]). The input itself goes only to the winners.
     pub input_digest: InputDigest,
     /// Input length in bytes.
     pub input_size: u64,

@@ -187,7 +187,7 @@ pub struct OpenedBid {
 /// of time or load (which no longer rank). `digest` is the signed advert's ([`bid_digest`]
 /// of its envelope), so an award made on offers commits to the adverts themselves.
 pub fn offer_bid(
-    task_id: &TaskId,
+    (task_id, spec): (&TaskId, &TaskSpec),
     round: u32,
     bidder: PublicKey,
     digest: Digest,
@@ -200,7 +200,7 @@ pub fn offer_bid(
             v: crate::WIRE_VERSION,
             task_id: *task_id,
             round,
-            price: offer.price_floor,
+            price: spec.price_for(offer.price_floor),
             promised_ms: 0,
             queue_depth: 0,
             free_slots: offer.free_slots,
@@ -209,12 +209,14 @@ pub fn offer_bid(
 }
 
 /// Whether a standing offer covers a task at `now`: fresh, for the task's model, at a price
-/// floor the task pays, and for a batch task, from a node that takes batches that large. What a requester checks before awarding on the offer, and what the
+/// floor the task pays (for each input of a batch), and for a batch task, a well-formed one
+/// from a node that takes batches that large. What a requester checks before awarding on the offer, and what the
 /// worker checks against its own offer before taking such an award.
 pub fn offer_covers(offer: &crate::Presence, spec: &TaskSpec, now: u64) -> bool {
     offer.offer_until_ms.is_some_and(|until| until >= now)
         && offer.models.contains(&spec.model)
-        && offer.price_floor <= spec.max_price
+        && spec.price_for(offer.price_floor) <= spec.max_price
+        && spec.check_batch().is_ok()
         && (spec.batch.is_none() || spec.items() <= offer.max_batch)
 }
 
@@ -409,7 +411,7 @@ mod tests {
             })
             .collect();
         let opened: Vec<OpenedBid> =
-            adverts.iter().map(|(e, p)| offer_bid(&t, 0, e.signer, bid_digest(e), p)).collect();
+            adverts.iter().map(|(e, p)| offer_bid((&t, &spec(2)), 0, e.signer, bid_digest(e), p)).collect();
         assert_eq!(opened[0].digest, bid_digest(&adverts[0].0));
         let d = choose_opened(&t, &spec(2), &requester(), 0, Some(crate::selection::ALL), &[], opened);
         // Floors above the spec's max price (100) are ruled out; the rest rank by ticket.
@@ -428,6 +430,12 @@ mod tests {
         // Batches: up to the advert's max_batch; an advert without it (an older node) takes none.
         let batch = |n: u16| TaskSpec { batch: Some(n), input_size: u64::from(n), ..spec(1) };
         assert!(offer_covers(&offer(1), &batch(16), 0));
+        assert!(!offer_covers(&offer(7), &batch(16), 0), "the floor is per input: 7 x 16 > 100");
+        assert_eq!(
+            offer_bid((&t, &batch(16)), 0, adverts[0].0.signer, Digest::of(b"d"), &offer(6)).bid.price,
+            96
+        );
+        assert!(!offer_covers(&offer(1), &TaskSpec { batch: Some(0), ..spec(1) }, 0), "a batch of 0");
         assert!(!offer_covers(&offer(1), &batch(17), 0), "larger than it takes");
         assert!(!offer_covers(&crate::Presence { max_batch: 0, ..offer(1) }, &batch(1), 0), "takes none");
         assert!(offer_covers(&crate::Presence { max_batch: 0, ..offer(1) }, &s, 0), "one input is no batch");
