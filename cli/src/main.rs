@@ -54,6 +54,8 @@ enum Command {
     Health(ApiArgs),
     /// Create the node key in the data dir (if missing) and print the node's ids.
     Keygen(cmd::keygen::KeygenArgs),
+    /// As a fleet operator, certify a vehicle's node key (see docs/MARKET.md, operators).
+    Certify(cmd::certify::CertifyArgs),
     /// Measure protocol overhead, throughput and memory on loopback (see docs/BENCHMARKS.md).
     Bench(cmd::bench::BenchArgs),
     /// Start a mesh of N nodes in this process and run M real digits tasks end to end.
@@ -134,6 +136,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Peers(api) => cmd::query::peers(api).await,
         Command::Health(api) => cmd::query::health(api).await,
         Command::Keygen(a) => cmd::keygen::run(a),
+        Command::Certify(a) => cmd::certify::run(a),
         Command::Bench(a) => cmd::bench::run(a).await,
         Command::Demo(a) => cmd::demo::run(a).await,
         Command::Sim(a) => cmd::sim::run(a),

@@ -35,6 +35,8 @@ pub enum MessageKind {
     TraceHead,
     /// A worker telling a requester it cannot run a task, and why.
     Unable,
+    /// A fleet operator's certificate for one of its vehicles' keys.
+    OperatorCert,
 }
 
 impl MessageKind {
@@ -51,6 +53,7 @@ impl MessageKind {
             Self::OpenTasks => b"open-tasks",
             Self::TraceHead => b"trace-head",
             Self::Unable => b"unable",
+            Self::OperatorCert => b"operator-cert",
         }
     }
 

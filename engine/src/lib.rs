@@ -482,6 +482,9 @@ pub struct EngineConfig {
     pub max_batch: u16,
     /// Lowest price this node bids.
     pub price_floor: u64,
+    /// This node's operator certificate, shown in its adverts
+    /// ([`fleetmesh_protocol::OperatorCert`]).
+    pub operator_cert: Option<SignedEnvelope>,
     /// Defaults for submitted tasks.
     pub tasks: TaskDefaults,
     /// The model a submit without one runs (the node's embedded digits model).
@@ -518,6 +521,7 @@ impl Default for EngineConfig {
             max_jobs_per_requester: 32,
             max_batch: fleetmesh_protocol::batch::MAX_BATCH,
             price_floor: 1,
+            operator_cert: None,
             tasks: TaskDefaults::default(),
             default_model: None,
             model_inputs: std::collections::BTreeMap::new(),
@@ -596,6 +600,9 @@ pub struct PeerAdvert {
     /// The signed advert's digest ([`fleetmesh_protocol::bid_digest`]): what an award made on
     /// its standing offer commits to.
     pub digest: fleetmesh_crypto::Digest,
+    /// The operator vouching for the peer and until when ([`fleetmesh_protocol::operator_of`]),
+    /// when its advert showed a certificate that held on arrival.
+    pub operator: Option<(PublicKey, u64)>,
 }
 
 /// What both roles read: who we are, what we hold, who is around. Passed to the role
@@ -878,7 +885,14 @@ impl Engine {
                     return Verdict::Ignore;
                 }
                 let digest = fleetmesh_protocol::bid_digest(&env);
-                self.presence.insert(env.signer, PeerAdvert { advert: p, received_ms: now, digest });
+                // Its operator, if it shows a certificate that holds (checked once, here; one
+                // that does not hold is as none: the advert still counts).
+                let operator = p
+                    .operator_cert
+                    .as_ref()
+                    .and_then(|c| fleetmesh_protocol::operator_of(c, &env.signer, now).ok());
+                self.presence
+                    .insert(env.signer, PeerAdvert { advert: p, received_ms: now, digest, operator });
                 Verdict::Accept
             }
         }
@@ -955,6 +969,7 @@ impl Engine {
                     // with each one.
                     offer_until_ms: offering.then(|| now.saturating_add(self.presence_ttl_ms())),
                     max_batch: self.config.max_batch,
+                    operator_cert: self.config.operator_cert.clone(),
                 };
                 let env = advert.sign(&self.identity);
                 self.worker.offer = Some(advert);

@@ -86,11 +86,35 @@ pub struct TrustConfig {
     /// it runs the task too and checks the workers against its own output (and only that
     /// agreement earns them trust then).
     pub self_check: bool,
+    /// Fleet operators' keys (hex): with `closed`, only vehicles these operators certify
+    /// ([`fleetmesh_protocol::OperatorCert`], shown in their adverts) take part in this
+    /// node's tasks.
+    pub operators: Vec<String>,
+    /// A closed mesh: only vehicles certified by one of `operators` work for this node (and
+    /// only neighbours, whose adverts show their certificates).
+    pub closed: bool,
 }
 
 impl Default for TrustConfig {
     fn default() -> Self {
-        Self { enabled: true, trust_after: 3, spot_check_ppm: 100_000, self_check: true }
+        Self {
+            enabled: true,
+            trust_after: 3,
+            spot_check_ppm: 100_000,
+            self_check: true,
+            operators: Vec::new(),
+            closed: false,
+        }
+    }
+}
+
+impl TrustConfig {
+    /// The operators' keys; an entry that does not parse is an error naming it.
+    pub fn operator_keys(&self) -> Result<BTreeSet<PublicKey>, String> {
+        self.operators
+            .iter()
+            .map(|o| o.parse().map_err(|e| format!("trust.operators: {o:?} is not a public key: {e}")))
+            .collect()
     }
 }
 

@@ -411,11 +411,15 @@ pub struct Requester {
     /// Workers that refused an award before any work, and when: their offers are passed over
     /// until they advertise again, and for [`OFFER_BACKOFF_MS`] at least.
     offer_backoff: BoundedMap<PublicKey, u64>,
+    /// The operators of `[trust] operators` (a closed mesh admits only their vehicles).
+    operators: BTreeSet<PublicKey>,
 }
 
 impl Requester {
     pub(crate) fn new(config: &EngineConfig) -> Self {
         Self {
+            // The node refuses to start with a key that does not parse; the engine ignores it.
+            operators: config.trust.operator_keys().unwrap_or_default(),
             tasks: BTreeMap::new(),
             unsaved: Default::default(),
             closed: BoundedMap::new(MAX_CLOSED_REMEMBERED),
@@ -1062,6 +1066,30 @@ impl Requester {
                 .ranked
                 .sort_by_key(|r| (ledger.trust(&r.bidder), std::cmp::Reverse(ledger.agreed(&r.bidder))));
         }
+        // Operators (docs/MARKET.md): a closed mesh admits only its listed operators'
+        // vehicles, and a task gets at most one worker of any operator, counting the ones
+        // already on it. An operator is known from a neighbour's advert (its certificate,
+        // checked on arrival, still valid); a worker without one stands for itself.
+        let operator_of = |w: &PublicKey| {
+            ctx.presence
+                .get(w)
+                .and_then(|a| a.operator)
+                .filter(|(_, until)| *until >= ctx.now)
+                .map(|(o, _)| o)
+        };
+        if ctx.config.trust.closed {
+            let operators = &self.operators;
+            decision.ranked.retain(|r| operator_of(&r.bidder).is_some_and(|o| operators.contains(&o)));
+        }
+        let mut operators_on: BTreeSet<PublicKey> = t
+            .assignments
+            .iter()
+            .filter(|a| {
+                matches!(a.status, AssignStatus::Awarded | AssignStatus::Acked | AssignStatus::Returned(_))
+            })
+            .filter_map(|a| operator_of(&a.worker))
+            .collect();
+        decision.ranked.retain(|r| operator_of(&r.bidder).is_none_or(|o| operators_on.insert(o)));
         let round_trusted = decision.ranked.iter().any(|r| ledger.trust(&r.bidder) == Trust::Trusted);
         // Trusting nobody yet (first award), or with no trusted worker for this task in
         // reach, a requester that holds the model runs the task itself and checks the

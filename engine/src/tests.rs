@@ -406,6 +406,7 @@ fn finding_17_presence_adverts_are_bounded_checked_and_expire() {
         at_ms,
         offer_until_ms: None,
         max_batch: 0,
+        operator_cert: None,
     };
     let other = identity(5);
     // From the future, or with a signature that is not the named signer's: refused. (Gossip
@@ -1386,6 +1387,7 @@ fn wire_2_losing_bidders_are_sent_nothing() {
             at_ms: T0,
             offer_until_ms: None,
             max_batch: 0,
+            operator_cert: None,
         };
         let advert = fleetmesh_protocol::encode(&p.sign(&identity(2 + i as u64)));
         assert_eq!(verdict(&gossip(&mut r, T0, Topic::Presence, advert)), Verdict::Accept);
@@ -2040,4 +2042,118 @@ fn batch_limits_are_kept_and_malformed_batches_refused() {
     assert!(a.iter().any(
         |x| matches!(x, Action::Submitted { result: Err(e), .. } if e.to_string().contains("each of 2"))
     ));
+}
+
+/// Operator `op`'s certificate for engine `i`'s key, valid for an hour from T0.
+fn cert(op: u64, i: u64) -> SignedEnvelope {
+    fleetmesh_protocol::OperatorCert {
+        v: WIRE_VERSION,
+        vehicle: identity(i).public(),
+        issued_ms: T0,
+        not_after_ms: T0 + 3_600_000,
+    }
+    .sign(&identity(op))
+}
+
+/// Offering workers `ids` with their operators' certificates (`op_of(i)`), heard by `r`.
+fn hear_certified_offers(r: &mut Engine, ids: &[u64], op_of: impl Fn(u64) -> Option<u64>) -> Vec<Engine> {
+    ids.iter()
+        .map(|&i| {
+            let (w, data) = offering(i, T0, |c| c.operator_cert = op_of(i).map(|op| cert(op, i)));
+            r.handle(T0, Input::Connected(w.public()));
+            assert_eq!(verdict(&gossip(r, T0, Topic::Presence, data)), Verdict::Accept);
+            w
+        })
+        .collect()
+}
+
+/// Market v2, operators: a fleet operator's certificate, shown in a vehicle's advert, ties
+/// the vehicle to the operator; a task gets at most one worker of any operator (a fleet with
+/// one bug, or one owner, is one vote), whatever their tickets.
+#[test]
+fn operators_a_task_gets_at_most_one_worker_of_an_operator() {
+    // Workers 2 to 5 belong to operator 90, 6 to operator 91, 7 to none.
+    let op_of = |i: u64| match i {
+        2..=5 => Some(90),
+        6 => Some(91),
+        _ => None,
+    };
+    for nonce_time in 0..8u64 {
+        let mut r = engine_with(1, |c| c.trust.enabled = false);
+        let _workers = hear_certified_offers(&mut r, &[2, 3, 4, 5, 6, 7], op_of);
+        let request = SubmitRequest {
+            input: vec![nonce_time as u8; 8],
+            redundancy: Some(3),
+            ..SubmitRequest::default()
+        };
+        let a = r.handle(T0 + 5 + nonce_time, Input::Submit { call: 1, request, nonce: nonce_time });
+        let winners: Vec<PublicKey> = awards(&a).into_iter().map(|(w, _, _)| w).collect();
+        assert_eq!(winners.len(), 3, "three operators (or none) to choose from: {a:?}");
+        let of_90 = winners.iter().filter(|w| (2..=5).any(|i| identity(i).public() == **w)).count();
+        assert_eq!(of_90, 1, "one worker of operator 90, not more: {winners:?}");
+        // Its standby holds none of operator 90's other vehicles either.
+        let id = a.iter().find_map(|x| match x {
+            Action::Submitted { result: Ok(id), .. } => Some(*id),
+            _ => None,
+        });
+        let t = r.requester.get(&id.unwrap()).unwrap();
+        assert!(
+            t.standby.iter().all(|(w, _)| !(2..=5).any(|i| identity(i).public() == *w)),
+            "{:?}",
+            t.standby
+        );
+    }
+}
+
+/// Market v2, operators: a closed mesh (`[trust] closed`) takes only vehicles its listed
+/// operators certify; a certificate for another key, an expired one, one from an unlisted
+/// operator, or none, is not admitted.
+#[test]
+fn operators_a_closed_mesh_admits_only_its_operators_vehicles() {
+    let op90 = identity(90).public().to_string();
+    let mut r = engine_with(1, |c| {
+        c.trust.enabled = false;
+        c.trust.closed = true;
+        c.trust.operators = vec![op90];
+    });
+    // 2: operator 90 (listed). 3: operator 91 (not listed). 4: none. 5: a certificate of
+    // operator 90 for another key (worker 2's). 6: operator 90, expired.
+    for (i, c) in [
+        (2u64, Some(cert(90, 2))),
+        (3, Some(cert(91, 3))),
+        (4, None),
+        (5, Some(cert(90, 2))),
+        (
+            6,
+            Some(
+                fleetmesh_protocol::OperatorCert {
+                    v: WIRE_VERSION,
+                    vehicle: identity(6).public(),
+                    issued_ms: 0,
+                    not_after_ms: T0 - 1,
+                }
+                .sign(&identity(90)),
+            ),
+        ),
+    ] {
+        let (w, data) = offering(i, T0, |cfg| cfg.operator_cert = c);
+        r.handle(T0, Input::Connected(w.public()));
+        assert_eq!(verdict(&gossip(&mut r, T0, Topic::Presence, data)), Verdict::Accept, "the advert counts");
+    }
+    for n in 0..6u64 {
+        let request =
+            SubmitRequest { input: vec![n as u8; 8], redundancy: Some(1), ..SubmitRequest::default() };
+        let a = r.handle(T0 + 5 + n, Input::Submit { call: 1, request, nonce: n });
+        let winners: Vec<PublicKey> = awards(&a).into_iter().map(|(w, _, _)| w).collect();
+        assert_eq!(winners, vec![identity(2).public()], "only operator 90's vehicle: {a:?}");
+    }
+    // Without a listed operator's vehicle in reach, nothing is awarded on offers.
+    let mut r2 = engine_with(1, |c| {
+        c.trust.enabled = false;
+        c.trust.closed = true;
+        c.trust.operators = vec![identity(92).public().to_string()];
+    });
+    let _w = hear_certified_offers(&mut r2, &[2, 3], |i| Some(88 + i));
+    let (_, a) = submit(&mut r2, T0 + 5, &[1; 8]);
+    assert!(awards(&a).is_empty(), "{a:?}");
 }

@@ -5,7 +5,7 @@
 use fleetmesh_crypto::{MessageKind, SignedEnvelope};
 use libfuzzer_sys::fuzz_target;
 
-const KINDS: [MessageKind; 9] = [
+const KINDS: [MessageKind; 10] = [
     MessageKind::TaskSpec,
     MessageKind::Announcement,
     MessageKind::Bid,
@@ -15,6 +15,7 @@ const KINDS: [MessageKind; 9] = [
     MessageKind::Presence,
     MessageKind::OpenTasks,
     MessageKind::Unable,
+    MessageKind::OperatorCert,
 ];
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,8 @@
 #![no_main]
 
 use fleetmesh_protocol::{
-    decode, Announcement, Award, Bid, OpenTasks, Presence, Receipt, ResultHeader, Signed, TaskSpec,
-    Unable,
+    decode, Announcement, Award, Bid, OpenTasks, OperatorCert, Presence, Receipt, ResultHeader, Signed,
+    TaskSpec, Unable,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -22,5 +22,9 @@ fuzz_target!(|data: &[u8]| {
     payload::<Presence>(data);
     payload::<OpenTasks>(data);
     payload::<Unable>(data);
+    payload::<OperatorCert>(data);
+    // A batch's outputs list (canonical or refused), and the digest over it.
+    let _ =
+        fleetmesh_protocol::batch::output_digest(Some(u16::from(data.first().copied().unwrap_or(1))), data);
     let _ = fleetmesh_protocol::output::ModelOutput::from_bytes(data);
 });

@@ -495,6 +495,7 @@ impl Harness {
                     offer_until_ms,
                     // Offers that take batches of two now and then.
                     max_batch: if ahead % 4 == 1 { 2 } else { 0 },
+                    operator_cert: None,
                 }
                 .sign(id);
                 self.next_id += 1;

@@ -5,7 +5,8 @@
 
 use fleetmesh_crypto::{Identity, SignedEnvelope};
 use fleetmesh_protocol::{
-    Announcement, Award, Bid, OpenTasks, Presence, Receipt, ResultHeader, Signed, TaskSpec, Unable,
+    Announcement, Award, Bid, OpenTasks, OperatorCert, Presence, Receipt, ResultHeader, Signed, TaskSpec,
+    Unable,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -17,7 +18,7 @@ fn open<T: Signed>(id: &Identity, data: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     let Some((&which, payload)) = data.split_first() else { return };
     let id = Identity::from_secret_bytes(&[7; 32]);
-    match which % 9 {
+    match which % 10 {
         0 => open::<TaskSpec>(&id, payload),
         1 => open::<Announcement>(&id, payload),
         2 => open::<Bid>(&id, payload),
@@ -26,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         5 => open::<Receipt>(&id, payload),
         6 => open::<Presence>(&id, payload),
         7 => open::<Unable>(&id, payload),
+        8 => open::<OperatorCert>(&id, payload),
         _ => open::<OpenTasks>(&id, payload),
     }
 });

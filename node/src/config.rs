@@ -56,8 +56,12 @@ pub struct NodeConfig {
     /// inputs one after another, stopping at the result deadline); 0 takes no batches. At
     /// most 256.
     pub max_batch: u16,
-    /// The lowest price this node bids.
+    /// The lowest price this node bids (per input of a batch).
     pub price_floor: u64,
+    /// A file holding this node's operator certificate (`fleetmesh operator certify` writes
+    /// it): shown in its adverts, so requesters know which fleet it belongs to. Checked at
+    /// start: it must name this node's key and be valid.
+    pub operator_cert: Option<PathBuf>,
     /// Whether this node bids on other nodes' tasks at all.
     pub serve: bool,
     /// Defaults for tasks this node submits.
@@ -114,6 +118,7 @@ impl Default for NodeConfig {
             max_jobs_per_requester: 32,
             max_batch: fleetmesh_protocol::batch::MAX_BATCH,
             price_floor: 1,
+            operator_cert: None,
             serve: true,
             tasks: TaskDefaults::default(),
             trust: TrustConfig::default(),
@@ -169,6 +174,12 @@ impl NodeConfig {
         }
         if self.trust.spot_check_ppm > 1_000_000 {
             return bad("trust.spot_check_ppm must be at most 1000000 (every task)");
+        }
+        let operators = self.trust.operator_keys().map_err(ConfigError::Invalid)?;
+        if self.trust.closed && operators.is_empty() {
+            return bad(
+                "trust.closed needs trust.operators: the operators whose vehicles may work for this node",
+            );
         }
         Ok(())
     }

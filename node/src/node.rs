@@ -380,6 +380,9 @@ impl Node {
         let span = tracer.as_ref().map_or_else(tracing::Span::none, crate::tracer::Tracer::span);
         let now = now_ms();
         let mut settings = engine_config(&config);
+        if let Some(path) = &config.operator_cert {
+            settings.operator_cert = Some(read_operator_cert(path, &public, now)?);
+        }
         for model in models.list() {
             match models.input_bytes(&model) {
                 Ok(bytes) => {
@@ -461,6 +464,7 @@ fn engine_config(c: &NodeConfig) -> EngineConfig {
         max_jobs_per_requester: c.max_jobs_per_requester,
         max_batch: c.max_batch.min(fleetmesh_protocol::batch::MAX_BATCH),
         price_floor: c.price_floor,
+        operator_cert: None,
         tasks: c.tasks.clone(),
         trust: c.trust.clone(),
         default_model: Some(crate::digits::model_id()),
@@ -474,6 +478,25 @@ fn engine_config(c: &NodeConfig) -> EngineConfig {
         #[cfg(feature = "test-hooks")]
         ignore_task_gossip: c.ignore_task_gossip,
     }
+}
+
+/// This node's operator certificate from `path`: it must decode, be signed by its operator,
+/// name this node's key and be valid now (a node showing a certificate nobody accepts would
+/// only look certified to its operator).
+fn read_operator_cert(
+    path: &std::path::Path,
+    me: &PublicKey,
+    now: u64,
+) -> Result<fleetmesh_crypto::SignedEnvelope, NodeError> {
+    let invalid = |m: String| NodeError::Config(crate::config::ConfigError::Invalid(m));
+    let bytes = std::fs::read(path)
+        .map_err(|e| invalid(format!("operator_cert: cannot read {}: {e}", path.display())))?;
+    let env: fleetmesh_crypto::SignedEnvelope = fleetmesh_protocol::decode(&bytes, 4096)
+        .map_err(|e| invalid(format!("operator_cert: {} is not a certificate: {e}", path.display())))?;
+    let (operator, until) = fleetmesh_protocol::operator_of(&env, me, now)
+        .map_err(|e| invalid(format!("operator_cert {}: {e}", path.display())))?;
+    tracing::info!(%operator, until_ms = until, "certified by operator");
+    Ok(env)
 }
 
 /// Binds a fixed TCP or UDP port of a listen address without SO_REUSEPORT, and lets it go:

@@ -167,6 +167,7 @@ async fn hostile_gossip_and_dht_records_are_refused() {
         at_ms: 0,
         offer_until_ms: None,
         max_batch: 0,
+        operator_cert: None,
     };
     let mut claimed = advert.sign(&stranger);
     claimed.signer = nodes[0].client.public_key();

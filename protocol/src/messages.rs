@@ -438,8 +438,74 @@ pub struct Presence {
     /// from before batches.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub max_batch: u16,
+    /// The node's operator certificate ([`OperatorCert`], signed by the operator), if a fleet
+    /// operator vouches for it: requesters put at most one worker of an operator in a task,
+    /// and a closed mesh admits only listed operators' vehicles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_cert: Option<SignedEnvelope>,
 }
 signed!(Presence, MessageKind::Presence, limits::MAX_GOSSIP_BYTES);
+
+/// A fleet operator's statement that `vehicle` is one of its vehicles, signed with the
+/// operator's key (tag `operator-cert`). A vehicle shows it in its adverts
+/// ([`Presence::operator_cert`]); [`operator_of`] checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorCert {
+    /// Message version.
+    pub v: u16,
+    /// The vehicle's node key.
+    pub vehicle: PublicKey,
+    /// Issued, Unix ms.
+    pub issued_ms: u64,
+    /// Not valid after this instant, Unix ms.
+    pub not_after_ms: u64,
+}
+signed!(OperatorCert, MessageKind::OperatorCert, 1024);
+
+/// Why an operator certificate does not vouch for a vehicle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    /// It does not verify or decode.
+    #[error("the operator certificate does not open: {0}")]
+    Open(#[from] OpenError),
+    /// It names another vehicle.
+    #[error("the operator certificate is for vehicle {named}, not {vehicle}")]
+    OtherVehicle {
+        /// The key it names.
+        named: String,
+        /// The key it was shown for.
+        vehicle: String,
+    },
+    /// Expired (or not yet issued) at the time it was checked.
+    #[error("the operator certificate is valid from {issued_ms} to {not_after_ms} (Unix ms), not at {now}")]
+    NotValid {
+        /// Issued.
+        issued_ms: u64,
+        /// Expiry.
+        not_after_ms: u64,
+        /// When it was checked.
+        now: u64,
+    },
+}
+
+/// The operator vouching for `vehicle` by `cert` at `now`, and until when: the certificate's
+/// signer, if it verifies, names `vehicle` and is valid at `now` (issued at most 30 s ahead of
+/// the checker's clock, for skew).
+pub fn operator_of(
+    cert: &SignedEnvelope,
+    vehicle: &PublicKey,
+    now: u64,
+) -> Result<(PublicKey, u64), CertError> {
+    let c = OperatorCert::open(cert)?;
+    if c.vehicle != *vehicle {
+        return Err(CertError::OtherVehicle { named: c.vehicle.to_string(), vehicle: vehicle.to_string() });
+    }
+    if c.issued_ms > now.saturating_add(30_000) || c.not_after_ms < now {
+        return Err(CertError::NotValid { issued_ms: c.issued_ms, not_after_ms: c.not_after_ms, now });
+    }
+    Ok((cert.signer, c.not_after_ms))
+}
 
 fn is_zero(n: &u16) -> bool {
     *n == 0
@@ -597,5 +663,29 @@ mod tests {
         let a = spec().sign(&id);
         let b = TaskSpec { max_price: 11, ..spec() }.sign(&id);
         assert_ne!(task_id_of(&a), task_id_of(&b));
+    }
+
+    #[test]
+    fn an_operator_certificate_vouches_for_its_vehicle_only_while_valid() {
+        let operator = Identity::from_secret_bytes(&[7; 32]);
+        let vehicle = Identity::from_secret_bytes(&[8; 32]).public();
+        let cert = OperatorCert { v: WIRE_VERSION, vehicle, issued_ms: 1_000, not_after_ms: 5_000 };
+        let env = cert.sign(&operator);
+        assert_eq!(operator_of(&env, &vehicle, 2_000), Ok((operator.public(), 5_000)));
+        let other = Identity::from_secret_bytes(&[9; 32]).public();
+        assert!(matches!(operator_of(&env, &other, 2_000), Err(CertError::OtherVehicle { .. })));
+        assert!(matches!(operator_of(&env, &vehicle, 5_001), Err(CertError::NotValid { .. })), "expired");
+        assert!(operator_of(&env, &vehicle, 0).is_ok(), "issued within the 30 s of skew");
+        let early = OperatorCert { issued_ms: 40_000, not_after_ms: 90_000, ..cert.clone() }.sign(&operator);
+        assert!(
+            matches!(operator_of(&early, &vehicle, 0), Err(CertError::NotValid { .. })),
+            "not yet issued"
+        );
+        // Signed under another kind, or altered: no.
+        let wrong_kind = SignedEnvelope::sign(&operator, MessageKind::Presence, env.payload.clone());
+        assert!(matches!(operator_of(&wrong_kind, &vehicle, 2_000), Err(CertError::Open(_))));
+        let mut forged = env.clone();
+        forged.signer = other;
+        assert!(matches!(operator_of(&forged, &vehicle, 2_000), Err(CertError::Open(_))));
     }
 }

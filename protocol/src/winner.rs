@@ -403,6 +403,7 @@ mod tests {
             at_ms: 5,
             offer_until_ms: Some(1_000),
             max_batch: 16,
+            operator_cert: None,
         };
         let adverts: Vec<(SignedEnvelope, crate::Presence)> = (1..=10u8)
             .map(|i| {

@@ -1,6 +1,7 @@
 //! One file per command.
 
 pub(crate) mod bench;
+pub(crate) mod certify;
 pub(crate) mod demo;
 pub(crate) mod keygen;
 pub(crate) mod node;
