@@ -86,7 +86,7 @@ pub struct TrustConfig {
     /// it runs the task too and checks the workers against its own output (and only that
     /// agreement earns them trust then).
     pub self_check: bool,
-    /// Fleet operators' keys (hex): with `closed`, only vehicles these operators certify
+    /// Fleet operators' keys (hex, or peer ids): with `closed`, only vehicles these operators certify
     /// ([`fleetmesh_protocol::OperatorCert`], shown in their adverts) take part in this
     /// node's tasks.
     pub operators: Vec<String>,
@@ -109,11 +109,19 @@ impl Default for TrustConfig {
 }
 
 impl TrustConfig {
-    /// The operators' keys; an entry that does not parse is an error naming it.
+    /// The operators' keys (each a public key in hex or a peer id); an entry that does not
+    /// parse is an error naming it.
     pub fn operator_keys(&self) -> Result<BTreeSet<PublicKey>, String> {
         self.operators
             .iter()
-            .map(|o| o.parse().map_err(|e| format!("trust.operators: {o:?} is not a public key: {e}")))
+            .map(|o| match PublicKey::from_peer_id(o) {
+                Some(k) => Ok(k),
+                None => o.parse().map_err(|e| {
+                    format!(
+                        "trust.operators: {o:?} is neither a public key (64 hex digits) nor a peer id: {e}"
+                    )
+                }),
+            })
             .collect()
     }
 }

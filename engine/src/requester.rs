@@ -105,6 +105,11 @@ pub struct Assignment {
     /// (busy, offer gone) is no failure of the worker's ([`AssignStatus::Refused`]).
     #[serde(default)]
     pub on_offer: bool,
+    /// Its operator when it was awarded ([`fleetmesh_protocol::OperatorCert`]), so that a
+    /// worker that leaves or re-advertises without its certificate still counts for its
+    /// operator on this task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<PublicKey>,
 }
 
 impl Assignment {
@@ -415,10 +420,34 @@ pub struct Requester {
     operators: BTreeSet<PublicKey>,
 }
 
+/// The operator vouching for worker `w`: from its advert's certificate, checked when the
+/// advert arrived, while still valid. None for a worker without one (it stands for itself).
+fn operator_of(ctx: &Ctx<'_>, w: &PublicKey) -> Option<PublicKey> {
+    ctx.presence.get(w).and_then(|a| a.operator).filter(|(_, until)| *until >= ctx.now).map(|(o, _)| o)
+}
+
+/// The operators of the workers on task `t` (awarded, working or returned): the one each
+/// had when awarded, and the one its advert shows now, if another.
+fn operators_on(ctx: &Ctx<'_>, t: &ReqTask) -> BTreeSet<PublicKey> {
+    t.assignments
+        .iter()
+        .filter(|a| a.live())
+        .flat_map(|a| [a.operator, operator_of(ctx, &a.worker)])
+        .flatten()
+        .collect()
+}
+
+/// Whether worker `w` may work for this node at all: in a closed mesh, only a vehicle of a
+/// listed operator (`[trust] closed`, `operators`).
+fn admitted(ctx: &Ctx<'_>, operators: &BTreeSet<PublicKey>, w: &PublicKey) -> bool {
+    !ctx.config.trust.closed || operator_of(ctx, w).is_some_and(|o| operators.contains(&o))
+}
+
 impl Requester {
     pub(crate) fn new(config: &EngineConfig) -> Self {
         Self {
-            // The node refuses to start with a key that does not parse; the engine ignores it.
+            // The node refuses to start with a key that does not parse; an engine given one
+            // anyway lists no operator (a closed mesh then admits nobody: it fails safe).
             operators: config.trust.operator_keys().unwrap_or_default(),
             tasks: BTreeMap::new(),
             unsaved: Default::default(),
@@ -845,6 +874,7 @@ impl Requester {
             .iter()
             .filter(|(k, _)| **k != me && ctx.connected.contains(k))
             .filter(|(k, _)| !Self::backing_off(&self.offer_backoff, ctx, k))
+            .filter(|(k, _)| admitted(ctx, &self.operators, k))
             .filter(|(_, a)| winner::offer_covers(&a.advert, &t.spec, ctx.now))
             .filter_map(|(k, a)| {
                 let trust = self.trust_of(ctx, k);
@@ -972,6 +1002,11 @@ impl Requester {
         if b.round != t.round {
             return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::Late));
         }
+        // A closed mesh refuses strangers' bids at once: they would only take the round's
+        // places from its operators' vehicles.
+        if !admitted(ctx, &self.operators, &from) {
+            return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::NotSelected));
+        }
         // Only bids that can rank enter the round, so they alone can close it early.
         if let Some(reason) = winner::bid_problem(&b.task_id, &t.spec, &me, t.round, &from, &b) {
             return TaskResponse::Refused(Refusal::BidDeclined(reason));
@@ -1070,26 +1105,10 @@ impl Requester {
         // vehicles, and a task gets at most one worker of any operator, counting the ones
         // already on it. An operator is known from a neighbour's advert (its certificate,
         // checked on arrival, still valid); a worker without one stands for itself.
-        let operator_of = |w: &PublicKey| {
-            ctx.presence
-                .get(w)
-                .and_then(|a| a.operator)
-                .filter(|(_, until)| *until >= ctx.now)
-                .map(|(o, _)| o)
-        };
-        if ctx.config.trust.closed {
-            let operators = &self.operators;
-            decision.ranked.retain(|r| operator_of(&r.bidder).is_some_and(|o| operators.contains(&o)));
-        }
-        let mut operators_on: BTreeSet<PublicKey> = t
-            .assignments
-            .iter()
-            .filter(|a| {
-                matches!(a.status, AssignStatus::Awarded | AssignStatus::Acked | AssignStatus::Returned(_))
-            })
-            .filter_map(|a| operator_of(&a.worker))
-            .collect();
-        decision.ranked.retain(|r| operator_of(&r.bidder).is_none_or(|o| operators_on.insert(o)));
+        let operators = &self.operators;
+        decision.ranked.retain(|r| admitted(ctx, operators, &r.bidder));
+        let mut operators_on = operators_on(ctx, t);
+        decision.ranked.retain(|r| operator_of(ctx, &r.bidder).is_none_or(|o| operators_on.insert(o)));
         let round_trusted = decision.ranked.iter().any(|r| ledger.trust(&r.bidder) == Trust::Trusted);
         // Trusting nobody yet (first award), or with no trusted worker for this task in
         // reach, a requester that holds the model runs the task itself and checks the
@@ -1330,6 +1349,7 @@ impl Requester {
                 deadline_ms: deadline,
                 status: AssignStatus::Awarded,
                 on_offer: offer,
+                operator: operator_of(ctx, worker),
             });
         }
         let spec = t.spec_env.clone();
@@ -1516,8 +1536,14 @@ impl Requester {
         if t.phase.is_terminal() {
             return;
         }
-        // Standbys that just refused an award elsewhere (busy) are not asked again now.
+        // Standbys that just refused an award elsewhere (busy) are not asked again now; nor
+        // one of an operator that has a worker on the task now (a later round put one there).
         t.standby.retain(|(w, _)| !Self::backing_off(backoff, ctx, w));
+        let on = operators_on(ctx, t);
+        let operators = &self.operators;
+        t.standby.retain(|(w, _)| {
+            admitted(ctx, operators, w) && operator_of(ctx, w).is_none_or(|o| !on.contains(&o))
+        });
         // No trusted worker on the task: check it here if this node can; then any worker
         // will do.
         if no_trusted {

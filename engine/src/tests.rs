@@ -2157,3 +2157,47 @@ fn operators_a_closed_mesh_admits_only_its_operators_vehicles() {
     let (_, a) = submit(&mut r2, T0 + 5, &[1; 8]);
     assert!(awards(&a).is_empty(), "{a:?}");
 }
+
+/// Market v2, operators: a worker counts for the operator it had when awarded, even after it
+/// re-advertises without its certificate: a later round does not add another vehicle of
+/// that operator to the task (found by the review).
+#[test]
+fn operators_a_worker_counts_for_its_operator_after_it_drops_its_certificate() {
+    let mut r = engine_with(1, |c| c.trust.enabled = false);
+    // A (2) of operator 90 and C (3) of none offer; k = 2 takes both.
+    let _offering = hear_certified_offers(&mut r, &[2, 3], |i| (i == 2).then_some(90));
+    let request = SubmitRequest { input: vec![5; 8], redundancy: Some(2), ..SubmitRequest::default() };
+    let a = r.handle(T0 + 5, Input::Submit { call: 1, request, nonce: 1 });
+    let sent = sends(&a);
+    let awarded: Vec<PublicKey> =
+        sent.iter().filter(|(_, o, _)| matches!(o, Outgoing::Award { .. })).map(|s| s.0).collect();
+    assert_eq!(awarded.len(), 2, "{a:?}");
+    // A re-advertises, now without its certificate.
+    let (_, data) = offering(2, T0 + 1_000, |_| {});
+    assert_eq!(verdict(&gossip(&mut r, T0 + 1_000, Topic::Presence, data)), Verdict::Accept);
+    // C refuses (busy): no standby, so a round is announced.
+    let (_, _, tag) = sent.iter().find(|(w, _, _)| *w == identity(3).public()).unwrap().clone();
+    let busy = Ok(TaskResponse::Refused(Refusal::NoCapacity));
+    let a = r.handle(T0 + 1_001, Input::Response { tag, peer: identity(3).public(), result: busy });
+    let (data, task, round) = announcement(&a);
+    r.handle(T0 + 1_001, Input::Published { task, round, ok: true });
+    // B (4) of operator 90 hears it and bids.
+    let bidders = hear_certified_offers(&mut r, &[4], |_| Some(90));
+    let mut winners = Vec::new();
+    for mut w in bidders {
+        let heard = gossip(&mut w, T0 + 1_002, Topic::Tasks, data.clone());
+        let bid = sends(&heard)
+            .into_iter()
+            .find_map(|(_, o, _)| match o {
+                Outgoing::Request(TaskRequest::Bid { bid }) => Some(bid),
+                _ => None,
+            })
+            .expect("a bid");
+        let req = Input::Request { reply: 9, from: w.public(), request: TaskRequest::Bid { bid } };
+        winners.extend(awarded_to(&r.handle(T0 + 1_003, req)));
+    }
+    // The round closes early (every advertising holder bid) or at its window (A still
+    // working: its result is due at T0 + 10 s).
+    winners.extend(awarded_to(&r.handle(T0 + 2_100, Input::Tick)));
+    assert!(winners.is_empty(), "B is of A's operator: {winners:?}");
+}

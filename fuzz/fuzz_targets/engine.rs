@@ -495,7 +495,17 @@ impl Harness {
                     offer_until_ms,
                     // Offers that take batches of two now and then.
                     max_batch: if ahead % 4 == 1 { 2 } else { 0 },
-                    operator_cert: None,
+                    // Peers 0 and 1 share an operator (peer 3's key) now and then; one cert
+                    // names another vehicle.
+                    operator_cert: (ahead % 3 == 0).then(|| {
+                        fleetmesh_protocol::OperatorCert {
+                            v: WIRE_VERSION,
+                            vehicle: if ahead % 9 == 0 { self.peers[2].public() } else { id.public() },
+                            issued_ms: 0,
+                            not_after_ms: self.now.saturating_add(60_000),
+                        }
+                        .sign(&self.peers[3])
+                    }),
                 }
                 .sign(id);
                 self.next_id += 1;

@@ -58,9 +58,9 @@ pub struct NodeConfig {
     pub max_batch: u16,
     /// The lowest price this node bids (per input of a batch).
     pub price_floor: u64,
-    /// A file holding this node's operator certificate (`fleetmesh operator certify` writes
-    /// it): shown in its adverts, so requesters know which fleet it belongs to. Checked at
-    /// start: it must name this node's key and be valid.
+    /// A file holding this node's operator certificate (`fleetmesh certify` writes it),
+    /// shown in its adverts so requesters know which fleet it belongs to. Checked at start:
+    /// it must name this node's key and be valid. Read once: restart to renew it.
     pub operator_cert: Option<PathBuf>,
     /// Whether this node bids on other nodes' tasks at all.
     pub serve: bool,

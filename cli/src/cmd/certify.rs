@@ -22,8 +22,9 @@ pub(crate) struct CertifyArgs {
     /// `fleetmesh keygen` prints them.
     #[arg(long)]
     pub(crate) vehicle: String,
-    /// Days the certificate is valid.
-    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    /// Days the certificate is valid (there is no revocation before expiry: keep it short
+    /// and re-issue).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub(crate) days: u64,
     /// Where to write it (give this file to the vehicle's `operator_cert`).
     #[arg(long)]
@@ -50,10 +51,11 @@ pub(crate) fn run(a: CertifyArgs) -> Result<()> {
         bail!("the operator key and the vehicle key are the same; keep the operator's key off its vehicles");
     }
     let now = u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis())?;
+    // Backdated ten minutes: a vehicle whose clock is a little behind still takes it.
     let cert = OperatorCert {
         v: WIRE_VERSION,
         vehicle,
-        issued_ms: now,
+        issued_ms: now.saturating_sub(600_000),
         not_after_ms: now.saturating_add(a.days.saturating_mul(86_400_000)),
     };
     let env = cert.sign(&operator);
