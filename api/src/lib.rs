@@ -154,6 +154,9 @@ pub struct SubmitRequest {
     /// A batch: the input is this many inputs of the model's size end to end, run under one
     /// award and verified as one result (at most 256). Absent: one input.
     pub batch: Option<u16>,
+    /// For float (`f32`) outputs: workers agree when each element differs by at most this
+    /// many millionths (1000: 0.001). Absent: bit for bit.
+    pub tolerance: Option<u32>,
 }
 
 /// The body of `POST /v1/tasks`.

@@ -331,7 +331,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// The fields `POST /v1/tasks` knows: any other is refused, so a typo
 /// (`"redundancey": 3`) is an error instead of a silently ignored wish.
-const SUBMIT_FIELDS: [&str; 10] = [
+const SUBMIT_FIELDS: [&str; 11] = [
     "model",
     "redundancy",
     "max_price",
@@ -339,6 +339,7 @@ const SUBMIT_FIELDS: [&str; 10] = [
     "exec_timeout_ms",
     "deadline_ms",
     "batch",
+    "tolerance",
     "input_base64",
     "digits_sample",
     "digits_samples",

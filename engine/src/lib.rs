@@ -325,6 +325,9 @@ pub enum Input {
         task: TaskId,
         /// The output digest, or why the model did not run.
         result: Result<fleetmesh_crypto::OutputDigest, String>,
+        /// The output itself (empty when it did not run): a task with a tolerance compares
+        /// it with the workers' within the tolerance.
+        output: Vec<u8>,
     },
     /// An [`Action::Execute`] finished.
     Executed {
@@ -807,7 +810,9 @@ impl Engine {
                         worker.on_providers(&mut ctx, model, providers, last)
                     }
                     Input::Executed { task, result } => worker.on_executed(&mut ctx, task, result),
-                    Input::Checked { task, result } => requester.on_checked(&mut ctx, task, result),
+                    Input::Checked { task, result, output } => {
+                        requester.on_checked(&mut ctx, task, result, output)
+                    }
                     Input::SelfTested { model, ok } => worker.on_self_tested(ctx.now, model, ok),
                     Input::PersistFailed { keys } => {
                         requester.on_persist_failed(&mut ctx, &keys);

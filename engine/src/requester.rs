@@ -110,6 +110,10 @@ pub struct Assignment {
     /// operator on this task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator: Option<PublicKey>,
+    /// The digest the worker signed, when its output joined another's within the spec's
+    /// tolerance (its status then names that output's digest; its receipt names its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own: Option<OutputDigest>,
 }
 
 impl Assignment {
@@ -804,6 +808,7 @@ impl Requester {
             deadline_ms: now.saturating_add(deadline),
             nonce,
             batch: req.batch,
+            tolerance: req.tolerance,
         };
         let spec_env = spec.sign(ctx.identity);
         let id = task_id_of(&spec_env);
@@ -1350,6 +1355,7 @@ impl Requester {
                 status: AssignStatus::Awarded,
                 on_offer: offer,
                 operator: operator_of(ctx, worker),
+                own: None,
             });
         }
         let spec = t.spec_env.clone();
@@ -1639,7 +1645,7 @@ impl Requester {
         };
         match &a.status {
             AssignStatus::Returned(d) => {
-                return if *d == h.output_digest {
+                return if *d == h.output_digest || a.own == Some(h.output_digest) {
                     TaskResponse::Pending
                 } else {
                     TaskResponse::Rejected(RejectReason::Duplicate)
@@ -1688,16 +1694,20 @@ impl Requester {
                 return TaskResponse::Rejected(reason);
             }
         };
+        // With a tolerance (float outputs), an output within it of one already in hand joins
+        // that one: the quorum counts them as the same output.
+        let class = Self::class_of(&t.spec, &t.outputs, h.output_digest, &output);
         if let Some(a) = t.assignments.iter_mut().rev().find(|a| a.worker == from) {
-            a.status = AssignStatus::Returned(h.output_digest);
+            a.status = AssignStatus::Returned(class);
+            a.own = (class != h.output_digest).then_some(h.output_digest);
         }
         ctx.trace(TaskRecord {
             peer: Some(from.peer_id()),
             digest: Some(h.output_digest.to_string()),
             ..record(event::RESULT_RECEIVED, &id)
         });
-        if !t.outputs.iter().any(|(d, _)| *d == h.output_digest) {
-            t.outputs.push((h.output_digest, serde_bytes::ByteBuf::from(output)));
+        if !t.outputs.iter().any(|(d, _)| *d == class) {
+            t.outputs.push((class, serde_bytes::ByteBuf::from(output)));
         }
         if t.times.first_result_ms == 0 {
             t.times.first_result_ms = ctx.now;
@@ -1801,12 +1811,27 @@ impl Requester {
     }
 
     /// This node's own run of a task it requested ([`Action::Check`]) finished.
-    pub(crate) fn on_checked(&mut self, ctx: &mut Ctx<'_>, id: TaskId, result: Result<OutputDigest, String>) {
+    pub(crate) fn on_checked(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: TaskId,
+        result: Result<OutputDigest, String>,
+        output: Vec<u8>,
+    ) {
         let Some(t) = self.tasks.get_mut(&id) else { return };
         if t.self_check != Some(SelfCheck::Running) {
             return;
         }
         t.self_check = Some(match result {
+            // With a tolerance, this node's own output joins a worker's within it, or stands
+            // as an output workers' can join.
+            Ok(d) if t.spec.tolerance.is_some() => {
+                let class = Self::class_of(&t.spec, &t.outputs, d, &output);
+                if class == d && !t.outputs.iter().any(|(o, _)| *o == d) {
+                    t.outputs.push((d, serde_bytes::ByteBuf::from(output)));
+                }
+                SelfCheck::Done(class)
+            }
             Ok(d) => SelfCheck::Done(d),
             Err(e) => {
                 tracing::warn!(task = %id, error = %e, "own check of a task did not run; verifying as v1 does");
@@ -1819,6 +1844,24 @@ impl Requester {
         }
         let anchor = self.tasks.get(&id).is_some_and(|t| self.anchor_required(ctx, t));
         self.judge(ctx, &id, anchor);
+    }
+
+    /// The output `output` (signed as `digest`) counts as: with the spec's tolerance, the
+    /// first output in hand it agrees with ([`fleetmesh_protocol::verify::agree`]); else
+    /// itself.
+    fn class_of(
+        spec: &TaskSpec,
+        outputs: &[(OutputDigest, serde_bytes::ByteBuf)],
+        digest: OutputDigest,
+        output: &[u8],
+    ) -> OutputDigest {
+        if spec.tolerance.is_none() || outputs.iter().any(|(d, _)| *d == digest) {
+            return digest;
+        }
+        outputs
+            .iter()
+            .find(|(_, b)| fleetmesh_protocol::verify::agree(spec, b, output))
+            .map_or(digest, |(d, _)| *d)
     }
 
     fn verify_task(&mut self, ctx: &mut Ctx<'_>, id: &TaskId, digest: OutputDigest, workers: Vec<PublicKey>) {
@@ -1865,7 +1908,8 @@ impl Requester {
                         v: WIRE_VERSION,
                         task_id: *id,
                         worker: a.worker,
-                        output_digest: digest,
+                        // What the worker signed (within the tolerance of the verified output).
+                        output_digest: a.own.unwrap_or(digest),
                         price: a.price,
                         accepted_ms: now,
                     }

@@ -1359,7 +1359,11 @@ fn market_v2_a_requester_that_trusts_nobody_checks_results_against_its_own_run()
     );
     let a = r.handle(
         T0 + 5_002,
-        Input::Checked { task: id, result: Ok(fleetmesh_crypto::OutputDigest::of(right)) },
+        Input::Checked {
+            task: id,
+            result: Ok(fleetmesh_crypto::OutputDigest::of(right)),
+            output: right.to_vec(),
+        },
     );
     assert_eq!(awarded_to(&a), vec![identity(honest).public()], "a wrong result calls in the next worker");
     assert!(matches!(return_result(&mut r, T0 + 5_003, id, honest, right), TaskResponse::Receipt(_)));
@@ -2200,4 +2204,63 @@ fn operators_a_worker_counts_for_its_operator_after_it_drops_its_certificate() {
     // working: its result is due at T0 + 10 s).
     winners.extend(awarded_to(&r.handle(T0 + 2_100, Input::Tick)));
     assert!(winners.is_empty(), "B is of A's operator: {winners:?}");
+}
+
+/// An f32 output of `v`, canonically encoded.
+fn f32_output(v: &[f32]) -> Vec<u8> {
+    fleetmesh_protocol::output::ModelOutput {
+        dtype: "f32".into(),
+        shape: vec![v.len() as u64],
+        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        argmax: None,
+    }
+    .to_bytes()
+}
+
+/// Market v2, float tolerance: with a tolerance in the spec, two workers whose f32 outputs
+/// differ by less than it agree (the task verifies, each receipt names what its worker
+/// signed); outputs further apart disagree; without a tolerance, any difference does.
+#[test]
+fn tolerance_float_outputs_agree_within_the_specs_tolerance_only() {
+    let a = f32_output(&[0.5, 1.0, -2.0]);
+    let near = f32_output(&[0.5004, 1.0, -2.0]);
+    let far = f32_output(&[0.51, 1.0, -2.0]);
+    for (tolerance, second, verifies) in [
+        (Some(1_000), &near, true),
+        (Some(1_000), &far, false),
+        (None, &near, false),
+        (Some(0), &near, false),
+    ] {
+        let mut r = engine_with(1, |c| c.trust.enabled = false);
+        let _workers = hear_offers(&mut r, 2..6);
+        let request =
+            SubmitRequest { input: vec![1; 8], redundancy: Some(2), tolerance, ..SubmitRequest::default() };
+        let actions = r.handle(T0 + 5, Input::Submit { call: 1, request, nonce: 3 });
+        let id = actions
+            .iter()
+            .find_map(|x| match x {
+                Action::Submitted { result: Ok(id), .. } => Some(*id),
+                _ => None,
+            })
+            .unwrap();
+        let winners: Vec<u64> = awards(&actions)
+            .into_iter()
+            .map(|(w, _, _)| (2..6).find(|i| identity(*i).public() == w).unwrap())
+            .collect();
+        assert_eq!(winners.len(), 2);
+        assert_eq!(return_result(&mut r, T0 + 6, id, winners[0], &a), TaskResponse::Pending);
+        let answer = return_result(&mut r, T0 + 7, id, winners[1], second);
+        let t = r.requester.get(&id).unwrap();
+        if verifies {
+            assert_eq!(t.phase, fleetmesh_api::Phase::Verified, "{tolerance:?}");
+            assert_eq!(t.view().verified_by.len(), 2);
+            let TaskResponse::Receipt(receipt) = answer else { panic!("{answer:?}") };
+            let receipt = fleetmesh_protocol::Receipt::open(&receipt).unwrap();
+            assert_eq!(receipt.output_digest, fleetmesh_crypto::OutputDigest::of(second), "its own output");
+            // The verified output shown is the first of the agreeing ones.
+            assert_eq!(t.view().output_digest, Some(fleetmesh_crypto::OutputDigest::of(&a).to_string()));
+        } else {
+            assert_ne!(t.phase, fleetmesh_api::Phase::Verified, "{tolerance:?} {answer:?}");
+        }
+    }
 }

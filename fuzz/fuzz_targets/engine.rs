@@ -265,6 +265,7 @@ impl Harness {
                     // Now and then a batch, of 0 to 7 (0, and counts that do not divide the
                     // input, must be refused with a reason).
                     batch: (k & 0x80 != 0).then_some(u16::from((k >> 4) & 7)),
+                    tolerance: (k & 0x40 != 0).then_some(u32::from(window)),
                     ..SubmitRequest::default()
                 };
                 self.next_id += 1;
@@ -297,6 +298,7 @@ impl Harness {
                     deadline_ms: self.now.saturating_add(u64::from(deadline)),
                     nonce: self.next_id,
                     batch,
+                    tolerance: None,
                 }
                 .sign(id);
                 let task = fleetmesh_protocol::task_id_of(&spec);
@@ -443,7 +445,7 @@ impl Harness {
                 } else {
                     Err("did not run".into())
                 };
-                self.feed(Input::Checked { task, result });
+                self.feed(Input::Checked { task, result, output });
             }
             Op::Published { which, ok } => {
                 if self.publishes.is_empty() {

@@ -244,6 +244,7 @@ mod tests {
             deadline_ms: 1_000_000,
             nonce: 0,
             batch: None,
+            tolerance: None,
         }
         .sign(&id);
         let key = fleetmesh_protocol::ids::task_record_key(&fleetmesh_protocol::task_id_of(&spec));

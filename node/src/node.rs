@@ -714,10 +714,14 @@ impl Executor {
                 Err(e) => Err(format!("input unreadable: {e}")),
             };
             let done = if check {
-                let result = result.and_then(|r| {
-                    fleetmesh_protocol::batch::output_digest(batch, &r.output).map_err(|e| e.to_string())
-                });
-                Input::Checked { task, result }
+                match result.and_then(|r| {
+                    fleetmesh_protocol::batch::output_digest(batch, &r.output)
+                        .map(|d| (d, r.output))
+                        .map_err(|e| e.to_string())
+                }) {
+                    Ok((d, output)) => Input::Checked { task, result: Ok(d), output },
+                    Err(e) => Input::Checked { task, result: Err(e), output: Vec::new() },
+                }
             } else {
                 Input::Executed { task, result }
             };

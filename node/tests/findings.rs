@@ -26,6 +26,7 @@ fn spec_for(id: &Identity, input: &[u8]) -> SignedEnvelope {
         deadline_ms: u64::MAX,
         nonce: 1,
         batch: None,
+        tolerance: None,
     }
     .sign(id)
 }

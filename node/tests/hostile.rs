@@ -26,6 +26,7 @@ fn spec_signed_by(id: &Identity) -> SignedEnvelope {
         deadline_ms: u64::MAX,
         nonce: 0,
         batch: None,
+        tolerance: None,
     }
     .sign(id)
 }

@@ -23,6 +23,7 @@ fn spec() -> TaskSpec {
         deadline_ms: 100_000,
         nonce: 9,
         batch: None,
+        tolerance: None,
     }
 }
 

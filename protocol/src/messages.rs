@@ -120,6 +120,11 @@ pub struct TaskSpec {
     /// input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<u16>,
+    /// Float outputs agree within this many millionths per element
+    /// ([`crate::output::within`]; for a batch, output by output). Absent: outputs agree
+    /// only bit for bit (the digits model, and every integer output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<u32>,
 }
 signed!(TaskSpec, MessageKind::TaskSpec, limits::MAX_SPEC_BYTES);
 
@@ -560,6 +565,7 @@ mod tests {
             deadline_ms: 60_000,
             nonce: 7,
             batch: None,
+            tolerance: None,
         }
     }
 

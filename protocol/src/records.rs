@@ -58,6 +58,7 @@ mod tests {
             deadline_ms: 100,
             nonce: 0,
             batch: None,
+            tolerance: None,
         }
         .sign(id)
     }

@@ -52,6 +52,21 @@ pub fn check_opened(
     Ok(h)
 }
 
+/// Whether two workers' outputs for the task agree: bit for bit, or within the spec's
+/// tolerance ([`crate::output::within`], output by output for a batch).
+pub fn agree(spec: &TaskSpec, a: &[u8], b: &[u8]) -> bool {
+    match (spec.tolerance, spec.batch) {
+        (None, _) => a == b,
+        (Some(tol), None) => crate::output::within(a, b, tol),
+        (Some(tol), Some(n)) => {
+            match (crate::batch::decode_outputs(n, a), crate::batch::decode_outputs(n, b)) {
+                (Ok(x), Ok(y)) => x.iter().zip(&y).all(|(p, q)| crate::output::within(p, q, tol)),
+                _ => false,
+            }
+        }
+    }
+}
+
 /// How many matching outputs verify a task with redundancy `k`: a strict majority of k.
 pub fn quorum(k: u8) -> usize {
     usize::from(k) / 2 + 1
@@ -192,6 +207,42 @@ mod tests {
     }
 
     #[test]
+    fn outputs_agree_bit_for_bit_or_within_the_tolerance_output_by_output() {
+        let f = |v: f32| {
+            crate::output::ModelOutput {
+                dtype: "f32".into(),
+                shape: vec![1],
+                data: v.to_le_bytes().to_vec(),
+                argmax: None,
+            }
+            .to_bytes()
+        };
+        let spec = |batch: Option<u16>, tolerance: Option<u32>| TaskSpec {
+            v: WIRE_VERSION,
+            model: ModelId::of(b"m"),
+            input_digest: InputDigest::of(b"in"),
+            input_size: 2,
+            redundancy: 2,
+            max_price: 1,
+            created_ms: 0,
+            bid_window_ms: 1,
+            exec_timeout_ms: 1,
+            deadline_ms: 1,
+            nonce: 0,
+            batch,
+            tolerance,
+        };
+        assert!(agree(&spec(None, None), &f(1.0), &f(1.0)));
+        assert!(!agree(&spec(None, None), &f(1.0), &f(1.000_000_1)));
+        assert!(agree(&spec(None, Some(1)), &f(1.0), &f(1.000_000_1)));
+        let list = |v: &[f32]| crate::batch::encode_outputs(&v.iter().map(|x| f(*x)).collect::<Vec<_>>());
+        let batch = spec(Some(2), Some(1_000));
+        assert!(agree(&batch, &list(&[1.0, 2.0]), &list(&[1.0005, 2.0])));
+        assert!(!agree(&batch, &list(&[1.0, 2.0]), &list(&[1.0, 2.01])), "one output beyond it");
+        assert!(!agree(&batch, &list(&[1.0, 2.0]), &list(&[1.0])), "another count");
+    }
+
+    #[test]
     fn check_result_reasons() {
         let worker = Identity::from_secret_bytes(&[1; 32]);
         let other = Identity::from_secret_bytes(&[2; 32]);
@@ -209,6 +260,7 @@ mod tests {
             deadline_ms: 1,
             nonce: 0,
             batch: None,
+            tolerance: None,
         };
         let output = b"out".to_vec();
         let header = ResultHeader {

@@ -306,6 +306,7 @@ mod tests {
             deadline_ms: 10_000,
             nonce: 0,
             batch: None,
+            tolerance: None,
         }
     }
 

@@ -30,6 +30,10 @@ pub(crate) struct SubmitArgs {
     /// one batch task (at most 256).
     #[arg(long, requires = "input", value_parser = clap::value_parser!(u16).range(1..=i64::from(fleetmesh_protocol::batch::MAX_BATCH)))]
     pub(crate) batch: Option<u16>,
+    /// For a model with float (f32) outputs: workers agree when each element differs by at
+    /// most this many millionths (1000: 0.001). Default: bit for bit.
+    #[arg(long)]
+    pub(crate) tolerance: Option<u32>,
     /// Workers (k).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(fleetmesh_protocol::limits::MAX_REDUNDANCY)))]
     pub(crate) redundancy: Option<u8>,
@@ -48,6 +52,7 @@ pub(crate) async fn run(args: SubmitArgs) -> Result<()> {
             model: args.model.clone(),
             redundancy: args.redundancy,
             batch: args.batch,
+            tolerance: args.tolerance,
             ..SubmitRequest::default()
         },
         ..SubmitBody::default()

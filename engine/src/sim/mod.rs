@@ -751,16 +751,18 @@ impl Sim {
                 }
                 // The requester's own run (requesters are honest vehicles).
                 Action::Check { task, .. } => {
-                    let result = match self.vehicles[i].store.get(&(table_tag(Table::RequestInputs), task)) {
-                        Some(input) => Ok(fleetmesh_crypto::OutputDigest::of(&honest_output(input))),
-                        None => Err("input missing from the store".to_owned()),
-                    };
+                    let (result, output) =
+                        match self.vehicles[i].store.get(&(table_tag(Table::RequestInputs), task)) {
+                            Some(input) => {
+                                let output = honest_output(input);
+                                (Ok(fleetmesh_crypto::OutputDigest::of(&output)), output)
+                            }
+                            None => (Err("input missing from the store".to_owned()), Vec::new()),
+                        };
                     let (lo, hi) = self.config.exec_ms;
                     let at = self.now + self.rng.range(lo, hi);
-                    self.schedule(
-                        at,
-                        Event::Deliver { to: i, life: Some(life), input: Input::Checked { task, result } },
-                    );
+                    let input = Input::Checked { task, result, output };
+                    self.schedule(at, Event::Deliver { to: i, life: Some(life), input });
                 }
                 Action::Execute { task, .. } => {
                     let result = match self.vehicles[i].store.get(&(table_tag(Table::JobInputs), task)) {
@@ -1079,6 +1081,7 @@ impl Sim {
                     deadline_ms,
                     nonce,
                     batch: None,
+                    tolerance: None,
                 }
                 .sign(&identity);
                 let award = fleetmesh_protocol::Award {
