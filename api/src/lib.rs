@@ -217,8 +217,78 @@ pub struct PeerInfo {
     pub score: Option<f64>,
 }
 
+/// What a vehicle integration reports. Every field has a default; unknown fields are an
+/// error, so a misspelt field is not silently ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VehicleState {
+    /// Parked; false while driving (ignition on).
+    pub parked: bool,
+    /// On external power: charging, or a desktop or depot server on mains.
+    pub charging: bool,
+    /// The traction battery's state of charge, percent (0 to 100); absent: none to mind.
+    pub soc_pct: Option<f32>,
+    /// Degrees Celsius below the AI chip's thermal limit; absent: not reported.
+    pub thermal_headroom_c: Option<f32>,
+    /// When the vehicle expects to leave, Unix ms; absent: not expected.
+    pub departure_ms: Option<u64>,
+}
+
+impl Default for VehicleState {
+    /// A desktop or depot server: parked, on mains, always available.
+    fn default() -> Self {
+        Self { parked: true, charging: true, soc_pct: None, thermal_headroom_c: None, departure_ms: None }
+    }
+}
+
+impl VehicleState {
+    /// Checks the values a vehicle integration could get wrong, saying which.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(s) = self.soc_pct {
+            if !(0.0..=100.0).contains(&s) {
+                return Err(format!("soc_pct must be between 0 and 100, not {s}"));
+            }
+        }
+        if let Some(t) = self.thermal_headroom_c {
+            if !t.is_finite() {
+                return Err("thermal_headroom_c must be a finite number".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One reason a vehicle takes no new work now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VehicleRefusal {
+    /// Its short name (the `/metrics` label): `driving`, `battery_low`, `too_hot`,
+    /// `outside_hours`, `power_budget`, `departure_due` or `state_unknown`.
+    pub reason: String,
+    /// What it means, in a sentence.
+    pub message: String,
+}
+
+/// The vehicle as the node sees it (`GET /v1/vehicle`, `fleetmesh health`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VehicleView {
+    /// Where the state comes from: `none` (a desktop or depot server: always available),
+    /// `file`, `api` or `profile`.
+    pub source: String,
+    /// The last state reported; absent when the source failed.
+    pub state: Option<VehicleState>,
+    /// Whether the node takes new work now.
+    pub serving: bool,
+    /// Why not.
+    pub refusals: Vec<VehicleRefusal>,
+    /// Running slots the owner's power budget allows.
+    pub slots: u32,
+    /// The departure shown to requesters (rounded down to the minute), Unix ms.
+    pub depart_ms: Option<u64>,
+}
+
 /// A node's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeStats {
     /// Jobs this node executed and got a receipt for.
@@ -237,6 +307,8 @@ pub struct NodeStats {
     pub peers_connected: u64,
     /// The configured bootstrap peers and whether they are reached.
     pub bootstrap: Vec<BootstrapStatus>,
+    /// The vehicle: whether it takes work, and why not.
+    pub vehicle: VehicleView,
 }
 
 /// One bootstrap peer as the node sees it.

@@ -144,6 +144,7 @@ pub async fn serve(addr: SocketAddr, client: Client, opts: ServeOptions) -> Resu
         .route("/v1/peers", get(peers))
         .route("/v1/node", get(node_info))
         .route("/v1/stats", get(stats))
+        .route("/v1/vehicle", get(vehicle).put(set_vehicle))
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -478,6 +479,23 @@ async fn node_info(State(c): State<Client>) -> Result<Json<NodeInfo>, ApiError> 
 
 async fn stats(State(c): State<Client>) -> Result<Json<NodeStats>, ApiError> {
     Ok(Json(c.stats().await?))
+}
+
+/// The vehicle as the node sees it: its state, whether it takes work, and why not.
+async fn vehicle(State(c): State<Client>) -> Result<Json<fleetmesh_api::VehicleView>, ApiError> {
+    Ok(Json(c.stats().await?.vehicle))
+}
+
+/// A vehicle integration reports the state (`[vehicle] source = "api"`); the answer is what
+/// follows from it and the owner's policy.
+async fn set_vehicle(
+    State(c): State<Client>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<fleetmesh_api::VehicleView>, ApiError> {
+    let value = json_body(body)?;
+    let state: fleetmesh_api::VehicleState = serde_json::from_value(value)
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid vehicle state: {e}")))?;
+    Ok(Json(c.set_vehicle(state).await?))
 }
 
 /// `ok` when the event loop answers within 2 s (a loop stalled behind its disk, or wedged,

@@ -32,6 +32,7 @@ pub mod reputation;
 pub mod requester;
 #[allow(clippy::arithmetic_side_effects)] // the simulator's own clock and counters, not peer input
 pub mod sim;
+pub mod vehicle;
 pub mod worker;
 
 use std::collections::BTreeSet;
@@ -246,6 +247,11 @@ pub enum Metric {
     WorkersDistrusted,
     /// A task was awarded at once on neighbours' standing offers (no announcement, no bid).
     OfferAwards,
+    /// This node handed an awarded job back (its vehicle started driving, or its owner's
+    /// policy stopped it serving).
+    JobsReleased,
+    /// A worker handed one of this node's tasks back; it was awarded again.
+    TasksReleased,
 }
 
 /// Everything that can happen to the engine.
@@ -338,6 +344,10 @@ pub enum Input {
     },
     /// The data disk is (or no longer is) nearly full: no new work is taken while it is.
     DiskLow(bool),
+    /// The vehicle's state, from its source (or why the source failed): with the owner's
+    /// policy it decides whether this node takes work ([`vehicle::evaluate`]). A change to
+    /// driving hands every unfinished job back; another refusal hands back those not running.
+    Vehicle(Result<vehicle::VehicleState, String>),
     /// A connection to a peer opened.
     Connected(PublicKey),
     /// The last connection to a peer closed.
@@ -413,6 +423,12 @@ pub enum Action {
         /// The model.
         model: ModelId,
     },
+    /// Stop an [`Action::Execute`] of a job handed back (between a batch's inputs; a single
+    /// run finishes). Its [`Input::Executed`] still comes, and is dropped.
+    Stop {
+        /// The task.
+        task: TaskId,
+    },
     /// Run a model once on a test input (after repeated failures, before bidding on it
     /// again); answered by [`Input::SelfTested`].
     SelfTest {
@@ -485,6 +501,8 @@ pub struct EngineConfig {
     pub max_batch: u16,
     /// Lowest price this node bids.
     pub price_floor: u64,
+    /// What the vehicle's owner allows ([`vehicle::OwnerPolicy`]).
+    pub owner: vehicle::OwnerPolicy,
     /// This node's operator certificate, shown in its adverts
     /// ([`fleetmesh_protocol::OperatorCert`]).
     pub operator_cert: Option<SignedEnvelope>,
@@ -524,6 +542,7 @@ impl Default for EngineConfig {
             max_jobs_per_requester: 32,
             max_batch: fleetmesh_protocol::batch::MAX_BATCH,
             price_floor: 1,
+            owner: vehicle::OwnerPolicy::default(),
             operator_cert: None,
             tasks: TaskDefaults::default(),
             default_model: None,
@@ -625,6 +644,8 @@ pub struct Ctx<'a> {
     pub connected: &'a BTreeSet<PublicKey>,
     /// The data disk is nearly full: take no new work.
     pub disk_low: bool,
+    /// Whether the vehicle takes work now, on how many slots, until when.
+    pub availability: &'a vehicle::Availability,
     /// The actions produced so far.
     pub out: &'a mut Vec<Action>,
 }
@@ -644,6 +665,11 @@ impl Ctx<'_> {
     pub fn count(&mut self, m: Metric) {
         self.out.push(Action::Count(m));
     }
+
+    /// Running slots now: the configured ones, capped by the owner's power budget.
+    pub fn slots(&self) -> u32 {
+        self.config.slots.min(self.availability.slots)
+    }
 }
 
 /// The whole node's protocol logic: requester, worker and the gossip they share.
@@ -654,6 +680,10 @@ pub struct Engine {
     presence: BoundedMap<PublicKey, PeerAdvert>,
     connected: BTreeSet<PublicKey>,
     disk_low: bool,
+    /// The vehicle's last reported state (or why its source failed).
+    vehicle: Result<vehicle::VehicleState, String>,
+    /// What follows from it and the owner's policy, as of the last input or tick.
+    availability: vehicle::Availability,
     /// (task, round, announcer) announcements already taken, so replays are not relayed again.
     /// Keyed by the announcer too, so a forgery cannot shadow the requester's own.
     seen_announcements: BoundedSet<(TaskId, u32, PublicKey)>,
@@ -678,6 +708,13 @@ impl Engine {
             presence: BoundedMap::new(MAX_PRESENCE_PEERS),
             connected: BTreeSet::new(),
             disk_low: false,
+            vehicle: Ok(vehicle::VehicleState::default()),
+            availability: vehicle::evaluate(
+                &Ok(vehicle::VehicleState::default()),
+                &config.owner,
+                config.slots,
+                now,
+            ),
             seen_announcements: BoundedSet::new(MAX_SEEN_ANNOUNCEMENTS),
             next_presence: now,
             next_scan: now.saturating_add(1_000),
@@ -717,6 +754,16 @@ impl Engine {
         &self.connected
     }
 
+    /// The vehicle's last reported state, or why its source failed.
+    pub fn vehicle(&self) -> &Result<vehicle::VehicleState, String> {
+        &self.vehicle
+    }
+
+    /// Whether this node takes work now, and why not.
+    pub fn availability(&self) -> &vehicle::Availability {
+        &self.availability
+    }
+
     fn split<'a>(
         &'a mut self,
         now: u64,
@@ -730,6 +777,7 @@ impl Engine {
             presence: &self.presence,
             connected: &self.connected,
             disk_low: self.disk_low,
+            availability: &self.availability,
             out,
         };
         (ctx, &mut self.requester, &mut self.worker)
@@ -778,6 +826,10 @@ impl Engine {
                 }
             }
             Input::DiskLow(low) => self.disk_low = low,
+            Input::Vehicle(state) => {
+                self.vehicle = state.and_then(|s| s.check().map(|()| s));
+                self.reevaluate(now, &mut out);
+            }
             Input::Disconnected(peer) => {
                 self.connected.remove(&peer);
                 self.presence.remove(&peer);
@@ -822,6 +874,7 @@ impl Engine {
                     | Input::Connected(_)
                     | Input::Disconnected(_)
                     | Input::DiskLow(_)
+                    | Input::Vehicle(_)
                     | Input::Tick => {}
                 }
             }
@@ -908,7 +961,41 @@ impl Engine {
         self.config.presence_interval_ms.saturating_mul(6).max(MAX_CLOCK_SKEW_MS)
     }
 
+    /// Evaluates the vehicle's state against the owner's policy again (the hours and the
+    /// departure move with the clock) and acts on a change: driving hands back every
+    /// unfinished job, another refusal the jobs not yet running; more slots start queued ones.
+    fn reevaluate(&mut self, now: u64, out: &mut Vec<Action>) {
+        let next = vehicle::evaluate(&self.vehicle, &self.config.owner, self.config.slots, now);
+        if next == self.availability {
+            return;
+        }
+        let before = std::mem::replace(&mut self.availability, next);
+        let after = &self.availability;
+        if after.serving() != before.serving() || after.driving != before.driving {
+            let why: Vec<String> = after.refusals.iter().map(ToString::to_string).collect();
+            if after.serving() {
+                tracing::info!("the vehicle takes work again");
+            } else {
+                tracing::info!(reason = %why.join("; "), "the vehicle takes no new work");
+            }
+        }
+        let release = if after.driving && !before.driving {
+            Some(true)
+        } else if !after.serving() && before.serving() {
+            Some(false)
+        } else {
+            None
+        };
+        let reason = after.refusals.first().map(ToString::to_string).unwrap_or_default();
+        let (mut ctx, _, worker) = self.split(now, out);
+        if let Some(all) = release {
+            worker.release(&mut ctx, all, &reason);
+        }
+        worker.start_queued(&mut ctx);
+    }
+
     fn on_tick(&mut self, now: u64, out: &mut Vec<Action>) {
+        self.reevaluate(now, out);
         {
             let (mut ctx, requester, worker) = self.split(now, out);
             requester.tick(&mut ctx);
@@ -942,7 +1029,8 @@ impl Engine {
             // A model that failed here is neither advertised nor offered until its self-test
             // passes; a node that takes no new work (not serving, disk nearly full) offers
             // nothing.
-            let models: Vec<ModelId> = if self.config.serve {
+            let serving = self.config.serve && self.availability.serving();
+            let models: Vec<ModelId> = if serving {
                 self.models
                     .iter()
                     .filter(|m| !self.worker.quarantined().contains(m))
@@ -952,14 +1040,14 @@ impl Engine {
             } else {
                 Vec::new()
             };
-            let offering = self.config.serve
-                && !self.disk_low
-                && !models.is_empty()
-                && self.worker.has_room(&self.config);
+            let offering =
+                serving && !self.disk_low && !models.is_empty() && self.worker.has_room(&self.config);
             // Sent on its interval, and soon when what it offers changed (so a withdrawn offer
             // does not stand until it expires): at most one advert a second for changes.
             let changed = self.worker.offer.as_ref().is_some_and(|o| {
-                (o.models != models || o.offer_until_ms.is_some() != offering)
+                (o.models != models
+                    || o.offer_until_ms.is_some() != offering
+                    || o.depart_ms != self.availability.depart_ms)
                     && now >= o.at_ms.saturating_add(ADVERT_AFTER_CONNECT_MS)
             });
             if now >= self.next_presence || changed {
@@ -967,12 +1055,17 @@ impl Engine {
                 let advert = Presence {
                     v: fleetmesh_protocol::WIRE_VERSION,
                     models,
-                    free_slots: self.worker.free_slots(&self.config),
+                    free_slots: self.worker.free_slots(self.config.slots.min(self.availability.slots)),
+                    depart_ms: self.availability.depart_ms,
                     price_floor: self.config.price_floor,
                     at_ms: now,
                     // The offer stands as long as requesters keep the advert, and is renewed
                     // with each one.
-                    offer_until_ms: offering.then(|| now.saturating_add(self.presence_ttl_ms())),
+                    // (and never past the vehicle's departure).
+                    offer_until_ms: offering.then(|| {
+                        let until = now.saturating_add(self.presence_ttl_ms());
+                        self.availability.depart_ms.map_or(until, |d| until.min(d))
+                    }),
                     max_batch: self.config.max_batch,
                     operator_cert: self.config.operator_cert.clone(),
                 };

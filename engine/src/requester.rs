@@ -749,6 +749,12 @@ impl Requester {
             Ok(d) => d,
             Err(e) => return reject(e.to_string()),
         };
+        if let Some(tol) = req.tolerance.filter(|t| *t > fleetmesh_protocol::output::MAX_TOLERANCE) {
+            return reject(format!(
+                "a tolerance of {tol} millionths is more than the largest, {} (10 %)",
+                fleetmesh_protocol::output::MAX_TOLERANCE
+            ));
+        }
         let items = req.batch.unwrap_or(1);
         let item_size = (req.input.len() as u64).checked_div(u64::from(items)).unwrap_or(0);
         if let Some(&out) = ctx.config.model_outputs.get(&model).filter(|_| req.batch.is_some()) {
@@ -1025,6 +1031,11 @@ impl Requester {
         }
         if t.assignments.iter().any(|a| a.worker == from) {
             return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::DuplicateBidder));
+        }
+        // A vehicle that says it leaves before the task's timeout would end cannot be counted
+        // on (an honest one does not bid then).
+        if !fleetmesh_protocol::winner::finishes_before(b.depart_ms, t.spec.exec_timeout_ms, ctx.now) {
+            return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::NotSelected));
         }
         if t.bids.iter().any(|e| e.signer == bid.signer) || t.bids.len() >= MAX_BIDS_PER_ROUND {
             return TaskResponse::Refused(Refusal::BidDeclined(DeclineReason::DuplicateBidder));
@@ -1410,6 +1421,23 @@ impl Requester {
                 });
                 self.worker_failed(ctx, &u.task_id, &from, u.reason.to_string());
             }
+            // Handed back before the work was done (a vehicle that started driving): another
+            // worker at once. A release is a refusal, not a failure, up to the task's bound of
+            // refusals (a worker that takes awards only to hand them back costs time, and
+            // beyond the bound it counts as failed).
+            UnableReason::Released { .. } if awarded => {
+                ctx.count(Metric::TasksReleased);
+                ctx.trace(TaskRecord {
+                    peer: Some(from.peer_id()),
+                    reason: Some(u.reason.to_string()),
+                    ..record(event::RELEASE_RECEIVED, &u.task_id)
+                });
+                if t.refused() < MAX_REFUSED_PER_TASK {
+                    self.award_refused(ctx, &u.task_id, &from, u.reason.to_string());
+                } else {
+                    self.worker_failed(ctx, &u.task_id, &from, u.reason.to_string());
+                }
+            }
             // Believed only where this node cannot check it: when it knows the model's input
             // size, submit already did, and a report saying otherwise is a lie meant to fail
             // the task. It must also be about this task's input. (A stranger's false report
@@ -1654,6 +1682,24 @@ impl Requester {
             AssignStatus::Rejected(r) => return TaskResponse::Rejected(r.clone()),
             // It refused the award: it has no job, so no result.
             AssignStatus::Refused(_) => return TaskResponse::Rejected(RejectReason::NotAwarded),
+            // Given up on, and replaced by another vehicle of its operator: that one holds
+            // the operator's one place in the task now.
+            AssignStatus::Failed(_)
+                if a.operator.is_some_and(|o| {
+                    t.assignments.iter().any(|b| {
+                        b.worker != from
+                            && b.operator == Some(o)
+                            && !matches!(
+                                b.status,
+                                AssignStatus::Failed(_)
+                                    | AssignStatus::Refused(_)
+                                    | AssignStatus::Rejected(_)
+                            )
+                    })
+                }) =>
+            {
+                return TaskResponse::Rejected(RejectReason::NotAwarded);
+            }
             // Given up on (it disconnected, restarted, or was late) but back with a result
             // while the task is still open: checked like any other, and counted. Better
             // than the same work done again by a replacement.
@@ -1886,6 +1932,23 @@ impl Requester {
             if own || !trusted.is_empty() {
                 for a in &t.assignments {
                     if let AssignStatus::Returned(d) = &a.status {
+                        // With a tolerance, another class holds against its workers only when
+                        // it is clearly apart from the verified output: "within" is not
+                        // transitive, and an honest output may have joined a class whose
+                        // first member was a liar's, or arrived before the evidence.
+                        if *d != digest && t.spec.tolerance.is_some() {
+                            let bytes =
+                                |x: &OutputDigest| t.outputs.iter().find(|(o, _)| o == x).map(|(_, b)| b);
+                            let apart = match (bytes(d), bytes(&digest)) {
+                                (Some(x), Some(y)) => {
+                                    fleetmesh_protocol::verify::clearly_apart(&t.spec, x, y)
+                                }
+                                _ => false,
+                            };
+                            if !apart {
+                                continue;
+                            }
+                        }
                         let outcome = if *d != digest {
                             if self.ledger.trust(&a.worker) != Trust::Bad {
                                 ctx.count(Metric::WorkersDistrusted);

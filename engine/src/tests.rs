@@ -402,6 +402,7 @@ fn finding_17_presence_adverts_are_bounded_checked_and_expire() {
         v: WIRE_VERSION,
         models: vec![],
         free_slots: 1,
+        depart_ms: None,
         price_floor: 0,
         at_ms,
         offer_until_ms: None,
@@ -481,6 +482,7 @@ fn review_bids_that_cannot_rank_are_refused_and_do_not_close_the_round() {
             promised_ms: promised,
             queue_depth: 0,
             free_slots: 1,
+            depart_ms: None,
         }
         .sign(&liar);
         let a = r.handle(
@@ -835,6 +837,7 @@ fn round0_bid(task: TaskId, who: &Identity) -> SignedEnvelope {
         promised_ms: 10,
         queue_depth: 0,
         free_slots: 1,
+        depart_ms: None,
     }
     .sign(who)
 }
@@ -1103,6 +1106,7 @@ fn bid_round(r: &mut Engine, id: TaskId, now: u64, round: u32, bidders: &[u64]) 
             promised_ms: 10,
             queue_depth: 0,
             free_slots: 1,
+            depart_ms: None,
         }
         .sign(&identity(*i));
         let a = r.handle(
@@ -1387,6 +1391,7 @@ fn wire_2_losing_bidders_are_sent_nothing() {
             v: WIRE_VERSION,
             models: vec![model()],
             free_slots: 1,
+            depart_ms: None,
             price_floor: 0,
             at_ms: T0,
             offer_until_ms: None,
@@ -2206,6 +2211,46 @@ fn operators_a_worker_counts_for_its_operator_after_it_drops_its_certificate() {
     assert!(winners.is_empty(), "B is of A's operator: {winners:?}");
 }
 
+/// Market v2, operators (review): a vehicle given up on (it disconnected) and replaced by
+/// another vehicle of its operator cannot come back with a result: the operator would have
+/// two votes in the task.
+#[test]
+fn operators_a_replaced_vehicle_of_the_same_operator_cannot_return_late() {
+    let mut r = engine_with(1, |c| c.trust.enabled = false);
+    let _a = hear_certified_offers(&mut r, &[2], |_| Some(90));
+    let (id, a) = submit(&mut r, T0 + 5, &[5; 8]);
+    assert_eq!(awarded_to(&a), vec![identity(2).public()]);
+    // A disconnects: given up on; a round is announced (no standby).
+    let a = r.handle(T0 + 1_000, Input::Disconnected(identity(2).public()));
+    let (data, task, round) = announcement(&a);
+    r.handle(T0 + 1_000, Input::Published { task, round, ok: true });
+    // B (3), of the same operator, bids and wins.
+    let mut b = hear_certified_offers(&mut r, &[3], |_| Some(90)).remove(0);
+    let bid = sends(&gossip(&mut b, T0 + 1_002, Topic::Tasks, data))
+        .into_iter()
+        .find_map(|(_, o, _)| match o {
+            Outgoing::Request(TaskRequest::Bid { bid }) => Some(bid),
+            _ => None,
+        })
+        .expect("a bid");
+    let mut winners = awarded_to(&r.handle(
+        T0 + 1_003,
+        Input::Request { reply: 9, from: b.public(), request: TaskRequest::Bid { bid } },
+    ));
+    winners.extend(awarded_to(&r.handle(T0 + 2_100, Input::Tick)));
+    assert_eq!(winners, vec![identity(3).public()]);
+    // A is back with a result: refused, B holds operator 90's place.
+    r.handle(T0 + 2_200, Input::Connected(identity(2).public()));
+    let out = [9u8; 4];
+    assert_eq!(
+        return_result(&mut r, T0 + 2_300, id, 2, &out),
+        TaskResponse::Rejected(RejectReason::NotAwarded)
+    );
+    // B's result verifies the task.
+    assert!(matches!(return_result(&mut r, T0 + 2_400, id, 3, &out), TaskResponse::Receipt(_)));
+    assert_eq!(r.requester.get(&id).unwrap().phase, fleetmesh_api::Phase::Verified);
+}
+
 /// An f32 output of `v`, canonically encoded.
 fn f32_output(v: &[f32]) -> Vec<u8> {
     fleetmesh_protocol::output::ModelOutput {
@@ -2263,4 +2308,246 @@ fn tolerance_float_outputs_agree_within_the_specs_tolerance_only() {
             assert_ne!(t.phase, fleetmesh_api::Phase::Verified, "{tolerance:?} {answer:?}");
         }
     }
+}
+
+/// The state of a parked vehicle on battery at 80 %, leaving at `departure_ms` if given.
+fn parked(departure_ms: Option<u64>) -> vehicle::VehicleState {
+    vehicle::VehicleState {
+        parked: true,
+        charging: false,
+        soc_pct: Some(80.0),
+        departure_ms,
+        ..Default::default()
+    }
+}
+
+/// Issue 11: a vehicle that starts driving stops the job it runs, hands it back with a signed
+/// release, and the requester awards the task to a standing-by worker at once (not after the
+/// 10 s result deadline). The stopped run's output is dropped and its slot freed.
+#[test]
+fn vehicles_driving_hands_jobs_back_and_the_requester_reawards_at_once() {
+    let mut r = engine_with(1, |c| c.trust.enabled = false);
+    let mut workers = hear_offers(&mut r, 2..5);
+    let (id, actions) = submit(&mut r, T0 + 5, &[3; 8]);
+    let (to, spec, award) = awards(&actions)[0].clone();
+    let w = workers.iter_mut().find(|w| w.public() == to).unwrap();
+    w.handle(T0 + 5, Input::Vehicle(Ok(parked(None))));
+    let request = TaskRequest::Award { spec, award, input: vec![3; 8] };
+    let a = w.handle(T0 + 6, Input::Request { reply: 1, from: r.public(), request });
+    assert_eq!(reply(&a), TaskResponse::Ack);
+    assert!(a.iter().any(|a| matches!(a, Action::Execute { task, .. } if *task == id)));
+
+    let a = w.handle(T0 + 7, Input::Vehicle(Ok(vehicle::VehicleState { parked: false, ..parked(None) })));
+    assert!(a.iter().any(|a| matches!(a, Action::Stop { task } if *task == id)), "{a:?}");
+    assert!(a.iter().any(|a| matches!(a, Action::Count(Metric::JobsReleased))));
+    let release = sends(&a)
+        .into_iter()
+        .find_map(|(peer, o, _)| match o {
+            Outgoing::Request(TaskRequest::Unable { report }) if peer == r.public() => Some(report),
+            _ => None,
+        })
+        .expect("a signed release to the requester");
+    let u = fleetmesh_protocol::Unable::open(&release).unwrap();
+    assert!(
+        matches!(&u.reason, fleetmesh_protocol::UnableReason::Released { reason } if reason.contains("driving"))
+    );
+    assert!(!w.availability().serving() && w.availability().driving);
+
+    // The requester awards another worker in the same step.
+    let a = r.handle(
+        T0 + 8,
+        Input::Request { reply: 2, from: to, request: TaskRequest::Unable { report: release } },
+    );
+    assert_eq!(reply(&a), TaskResponse::Ack);
+    let next = awarded_to(&a);
+    assert_eq!(next.len(), 1, "{a:?}");
+    assert_ne!(next[0], to);
+    assert!(a.iter().any(|a| matches!(a, Action::Count(Metric::TasksReleased))));
+    let t = r.requester.get(&id).unwrap();
+    assert!(t
+        .assignments
+        .iter()
+        .any(|a| a.worker == to && matches!(a.status, requester::AssignStatus::Refused(_))));
+    assert_eq!(t.counted(), 1, "a release is a refusal, not a failure");
+
+    // The stopped run ends: nothing is sent, and the slot is free again.
+    let exec = ExecOutput { output: vec![1], run_time_us: 5, runtime: Default::default() };
+    let a = w.handle(T0 + 9, Input::Executed { task: id, result: Ok(exec) });
+    assert!(sends(&a).is_empty(), "{a:?}");
+    assert_eq!(w.worker.free_slots(2), 2);
+    assert!(matches!(w.worker.get(&id).unwrap().state, worker::JobState::Abandoned(_)));
+    // A release from a worker never awarded the task changes nothing.
+    let stranger = fleetmesh_protocol::Unable {
+        v: WIRE_VERSION,
+        task_id: id,
+        round: 0,
+        reason: fleetmesh_protocol::UnableReason::Released { reason: "x".into() },
+    }
+    .sign(&identity(9));
+    let a = r.handle(
+        T0 + 10,
+        Input::Request {
+            reply: 3,
+            from: identity(9).public(),
+            request: TaskRequest::Unable { report: stranger },
+        },
+    );
+    assert!(awarded_to(&a).is_empty());
+}
+
+/// Issue 11: a vehicle its owner's policy stops (a low battery not charging) sends an advert
+/// with no models and no offer, does not bid, refuses awards; plugged in, it serves again.
+#[test]
+fn vehicles_a_vehicle_the_policy_stops_neither_offers_nor_bids_nor_takes_awards() {
+    let (mut r, mut w) = (engine(1), engine_with(2, |c| c.presence_interval_ms = 5_000));
+    let low = vehicle::VehicleState { soc_pct: Some(12.0), ..parked(None) };
+    w.handle(T0, Input::Vehicle(Ok(low.clone())));
+    assert_eq!(w.availability().refusals[0].label(), "battery_low");
+    let (_, data, _) =
+        published(&w.handle(T0, Input::Tick)).into_iter().find(|p| p.0 == Topic::Presence).unwrap();
+    let p = Presence::open_bytes(&data, 1 << 16).unwrap().1;
+    assert!(p.models.is_empty() && p.offer_until_ms.is_none(), "{p:?}");
+
+    let (_, actions) = submit(&mut r, T0, &[2; 8]);
+    let (data, task, round) = announcement(&actions);
+    r.handle(T0, Input::Published { task, round, ok: true });
+    assert!(sends(&gossip(&mut w, T0 + 1, Topic::Tasks, data.clone())).is_empty(), "no bid");
+
+    w.handle(T0 + 2, Input::Vehicle(Ok(vehicle::VehicleState { charging: true, ..low })));
+    assert!(w.availability().serving());
+    let fresh = Announcement::open_bytes(&data, 1 << 16).unwrap().1;
+    let again = Announcement { round: fresh.round + 1, ..fresh }.sign(&identity(1));
+    let bids = sends(&gossip(&mut w, T0 + 3, Topic::Tasks, fleetmesh_protocol::encode(&again)));
+    assert_eq!(bids.len(), 1, "bids again once charging");
+    // A broken state source stops it again, saying why.
+    w.handle(T0 + 4, Input::Vehicle(Err("cannot read /run/vehicle.json".into())));
+    assert_eq!(w.availability().refusals[0].label(), "state_unknown");
+    // An invalid state from the driver counts as unknown too.
+    w.handle(T0 + 5, Input::Vehicle(Ok(vehicle::VehicleState { soc_pct: Some(300.0), ..parked(None) })));
+    assert!(!w.availability().serving());
+}
+
+/// Issue 11: a vehicle never takes a task whose execution timeout passes its departure: it
+/// does not bid, its offer shows the departure (to the minute) and does not cover such a
+/// task, it refuses such an award, and a requester refuses a bid that says so.
+#[test]
+fn vehicles_a_task_that_would_end_after_the_departure_is_not_taken() {
+    // Tasks have a 10 s execution timeout; this vehicle leaves in 5 s (shown rounded down).
+    let leaving = parked(Some(T0 + 65_000));
+    let (mut w, _) = offering(2, T0 + 50_000, |_| {});
+    w.handle(T0 + 50_000, Input::Vehicle(Ok(leaving)));
+    assert_eq!(w.availability().depart_ms, Some(T0 + 60_000));
+    let (_, data, _) =
+        published(&w.handle(T0 + 51_000, Input::Tick)).into_iter().find(|p| p.0 == Topic::Presence).unwrap();
+    let p = Presence::open_bytes(&data, 1 << 16).unwrap().1;
+    assert_eq!(p.depart_ms, Some(T0 + 60_000));
+    assert_eq!(p.offer_until_ms, Some(T0 + 60_000), "the offer ends at the departure");
+
+    let mut r = engine_with(1, |c| c.trust.enabled = false);
+    r.handle(T0, Input::Connected(w.public()));
+    assert_eq!(verdict(&gossip(&mut r, T0 + 51_000, Topic::Presence, data)), Verdict::Accept);
+    let (id, actions) = submit(&mut r, T0 + 51_000, &[3; 8]);
+    assert!(awards(&actions).is_empty(), "the offer does not cover a task ending after the departure");
+    let (ann, task, round) = announcement(&actions);
+    r.handle(T0 + 51_000, Input::Published { task, round, ok: true });
+    assert!(sends(&gossip(&mut w, T0 + 51_001, Topic::Tasks, ann)).is_empty(), "no bid");
+    // A bid that says it leaves too soon is refused.
+    let bid = fleetmesh_protocol::Bid {
+        v: WIRE_VERSION,
+        task_id: id,
+        round,
+        price: 1,
+        promised_ms: 100,
+        queue_depth: 0,
+        free_slots: 1,
+        depart_ms: Some(T0 + 60_000),
+    }
+    .sign(&identity(3));
+    r.handle(T0, Input::Connected(identity(3).public()));
+    let a = r.handle(
+        T0 + 51_002,
+        Input::Request { reply: 1, from: identity(3).public(), request: TaskRequest::Bid { bid } },
+    );
+    assert!(matches!(reply(&a), TaskResponse::Refused(Refusal::BidDeclined(_))), "{a:?}");
+    // With a departure far enough away, the same vehicle bids.
+    w.handle(T0 + 51_003, Input::Vehicle(Ok(parked(Some(T0 + 600_000)))));
+    let fresh = r.requester.get(&id).unwrap().spec_env.clone();
+    let again = Announcement {
+        v: WIRE_VERSION,
+        task_id: id,
+        round: round + 1,
+        model: model(),
+        max_price: 100,
+        bid_deadline_ms: T0 + 53_000,
+        spec: Some(fresh),
+        select_ppm: None,
+        invited: Vec::new(),
+    }
+    .sign(&identity(1));
+    let bids = sends(&gossip(&mut w, T0 + 51_004, Topic::Tasks, fleetmesh_protocol::encode(&again)));
+    assert_eq!(bids.len(), 1);
+    let Outgoing::Request(TaskRequest::Bid { bid }) = &bids[0].1 else { panic!("a bid") };
+    let b = fleetmesh_protocol::Bid::open(bid).unwrap();
+    assert_eq!(b.depart_ms, Some(T0 + 600_000), "the bid signs the departure");
+}
+
+/// Issue 11: the owner's power budget caps the running slots; a policy change that stops
+/// serving hands back the queued jobs but lets the running one finish.
+#[test]
+fn vehicles_the_power_budget_caps_slots_and_a_stop_keeps_the_running_job() {
+    let mut w = engine_with(2, |c| {
+        c.slots = 2;
+        c.owner.power_budget_w = Some(70.0);
+        c.owner.device_power_w = 60.0;
+    });
+    assert_eq!(w.availability().slots, 1);
+    let mut r = engine_with(1, |c| c.trust.enabled = false);
+    let mut executing = Vec::new();
+    let mut ids = Vec::new();
+    for n in 0..2u8 {
+        let (_, actions) = submit(&mut r, T0 + u64::from(n), &[n; 8]);
+        let (data, task, round) = announcement(&actions);
+        r.handle(T0, Input::Published { task, round, ok: true });
+        let bid = sends(&gossip(&mut w, T0 + 1, Topic::Tasks, data));
+        assert_eq!(bid.len(), 1);
+        let Outgoing::Request(TaskRequest::Bid { bid }) = bid[0].1.clone() else { panic!() };
+        let a = r
+            .handle(T0 + 2, Input::Request { reply: 1, from: w.public(), request: TaskRequest::Bid { bid } });
+        let a = [a, r.handle(T0 + 1_100, Input::Tick)].concat();
+        let (_, spec, award) = awards(&a).into_iter().next().expect("awarded");
+        let a = w.handle(
+            T0 + 1_200,
+            Input::Request {
+                reply: 2,
+                from: r.public(),
+                request: TaskRequest::Award { spec, award, input: vec![n; 8] },
+            },
+        );
+        assert_eq!(reply(&a), TaskResponse::Ack);
+        executing.extend(a.iter().filter(|a| matches!(a, Action::Execute { .. })).cloned());
+        ids.push(task);
+    }
+    assert_eq!(executing.len(), 1, "one slot under a 70 W budget at 60 W a task");
+    // Too hot: the queued job goes back, the running one finishes and is delivered.
+    let a = w.handle(
+        T0 + 1_300,
+        Input::Vehicle(Ok(vehicle::VehicleState { thermal_headroom_c: Some(1.0), ..parked(None) })),
+    );
+    let released: Vec<TaskId> = sends(&a)
+        .into_iter()
+        .filter_map(|(_, o, _)| match o {
+            Outgoing::Request(TaskRequest::Unable { report }) => {
+                Some(fleetmesh_protocol::Unable::open(&report).unwrap().task_id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, vec![ids[1]], "only the queued job");
+    assert!(!a.iter().any(|a| matches!(a, Action::Stop { .. })));
+    let exec = ExecOutput { output: vec![1], run_time_us: 5, runtime: Default::default() };
+    let a = w.handle(T0 + 1_400, Input::Executed { task: ids[0], result: Ok(exec) });
+    assert!(
+        sends(&a).iter().any(|(_, o, _)| matches!(o, Outgoing::Request(TaskRequest::Result { .. }))),
+        "{a:?}"
+    );
 }

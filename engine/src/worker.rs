@@ -24,6 +24,7 @@ use fleetmesh_protocol::{
 use serde::{Deserialize, Serialize};
 
 use super::bounded::BoundedSet;
+use super::vehicle;
 use super::{
     record, Action, Ctx, EngineConfig, ExecOutput, Lookup, Metric, Outgoing, SendFailure, SendTag, StoreOp,
     Table,
@@ -341,9 +342,10 @@ impl Worker {
         self.jobs.is_empty()
     }
 
-    /// Free execution slots.
-    pub fn free_slots(&self, config: &EngineConfig) -> u32 {
-        config.slots.saturating_sub(self.running)
+    /// Free execution slots out of `slots` (the configured ones, capped by the owner's power
+    /// budget: [`Ctx::slots`]).
+    pub fn free_slots(&self, slots: u32) -> u32 {
+        slots.saturating_sub(self.running)
     }
 
     /// Whether the queue has room for one more job (what a standing offer promises).
@@ -478,6 +480,7 @@ impl Worker {
         select_ppm
             .is_none_or(|p| fleetmesh_protocol::selection::eligible(&task, round, &ctx.identity.public(), p))
             && ctx.config.serve
+            && ctx.availability.serving()
             && !ctx.disk_low
             && bid_deadline_ms > ctx.now
             && max_price.is_none_or(|p| p >= ctx.config.price_floor)
@@ -537,6 +540,7 @@ impl Worker {
             || spec.deadline_ms <= ctx.now
             || spec.deadline_ms > ctx.now.saturating_add(MAX_TASK_HORIZON_MS)
             || spec.exec_timeout_ms > MAX_EXEC_TIMEOUT_MS
+            || !vehicle::finishes_before(ctx.availability.depart_ms, spec.exec_timeout_ms, ctx.now)
             || !ctx.models.contains(&spec.model)
             || !self.has_capacity(ctx.config, &env.signer)
             || !self.bids.remember((task, round), env.signer, bid_deadline_ms, until, ctx.now)
@@ -557,7 +561,8 @@ impl Worker {
             price,
             promised_ms,
             queue_depth: queue,
-            free_slots: self.free_slots(ctx.config),
+            free_slots: self.free_slots(ctx.slots()),
+            depart_ms: ctx.availability.depart_ms,
         }
         .sign(ctx.identity);
         ctx.count(Metric::BidsSent);
@@ -573,6 +578,41 @@ impl Worker {
             request: Outgoing::Request(TaskRequest::Bid { bid }),
             tag: SendTag::Bid { task },
         });
+    }
+
+    /// Hands jobs back to their requesters with a signed release ([`UnableReason::Released`]),
+    /// so each awards the task to another worker at once instead of waiting out the result
+    /// deadline: every unfinished one (`all`, the vehicle is driving) or those not yet running
+    /// (it stopped serving: what runs finishes). A running job keeps its slot until its
+    /// execution ends ([`Action::Stop`] cuts a batch short).
+    pub(crate) fn release(&mut self, ctx: &mut Ctx<'_>, all: bool, reason: &str) {
+        let reason: String = reason.chars().take(200).collect();
+        let ids: Vec<TaskId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| matches!(j.state, JobState::Queued) && (all || !j.running))
+            .map(|(id, _)| *id)
+            .collect();
+        for task in ids {
+            let Some(job) = self.jobs.get_mut(&task) else { continue };
+            job.state = JobState::Abandoned(format!("released: {reason}"));
+            let requester = job.requester;
+            let mut ops = vec![job.op(&task)];
+            if job.running {
+                ctx.push(Action::Stop { task });
+            } else {
+                ops.push(StoreOp { table: Table::JobInputs, key: task, value: None });
+            }
+            ctx.push(Action::Persist(ops));
+            self.queue.retain(|t| *t != task);
+            ctx.count(Metric::JobsReleased);
+            ctx.trace(TaskRecord {
+                peer: Some(requester.peer_id()),
+                reason: Some(reason.clone()),
+                ..record(event::RELEASED, &task)
+            });
+            self.send_unable(ctx, requester, task, 0, UnableReason::Released { reason: reason.clone() });
+        }
     }
 
     /// Periodically: ask the DHT which requesters have open tasks for the models held.
@@ -743,7 +783,12 @@ impl Worker {
         if !self.has_capacity(ctx.config, &from) {
             return TaskResponse::Refused(Refusal::NoCapacity);
         }
-        if ctx.disk_low {
+        // Not serving now (driving, the battery, the heat, the hours), or leaving before the
+        // task's timeout would end: the award goes to someone else.
+        if ctx.disk_low
+            || !ctx.availability.serving()
+            || !vehicle::finishes_before(ctx.availability.depart_ms, spec.exec_timeout_ms, ctx.now)
+        {
             return TaskResponse::Refused(Refusal::Unavailable);
         }
         let result_deadline_ms = award
@@ -785,8 +830,8 @@ impl Worker {
     }
 
     /// Starts queued jobs while slots are free.
-    fn start_queued(&mut self, ctx: &mut Ctx<'_>) {
-        while self.running < ctx.config.slots {
+    pub(crate) fn start_queued(&mut self, ctx: &mut Ctx<'_>) {
+        while self.running < ctx.slots() {
             let Some(task) = self.queue.pop_front() else { return };
             let Some(job) = self.jobs.get_mut(&task) else { continue };
             if job.running || !matches!(job.state, JobState::Queued) {
@@ -819,6 +864,12 @@ impl Worker {
         };
         job.running = false;
         self.running = self.running.saturating_sub(1);
+        // Handed back while it ran ([`Worker::release`]): its slot is free now; the output is
+        // nobody's.
+        if !matches!(job.state, JobState::Queued) {
+            self.start_queued(ctx);
+            return;
+        }
         let drop_input = StoreOp { table: Table::JobInputs, key: task, value: None };
         #[allow(unused_mut)]
         let mut result = result;

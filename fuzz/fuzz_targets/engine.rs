@@ -67,6 +67,21 @@ enum Op {
         round_ahead: u8,
         price: u8,
         promised: u16,
+        depart_in_s: Option<u16>,
+    },
+    /// The vehicle's state changes (issue 11): any state, valid or not, or a failed source.
+    Vehicle {
+        ok: bool,
+        parked: bool,
+        charging: bool,
+        soc: Option<i16>,
+        headroom: Option<i8>,
+        depart_in_s: Option<u16>,
+    },
+    /// A peer hands one of our tasks back with a signed release.
+    Release {
+        peer: u8,
+        task: u8,
     },
     Result {
         peer: u8,
@@ -348,7 +363,7 @@ impl Harness {
                 let input = if good_input { input } else { vec![0xee; 3] };
                 self.request(owner as u8, TaskRequest::Award { spec, award, input });
             }
-            Op::Bid { peer, task, round_ahead, price, promised } => {
+            Op::Bid { peer, task, round_ahead, price, promised, depart_in_s } => {
                 let Some((id, t)) = self.my_task(task) else { return };
                 let bid = Bid {
                     v: WIRE_VERSION,
@@ -358,9 +373,31 @@ impl Harness {
                     promised_ms: u32::from(promised),
                     queue_depth: 0,
                     free_slots: 1,
+                    depart_ms: depart_in_s.map(|s| self.now.saturating_add(u64::from(s) * 1000)),
                 }
                 .sign(self.peer(peer));
                 self.request(peer, TaskRequest::Bid { bid });
+            }
+            Op::Vehicle { ok, parked, charging, soc, headroom, depart_in_s } => {
+                let state = fleetmesh_engine::vehicle::VehicleState {
+                    parked,
+                    charging,
+                    soc_pct: soc.map(f32::from),
+                    thermal_headroom_c: headroom.map(f32::from),
+                    departure_ms: depart_in_s.map(|s| self.now.saturating_add(u64::from(s) * 1000)),
+                };
+                self.feed(Input::Vehicle(if ok { Ok(state) } else { Err("source failed".into()) }));
+            }
+            Op::Release { peer, task } => {
+                let Some((id, _)) = self.my_task(task) else { return };
+                let report = fleetmesh_protocol::Unable {
+                    v: WIRE_VERSION,
+                    task_id: id,
+                    round: 0,
+                    reason: fleetmesh_protocol::UnableReason::Released { reason: "driving".into() },
+                }
+                .sign(self.peer(peer));
+                self.request(peer, TaskRequest::Unable { report });
             }
             Op::Result { peer, task, output, honest_digest, signer } => {
                 let Some((id, t)) = self.my_task(task) else { return };
@@ -492,6 +529,7 @@ impl Harness {
                     v: WIRE_VERSION,
                     models: vec![model()],
                     free_slots: 1,
+                    depart_ms: None,
                     price_floor: 0,
                     at_ms: at,
                     offer_until_ms,

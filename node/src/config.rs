@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use fleetmesh_engine::reputation::TrustConfig;
+pub use fleetmesh_engine::vehicle::{OwnerPolicy, ProfileStep};
 pub use fleetmesh_engine::TaskDefaults;
 
 /// `api_addr` in TOML: an `ip:port`, or `"off"`.
@@ -64,6 +65,12 @@ pub struct NodeConfig {
     pub operator_cert: Option<PathBuf>,
     /// Whether this node bids on other nodes' tasks at all.
     pub serve: bool,
+    /// Where the vehicle's state comes from (`[vehicle]`; by default none: a desktop or
+    /// depot server, always available on mains).
+    pub vehicle: VehicleConfig,
+    /// What the vehicle's owner allows (`[owner]`): serve only while parked, a battery
+    /// floor unless charging, a thermal limit, a power budget, hours (docs/VEHICLES.md).
+    pub owner: OwnerPolicy,
     /// Defaults for tasks this node submits.
     pub tasks: TaskDefaults,
     /// Reputation: whom this node trusts with its tasks (docs/MARKET.md).
@@ -120,6 +127,8 @@ impl Default for NodeConfig {
             price_floor: 1,
             operator_cert: None,
             serve: true,
+            vehicle: VehicleConfig::default(),
+            owner: OwnerPolicy::default(),
             tasks: TaskDefaults::default(),
             trust: TrustConfig::default(),
             presence_interval_ms: 5_000,
@@ -175,6 +184,8 @@ impl NodeConfig {
         if self.trust.spot_check_ppm > 1_000_000 {
             return bad("trust.spot_check_ppm must be at most 1000000 (every task)");
         }
+        self.owner.check().map_err(ConfigError::Invalid)?;
+        self.vehicle.check().map_err(ConfigError::Invalid)?;
         let operators = self.trust.operator_keys().map_err(ConfigError::Invalid)?;
         if self.trust.closed && operators.is_empty() {
             return bad(
@@ -182,6 +193,78 @@ impl NodeConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// Where a vehicle's state comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VehicleSource {
+    /// None: a desktop or a depot server, parked on mains for good.
+    #[default]
+    None,
+    /// A JSON file a vehicle integration writes (`state_file`), read every `poll_ms`.
+    File,
+    /// The local API: the integration sends `PUT /v1/vehicle`. Until it first does, the
+    /// state is unknown and the node takes no work.
+    Api,
+    /// A simulated day (`profile`), repeating from the node's start: tests and the testnet.
+    Profile,
+}
+
+/// The `[vehicle]` section.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VehicleConfig {
+    /// Where the state comes from.
+    pub source: VehicleSource,
+    /// With `source = "file"`: the JSON file (`{"parked": true, "charging": false,
+    /// "soc_pct": 64, "thermal_headroom_c": 20, "departure_ms": 1764950400000}`; every field
+    /// may be left out). A file that is missing, unreadable or invalid stops the node
+    /// taking work until it is fixed, and `health` says why.
+    pub state_file: Option<PathBuf>,
+    /// How often the file (or the profile) is read, ms.
+    pub poll_ms: u64,
+    /// With `source = "file"` or `"api"`: a state older than this (the file's modification
+    /// time, the last PUT) counts as unknown, so a dead integration does not leave a parked
+    /// vehicle serving after it drove off; 0 never expires.
+    pub stale_after_ms: u64,
+    /// With `source = "profile"`: the steps of a simulated day, in order, repeating
+    /// (`[[vehicle.profile]]` tables: `secs`, `parked`, `charging`, `soc_pct`,
+    /// `thermal_headroom_c`).
+    pub profile: Vec<ProfileStep>,
+}
+
+impl Default for VehicleConfig {
+    fn default() -> Self {
+        Self {
+            source: VehicleSource::None,
+            state_file: None,
+            poll_ms: 1_000,
+            stale_after_ms: 0,
+            profile: Vec::new(),
+        }
+    }
+}
+
+impl VehicleConfig {
+    /// Checks that the source has what it needs.
+    pub fn check(&self) -> Result<(), String> {
+        if self.poll_ms < 100 {
+            return Err("vehicle.poll_ms must be at least 100".into());
+        }
+        match self.source {
+            VehicleSource::File if self.state_file.is_none() => {
+                Err("vehicle.source = \"file\" needs vehicle.state_file".into())
+            }
+            VehicleSource::Profile => {
+                fleetmesh_engine::vehicle::Profile { steps: self.profile.clone() }.check()
+            }
+            _ if !self.profile.is_empty() && self.source != VehicleSource::Profile => {
+                Err("vehicle.profile is set but vehicle.source is not \"profile\"".into())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -229,6 +312,28 @@ mod tests {
         let mut c = NodeConfig::default();
         c.tasks.redundancy = 0;
         assert!(c.validate().unwrap_err().to_string().contains("redundancy"));
+    }
+
+    #[test]
+    fn vehicle_and_owner_sections_parse_and_are_checked() {
+        let c: NodeConfig = toml::from_str(
+            "[vehicle]\nsource = \"profile\"\n[[vehicle.profile]]\nsecs = 60\ncharging = true\n\
+             [[vehicle.profile]]\nsecs = 30\nparked = false\n[owner]\nmin_soc_pct = 20\n\
+             hours = \"22:00-07:00\"\npower_budget_w = 150\n",
+        )
+        .unwrap();
+        assert_eq!(c.vehicle.source, VehicleSource::Profile);
+        assert_eq!(c.vehicle.profile.len(), 2);
+        assert!(c.vehicle.profile[0].parked, "parked unless said");
+        assert_eq!(c.owner.min_soc_pct, 20.0);
+        assert!(c.validate().is_ok());
+        let file: NodeConfig = toml::from_str("[vehicle]\nsource = \"file\"\n").unwrap();
+        assert!(file.validate().unwrap_err().to_string().contains("state_file"));
+        let bad: NodeConfig = toml::from_str("[owner]\nmin_soc_pct = 120\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("min_soc_pct"));
+        assert!(toml::from_str::<NodeConfig>("[owner]\nhours = \"9-5\"\n").is_err());
+        assert!(toml::from_str::<NodeConfig>("[vehicle]\nsource = \"car\"\n").is_err());
+        assert_eq!(NodeConfig::default().vehicle.source, VehicleSource::None);
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod store;
 #[cfg(feature = "test-hooks")]
 pub mod testing;
 pub mod tracer;
+pub mod vehicle;
 mod writer;
 
 pub use codec::Frame;

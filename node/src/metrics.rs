@@ -1,6 +1,8 @@
 //! The node's own counters, registered beside libp2p's in one Prometheus registry.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Counters owned by the event loop; each field's doc is its help text.
@@ -31,12 +33,32 @@ pub(crate) struct Metrics {
     pub(crate) spot_checks: Counter,
     pub(crate) workers_distrusted: Counter,
     pub(crate) tasks_awarded_on_offers: Counter,
+    pub(crate) jobs_released: Counter,
+    pub(crate) tasks_released: Counter,
+    /// The vehicle: 1 while it takes work.
+    pub(crate) vehicle_serving: Gauge,
+    /// The vehicle: running slots its owner's power budget allows.
+    pub(crate) vehicle_slots: Gauge,
+    /// The vehicle: 1 for each reason it takes no new work now, by reason.
+    pub(crate) vehicle_refusing: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl Metrics {
+    /// Sets the vehicle gauges from the engine's availability.
+    pub(crate) fn set_vehicle(&self, a: &fleetmesh_engine::vehicle::Availability) {
+        self.vehicle_serving.set(i64::from(a.serving()));
+        self.vehicle_slots.set(i64::from(a.slots));
+        for label in fleetmesh_engine::vehicle::Refusal::LABELS {
+            let on = a.refusals.iter().any(|r| r.label() == label);
+            self.vehicle_refusing
+                .get_or_create(&vec![("reason".to_owned(), label.to_owned())])
+                .set(i64::from(on));
+        }
+    }
+
     pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
-        let entries: [(&str, &str, &Counter); 25] = [
+        let entries: [(&str, &str, &Counter); 27] = [
             ("tasks_submitted", "Tasks submitted to this node", &m.tasks_submitted),
             ("tasks_verified", "Tasks this node requested that were verified", &m.tasks_verified),
             ("tasks_failed", "Tasks this node requested that failed", &m.tasks_failed),
@@ -94,10 +116,35 @@ impl Metrics {
                 "Tasks this node awarded at once on its neighbours' standing offers (no announcement, no bid)",
                 &m.tasks_awarded_on_offers,
             ),
+            (
+                "jobs_released",
+                "Awarded jobs this node handed back with a signed release (its vehicle left, or its owner's policy stopped it)",
+                &m.jobs_released,
+            ),
+            (
+                "tasks_released",
+                "This node's tasks a worker handed back (each awarded again at once)",
+                &m.tasks_released,
+            ),
         ];
         for (name, help, c) in entries {
             registry.register(name, help, c.clone());
         }
+        registry.register(
+            "vehicle_serving",
+            "1 while this node takes new work (its vehicle state and owner policy allow it)",
+            m.vehicle_serving.clone(),
+        );
+        registry.register(
+            "vehicle_slots",
+            "Running slots the owner's power budget allows now",
+            m.vehicle_slots.clone(),
+        );
+        registry.register(
+            "vehicle_refusing",
+            "1 for each reason this node takes no new work now (driving, battery_low, too_hot, outside_hours, power_budget, departure_due, state_unknown)",
+            m.vehicle_refusing.clone(),
+        );
         registry.register_collector(Box::new(SignatureOps));
         m
     }

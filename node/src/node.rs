@@ -134,6 +134,7 @@ pub(crate) enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<(), ClientError>>),
     SendRaw(PeerId, Box<Frame>, oneshot::Sender<Result<TaskResponse, String>>),
     Stats(oneshot::Sender<NodeStats>),
+    SetVehicle(fleetmesh_api::VehicleState, oneshot::Sender<Result<fleetmesh_api::VehicleView, ClientError>>),
     Shutdown(oneshot::Sender<()>),
     #[cfg(feature = "test-hooks")]
     PublishRaw(String, Vec<u8>, oneshot::Sender<Result<(), String>>),
@@ -223,6 +224,15 @@ impl Client {
     /// Counters.
     pub async fn stats(&self) -> Result<NodeStats, ClientError> {
         self.call(Command::Stats).await
+    }
+
+    /// Reports the vehicle's state (with `[vehicle] source = "api"`): the node takes work
+    /// or not as the owner's policy says, and answers with what follows.
+    pub async fn set_vehicle(
+        &self,
+        state: fleetmesh_api::VehicleState,
+    ) -> Result<fleetmesh_api::VehicleView, ClientError> {
+        self.call(|tx| Command::SetVehicle(state, tx)).await?
     }
 
     /// (tests) Publishes raw bytes on a gossip topic.
@@ -414,10 +424,12 @@ impl Node {
                 tx: exec_tx,
                 rx: exec_rx,
                 running: tokio::task::JoinSet::new(),
+                stops: HashMap::new(),
                 #[cfg(feature = "test-hooks")]
                 delay_ms: config.exec_delay_ms,
             },
             pending: Pending::default(),
+            vehicle: crate::vehicle::VehicleFeed::new(config.vehicle.clone(), now),
             bootstrap: bootstrap.into_iter().map(|(peer, addr)| Bootstrap::new(peer, addr)).collect(),
             dht_guard: crate::dht::PutBudget::default(),
             housekeeping: Housekeeping {
@@ -464,6 +476,7 @@ fn engine_config(c: &NodeConfig) -> EngineConfig {
         max_jobs_per_requester: c.max_jobs_per_requester,
         max_batch: c.max_batch.min(fleetmesh_protocol::batch::MAX_BATCH),
         price_floor: c.price_floor,
+        owner: c.owner.clone(),
         operator_cert: None,
         tasks: c.tasks.clone(),
         trust: c.trust.clone(),
@@ -611,6 +624,8 @@ struct EventLoop {
     executor: Executor,
     /// What waits for an answer: requests, replies, gossip verdicts, DHT queries, callers.
     pending: Pending,
+    /// The vehicle's state source.
+    vehicle: crate::vehicle::VehicleFeed,
     /// Bootstrap peers, dialled until connected and again whenever the connection drops.
     bootstrap: Vec<Bootstrap>,
     /// Disk space checks, the retention sweep, and the DHT's per-peer write budget.
@@ -676,6 +691,9 @@ struct Executor {
     rx: mpsc::Receiver<Input>,
     /// Runs in progress, awaited at shutdown.
     running: tokio::task::JoinSet<()>,
+    /// A flag per job running ([`Action::Stop`] sets it: a batch stops between inputs);
+    /// removed when its run ends, so it holds at most the running jobs.
+    stops: HashMap<TaskId, Arc<std::sync::atomic::AtomicBool>>,
     /// (tests) Sleep this long before each inference.
     #[cfg(feature = "test-hooks")]
     delay_ms: u64,
@@ -692,6 +710,10 @@ impl Executor {
         check: bool,
     ) {
         let (models, tx) = (self.models.clone(), self.tx.clone());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if !check {
+            self.stops.insert(task, stop.clone());
+        }
         #[cfg(feature = "test-hooks")]
         let delay = Duration::from_millis(self.delay_ms);
         self.running.spawn(async move {
@@ -700,7 +722,9 @@ impl Executor {
             let result = match input {
                 Ok(Some(input)) => tokio::task::spawn_blocking(move || {
                     models
-                        .run_batch(&model, batch, &input, &|| now_ms() > until_ms)
+                        .run_batch(&model, batch, &input, &|| {
+                            now_ms() > until_ms || stop.load(std::sync::atomic::Ordering::Relaxed)
+                        })
                         .map(|i| ExecOutput {
                             output: i.output,
                             run_time_us: i.run_time_us,
@@ -832,6 +856,9 @@ impl EventLoop {
                     self.answer_orphans();
                 }
                 Some(done) = self.executor.rx.recv(), if self.taking_input() => {
+                    if let Input::Executed { task, .. } = &done {
+                        self.executor.stops.remove(task);
+                    }
                     self.step(done);
                     while self.executor.running.try_join_next().is_some() {}
                 }
@@ -841,7 +868,9 @@ impl EventLoop {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    self.poll_vehicle(now_ms());
                     self.step(Input::Tick);
+                    self.meters.node.set_vehicle(self.engine.availability());
                     self.dial_bootstrap();
                     self.disconnect_graylisted();
                     self.cut_other_versions();
@@ -1049,6 +1078,11 @@ impl EventLoop {
                     self.executor.execute((task, model, batch, until_ms), input, true);
                 }
                 Action::SelfTest { model } => self.executor.self_test(model),
+                Action::Stop { task } => {
+                    if let Some(stop) = self.executor.stops.get(&task) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 Action::Trace(record) => {
                     if let Some(t) = self.tracer.as_mut() {
                         t.task(*record);
@@ -1082,6 +1116,8 @@ impl EventLoop {
             Metric::SpotChecks => &c.spot_checks,
             Metric::WorkersDistrusted => &c.workers_distrusted,
             Metric::OfferAwards => &c.tasks_awarded_on_offers,
+            Metric::JobsReleased => &c.jobs_released,
+            Metric::TasksReleased => &c.tasks_released,
         };
         counter.inc();
     }
@@ -1132,6 +1168,18 @@ impl EventLoop {
         if dialled {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
+    }
+
+    /// Reads the vehicle's state source and tells the engine when it changed.
+    fn poll_vehicle(&mut self, now: u64) {
+        if let Some(state) = self.vehicle.poll(now) {
+            self.step(Input::Vehicle(state));
+            self.meters.node.set_vehicle(self.engine.availability());
+        }
+    }
+
+    fn vehicle_view(&self) -> fleetmesh_api::VehicleView {
+        crate::vehicle::view(self.vehicle.source(), self.engine.vehicle(), self.engine.availability())
     }
 
     /// Every 10 s: is the data disk nearly full? (no new work while it is). Every hour, and
@@ -1412,6 +1460,7 @@ impl EventLoop {
                     tasks_in_memory: self.engine.requester.len() as u64,
                     jobs_in_memory: w.len() as u64,
                     peers_connected: self.swarm.connected_peers().count() as u64,
+                    vehicle: self.vehicle_view(),
                     bootstrap: self
                         .bootstrap
                         .iter()
@@ -1423,6 +1472,14 @@ impl EventLoop {
                         .collect(),
                 };
                 let _ = tx.send(stats);
+            }
+            Command::SetVehicle(state, tx) => {
+                let now = now_ms();
+                let r = self.vehicle.put(state, now).map_err(ClientError::Rejected);
+                if r.is_ok() {
+                    self.poll_vehicle(now);
+                }
+                let _ = tx.send(r.map(|()| self.vehicle_view()));
             }
             Command::Shutdown(_) => {}
             #[cfg(feature = "test-hooks")]

@@ -85,6 +85,7 @@ pub fn unknown_task_bid() -> fleetmesh_protocol::Bid {
         promised_ms: 1,
         queue_depth: 0,
         free_slots: 1,
+        depart_ms: None,
     }
 }
 

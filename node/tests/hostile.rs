@@ -164,6 +164,7 @@ async fn hostile_gossip_and_dht_records_are_refused() {
         v: 1,
         models: vec![],
         free_slots: 99,
+        depart_ms: None,
         price_floor: 0,
         at_ms: 0,
         offer_until_ms: None,

@@ -36,6 +36,7 @@ fn bid(i: u32) -> Bid {
         promised_ms: 100 + i % 900,
         queue_depth: i % 5,
         free_slots: 2,
+        depart_ms: None,
     }
 }
 

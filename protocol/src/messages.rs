@@ -188,6 +188,12 @@ pub struct Bid {
     pub queue_depth: u32,
     /// Free execution slots at the worker.
     pub free_slots: u32,
+    /// When the worker (a parked vehicle) expects to leave, Unix ms, rounded down to the
+    /// minute; absent: not expected. A worker bids only on tasks whose execution timeout ends
+    /// before it, and a requester passes over a bid that does not
+    /// ([`crate::winner::finishes_before`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depart_ms: Option<u64>,
 }
 signed!(Bid, MessageKind::Bid, 1024);
 
@@ -289,6 +295,15 @@ pub enum UnableReason {
         /// The executor's error, at most 200 characters.
         message: String,
     },
+    /// The worker hands an awarded task back before finishing it (a vehicle that starts
+    /// driving, or whose owner's policy stops it serving): the signed release. The requester
+    /// awards the task to another worker at once; the release counts as a refusal, not a
+    /// failure. (A v2 node from before this variant cannot decode it and refuses the report;
+    /// the task then waits out the worker's result deadline, as before.)
+    Released {
+        /// Why, at most 200 characters.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for UnableReason {
@@ -302,6 +317,7 @@ impl std::fmt::Display for UnableReason {
                 )
             }
             Self::ExecutionFailed { message } => write!(f, "inference failed at the worker: {message}"),
+            Self::Released { reason } => write!(f, "the worker handed the task back: {reason}"),
         }
     }
 }
@@ -448,6 +464,11 @@ pub struct Presence {
     /// and a closed mesh admits only listed operators' vehicles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_cert: Option<SignedEnvelope>,
+    /// When the node (a parked vehicle) expects to leave, Unix ms, rounded down to the
+    /// minute; absent: not expected. Its standing offer covers only tasks whose execution
+    /// timeout ends before it ([`crate::winner::offer_covers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depart_ms: Option<u64>,
 }
 signed!(Presence, MessageKind::Presence, limits::MAX_GOSSIP_BYTES);
 
@@ -630,6 +651,7 @@ mod tests {
             promised_ms: 100,
             queue_depth: 0,
             free_slots: 2,
+            depart_ms: None,
         };
         let id = Identity::from_secret_bytes(&[2; 32]);
         let env = SignedEnvelope::sign(

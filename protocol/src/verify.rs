@@ -55,12 +55,25 @@ pub fn check_opened(
 /// Whether two workers' outputs for the task agree: bit for bit, or within the spec's
 /// tolerance ([`crate::output::within`], output by output for a batch).
 pub fn agree(spec: &TaskSpec, a: &[u8], b: &[u8]) -> bool {
+    compare(spec, a, b, crate::output::within)
+}
+
+/// Whether two outputs are beyond twice the spec's tolerance of each other (bit for bit:
+/// different): then nothing within the tolerance of one is within the tolerance of the
+/// other, so a worker whose output joined one cannot have produced an output the other's
+/// tolerance forgives. What a requester holds against a worker ([`agree`] is not
+/// transitive: between one and two tolerances apart, it holds nothing either way).
+pub fn clearly_apart(spec: &TaskSpec, a: &[u8], b: &[u8]) -> bool {
+    !compare(spec, a, b, crate::output::within_twice)
+}
+
+fn compare(spec: &TaskSpec, a: &[u8], b: &[u8], within: fn(&[u8], &[u8], u32) -> bool) -> bool {
     match (spec.tolerance, spec.batch) {
         (None, _) => a == b,
-        (Some(tol), None) => crate::output::within(a, b, tol),
+        (Some(tol), None) => within(a, b, tol),
         (Some(tol), Some(n)) => {
             match (crate::batch::decode_outputs(n, a), crate::batch::decode_outputs(n, b)) {
-                (Ok(x), Ok(y)) => x.iter().zip(&y).all(|(p, q)| crate::output::within(p, q, tol)),
+                (Ok(x), Ok(y)) => x.len() == y.len() && x.iter().zip(&y).all(|(p, q)| within(p, q, tol)),
                 _ => false,
             }
         }
@@ -240,6 +253,10 @@ mod tests {
         assert!(agree(&batch, &list(&[1.0, 2.0]), &list(&[1.0005, 2.0])));
         assert!(!agree(&batch, &list(&[1.0, 2.0]), &list(&[1.0, 2.01])), "one output beyond it");
         assert!(!agree(&batch, &list(&[1.0, 2.0]), &list(&[1.0])), "another count");
+        let single = spec(None, Some(1_000));
+        assert!(!clearly_apart(&single, &f(1.0), &f(1.0015)), "between one and two tolerances");
+        assert!(clearly_apart(&single, &f(1.0), &f(1.0025)));
+        assert!(clearly_apart(&spec(None, None), &f(1.0), &f(1.000_000_1)), "bit for bit");
     }
 
     #[test]

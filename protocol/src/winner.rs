@@ -204,16 +204,26 @@ pub fn offer_bid(
             promised_ms: 0,
             queue_depth: 0,
             free_slots: offer.free_slots,
+            depart_ms: offer.depart_ms,
         },
     }
 }
 
+/// Whether a task with this execution timeout, awarded at `now`, ends before a departure at
+/// `depart_ms` (none: it does). Worker and requester both apply it to the departure the worker
+/// signed in its bid or offer, so each can check the other: a vehicle never takes a task whose
+/// latest completion passes its departure.
+pub fn finishes_before(depart_ms: Option<u64>, exec_timeout_ms: u32, now: u64) -> bool {
+    depart_ms.is_none_or(|d| d >= now.saturating_add(u64::from(exec_timeout_ms)))
+}
+
 /// Whether a standing offer covers a task at `now`: fresh, for the task's model, at a price
 /// floor the task pays (for each input of a batch), and for a batch task, a well-formed one
-/// from a node that takes batches that large. What a requester checks before awarding on the offer, and what the
+/// from a node that takes batches that large, ending before the node's departure. What a requester checks before awarding on the offer, and what the
 /// worker checks against its own offer before taking such an award.
 pub fn offer_covers(offer: &crate::Presence, spec: &TaskSpec, now: u64) -> bool {
     offer.offer_until_ms.is_some_and(|until| until >= now)
+        && finishes_before(offer.depart_ms, spec.exec_timeout_ms, now)
         && offer.models.contains(&spec.model)
         && spec.price_for(offer.price_floor) <= spec.max_price
         && spec.check_batch().is_ok()
@@ -312,8 +322,17 @@ mod tests {
 
     fn bid(seed: u8, task: TaskId, price: u64, promised_ms: u32) -> SignedEnvelope {
         let id = Identity::from_secret_bytes(&[seed; 32]);
-        Bid { v: WIRE_VERSION, task_id: task, round: 0, price, promised_ms, queue_depth: 0, free_slots: 1 }
-            .sign(&id)
+        Bid {
+            v: WIRE_VERSION,
+            task_id: task,
+            round: 0,
+            price,
+            promised_ms,
+            queue_depth: 0,
+            free_slots: 1,
+            depart_ms: None,
+        }
+        .sign(&id)
     }
 
     fn requester() -> PublicKey {
@@ -342,8 +361,17 @@ mod tests {
         forged.signer = Identity::from_secret_bytes(&[5; 32]).public();
         let own = {
             let id = Identity::from_secret_bytes(&[200; 32]);
-            Bid { v: 1, task_id: t, round: 0, price: 1, promised_ms: 1, queue_depth: 0, free_slots: 1 }
-                .sign(&id)
+            Bid {
+                v: 1,
+                task_id: t,
+                round: 0,
+                price: 1,
+                promised_ms: 1,
+                queue_depth: 0,
+                free_slots: 1,
+                depart_ms: None,
+            }
+            .sign(&id)
         };
         let bids =
             vec![bid(1, t, 101, 100), bid(2, t, 10, 1001), bid(3, TaskId::of(b"other"), 1, 1), forged, own];
@@ -400,6 +428,7 @@ mod tests {
             v: WIRE_VERSION,
             models: vec![ModelId::of(b"m")],
             free_slots: 1,
+            depart_ms: None,
             price_floor: floor,
             at_ms: 5,
             offer_until_ms: Some(1_000),

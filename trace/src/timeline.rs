@@ -64,9 +64,14 @@ pub mod event {
     pub const RECEIPT_RECEIVED: &str = "receipt_received";
     /// Worker: the requester rejected this worker's result.
     pub const REJECTED_BY_REQUESTER: &str = "rejected_by_requester";
+    /// Worker: handed an awarded task back (a signed release: its vehicle left, or its
+    /// owner's policy stopped it serving), `reason`.
+    pub const RELEASED: &str = "released";
+    /// Requester: a worker handed a task back; another is brought in at once.
+    pub const RELEASE_RECEIVED: &str = "release_received";
 
     /// Every task event, in lifecycle order (for legends and docs).
-    pub const ALL_TASK_EVENTS: [&str; 16] = [
+    pub const ALL_TASK_EVENTS: [&str; 18] = [
         ANNOUNCED,
         BID_SENT,
         BID_RECEIVED,
@@ -75,6 +80,8 @@ pub mod event {
         DECLINE_RECEIVED,
         AWARD_ACCEPTED,
         STARTED,
+        RELEASED,
+        RELEASE_RECEIVED,
         RESULT_SENT,
         RESULT_RECEIVED,
         RESULT_REJECTED,

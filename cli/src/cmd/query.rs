@@ -49,9 +49,7 @@ pub(crate) async fn status(a: StatusArgs) -> Result<()> {
 
 pub(crate) async fn peers(api: ApiArgs) -> Result<()> {
     let peers = api.client(Duration::from_secs(10))?.peers().await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now = unix_ms();
     say!("{:<54} {:<9} {:<6} {:<8} models", "peer id", "connected", "slots", "offer");
     for p in peers {
         let models: Vec<String> = p.models.iter().map(|m| m.chars().take(8).collect()).collect();
@@ -67,6 +65,13 @@ pub(crate) async fn peers(api: ApiArgs) -> Result<()> {
     Ok(())
 }
 
+/// The time now, Unix ms.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Exit 0 while the node answers (container health checks); say on stderr what is wrong
 /// with its connectivity.
 pub(crate) async fn health(api: ApiArgs) -> Result<()> {
@@ -79,6 +84,23 @@ pub(crate) async fn health(api: ApiArgs) -> Result<()> {
         for b in stats.bootstrap.iter().filter(|b| !b.connected) {
             let why = b.last_error.as_deref().unwrap_or("not connected yet");
             eprintln!("warning: bootstrap peer {} unreachable: {why}", b.addr);
+        }
+        // A vehicle that takes no work says why (a desktop or depot server always serves).
+        let v = &stats.vehicle;
+        for r in &v.refusals {
+            eprintln!("not serving ({}): {}", r.reason, r.message);
+        }
+        if v.source != "none" && !v.source.is_empty() {
+            let depart = v.depart_ms.map_or_else(
+                || "none expected".to_owned(),
+                |d| format!("in {} min", d.saturating_sub(unix_ms()) / 60_000),
+            );
+            eprintln!(
+                "vehicle ({}): {}, {} slot(s), departure {depart}",
+                v.source,
+                if v.serving { "serving" } else { "not serving" },
+                v.slots
+            );
         }
     }
     say!("ok");

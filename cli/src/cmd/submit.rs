@@ -31,8 +31,9 @@ pub(crate) struct SubmitArgs {
     #[arg(long, requires = "input", value_parser = clap::value_parser!(u16).range(1..=i64::from(fleetmesh_protocol::batch::MAX_BATCH)))]
     pub(crate) batch: Option<u16>,
     /// For a model with float (f32) outputs: workers agree when each element differs by at
-    /// most this many millionths (1000: 0.001). Default: bit for bit.
-    #[arg(long)]
+    /// most this many millionths of the larger value, or absolutely below 1 (1000: 0.1 %),
+    /// and the label is the same. At most 100000. Default: bit for bit.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=i64::from(fleetmesh_protocol::output::MAX_TOLERANCE)))]
     pub(crate) tolerance: Option<u32>,
     /// Workers (k).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(fleetmesh_protocol::limits::MAX_REDUNDANCY)))]

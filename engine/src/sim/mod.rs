@@ -839,6 +839,8 @@ impl Sim {
                 Action::Finished(task) => {
                     self.finished.insert(task);
                 }
+                // The simulated run is a delay: it ends when it ends, and the engine drops it.
+                Action::Stop { .. } => {}
                 Action::SelfTest { model } => {
                     let at = self.now + self.latency();
                     self.schedule(
@@ -1156,6 +1158,7 @@ impl Sim {
                     promised_ms: 0,
                     queue_depth: 0,
                     free_slots: 99,
+                    depart_ms: None,
                 }
                 .sign(&identity);
                 self.hostile_sent += 1;
