@@ -153,6 +153,16 @@ impl ApiClient {
         self.get("/v1/stats").await
     }
 
+    /// `GET /v1/ledger`.
+    pub async fn ledger(&self) -> Result<crate::LedgerView, ApiError> {
+        self.get("/v1/ledger").await
+    }
+
+    /// `GET /v1/vehicle`.
+    pub async fn vehicle(&self) -> Result<crate::VehicleView, ApiError> {
+        self.get("/v1/vehicle").await
+    }
+
     /// `GET /healthz`: Ok while the node answers.
     pub async fn health(&self) -> Result<(), ApiError> {
         let url = format!("{}/healthz", self.base);

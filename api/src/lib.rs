@@ -287,6 +287,33 @@ pub struct VehicleView {
     pub depart_ms: Option<u64>,
 }
 
+/// One day of the owner's ledger (or the total of all days).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LedgerDay {
+    /// The UTC date, `YYYY-MM-DD` (`total` for the sum).
+    pub date: String,
+    /// Tasks served and receipted.
+    pub tasks: u64,
+    /// Credits earned (the receipts' prices).
+    pub credits: u64,
+    /// Energy spent, millijoules (the estimates in the node's signed results).
+    pub energy_mj: u64,
+}
+
+/// The owner's ledger (`GET /v1/ledger`, `fleetmesh ledger`): what serving earned and what it
+/// cost, by day, kept across restarts and after the jobs leave the store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LedgerView {
+    /// The days with work, oldest first.
+    pub days: Vec<LedgerDay>,
+    /// All of them together.
+    pub total: LedgerDay,
+    /// The owner's declared device power, watts (what the energy estimates assume).
+    pub device_power_w: f64,
+}
+
 /// A node's counters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

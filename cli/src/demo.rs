@@ -88,6 +88,26 @@ pub struct DemoReport {
     /// The batch task, if one ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchReport>,
+    /// Each node's vehicle state and owner's ledger at the end, in node order.
+    #[serde(default)]
+    pub vehicles: Vec<DemoVehicle>,
+}
+
+/// One node as a vehicle at the end of the demo (docs/VEHICLES.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DemoVehicle {
+    /// Where its state comes from (`none`: a depot server; `profile`: a simulated vehicle).
+    pub source: String,
+    /// Whether it takes work.
+    pub serving: bool,
+    /// Its state, in words.
+    pub state: String,
+    /// Tasks it served and got a receipt for.
+    pub tasks: u64,
+    /// Credits it earned.
+    pub credits: u64,
+    /// Energy it spent, millijoules.
+    pub energy_mj: u64,
 }
 
 /// What the demo's batch task showed.
@@ -136,6 +156,28 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Er
     let dir = tempfile::tempdir()?;
     let nodes = spawn_local_mesh(dir.path(), nodes_n, |i, cfg| {
         cfg.trace = opts.trace.as_ref().map(|d| d.join(format!("node-{i}.jsonl")));
+        // Node 0 is a depot server; the others are parked vehicles (a simulated profile:
+        // parked for half an hour or more, some charging, then a drive), each serving as its
+        // owner's default policy allows.
+        if i > 0 {
+            cfg.vehicle.source = fleetmesh_node::config::VehicleSource::Profile;
+            cfg.vehicle.profile = vec![
+                fleetmesh_node::config::ProfileStep {
+                    secs: 1_800 + 600 * u32::try_from(i).unwrap_or(0),
+                    parked: true,
+                    charging: i % 2 == 0,
+                    soc_pct: Some(35.0 + 10.0 * (i % 6) as f32),
+                    thermal_headroom_c: Some(25.0),
+                },
+                fleetmesh_node::config::ProfileStep {
+                    secs: 1_200,
+                    parked: false,
+                    charging: false,
+                    soc_pct: None,
+                    thermal_headroom_c: None,
+                },
+            ];
+        }
     })
     .await?;
     if opts.progress {
@@ -244,10 +286,46 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Er
             eprintln!("ran one batch task of {} samples", opts.batch);
         }
     }
+    // The receipts of the last results may still be on their way: a moment for them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in &nodes {
+        let (stats, ledger) = (n.client.stats().await?, n.client.ledger().await?);
+        report.vehicles.push(vehicle_line(&stats.vehicle, &ledger));
+    }
     for n in nodes {
         n.stop().await;
     }
     Ok(report)
+}
+
+/// A node's vehicle state and ledger, for the report.
+fn vehicle_line(v: &fleetmesh_api::VehicleView, l: &fleetmesh_api::LedgerView) -> DemoVehicle {
+    let state = match &v.state {
+        None => "state unknown".to_owned(),
+        Some(_) if v.source == "none" => "depot server, on mains".to_owned(),
+        Some(s) => {
+            let mut words = vec![if s.parked { "parked" } else { "driving" }.to_owned()];
+            words.push(if s.charging { "charging" } else { "on battery" }.to_owned());
+            if let Some(soc) = s.soc_pct {
+                words.push(format!("{soc:.0} %"));
+            }
+            if let Some(d) = v.depart_ms {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |x| u64::try_from(x.as_millis()).unwrap_or(u64::MAX));
+                words.push(format!("leaves in {} min", d.saturating_sub(now) / 60_000));
+            }
+            words.join(", ")
+        }
+    };
+    DemoVehicle {
+        source: v.source.clone(),
+        serving: v.serving,
+        state,
+        tasks: l.total.tasks,
+        credits: l.total.credits,
+        energy_mj: l.total.energy_mj,
+    }
 }
 
 /// One task carrying `n` samples, from the first node: the report of what came back, each
@@ -354,6 +432,21 @@ impl DemoReport {
             );
             if let Some(f) = &b.failure {
                 let _ = writeln!(s, "  batch failure: {f}");
+            }
+        }
+        if !self.vehicles.is_empty() {
+            let _ = writeln!(s, "  vehicles and their owners' ledgers:");
+            for (i, v) in self.vehicles.iter().enumerate() {
+                let serving = if v.serving { "serving" } else { "not serving" };
+                let _ = writeln!(
+                    s,
+                    "    node{i}  {:<46} {:<11} {:>3} tasks {:>4} credits {:>9.3} mWh",
+                    v.state,
+                    serving,
+                    v.tasks,
+                    v.credits,
+                    v.energy_mj as f64 / 3_600.0
+                );
             }
         }
         for f in &self.failures {

@@ -52,6 +52,8 @@ enum Command {
     Peers(ApiArgs),
     /// Exit 0 if the node's API answers (for container health checks).
     Health(ApiArgs),
+    /// The owner's ledger: tasks served, credits earned and energy spent, by day.
+    Ledger(cmd::query::LedgerArgs),
     /// Create the node key in the data dir (if missing) and print the node's ids.
     Keygen(cmd::keygen::KeygenArgs),
     /// As a fleet operator, certify a vehicle's node key (see docs/MARKET.md, operators).
@@ -135,6 +137,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status(a) => cmd::query::status(a).await,
         Command::Peers(api) => cmd::query::peers(api).await,
         Command::Health(api) => cmd::query::health(api).await,
+        Command::Ledger(a) => cmd::query::ledger(a).await,
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Certify(a) => cmd::certify::run(a),
         Command::Bench(a) => cmd::bench::run(a).await,

@@ -145,6 +145,7 @@ pub async fn serve(addr: SocketAddr, client: Client, opts: ServeOptions) -> Resu
         .route("/v1/node", get(node_info))
         .route("/v1/stats", get(stats))
         .route("/v1/vehicle", get(vehicle).put(set_vehicle))
+        .route("/v1/ledger", get(ledger))
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -479,6 +480,11 @@ async fn node_info(State(c): State<Client>) -> Result<Json<NodeInfo>, ApiError> 
 
 async fn stats(State(c): State<Client>) -> Result<Json<NodeStats>, ApiError> {
     Ok(Json(c.stats().await?))
+}
+
+/// The owner's ledger: what serving earned and cost, by day.
+async fn ledger(State(c): State<Client>) -> Result<Json<fleetmesh_api::LedgerView>, ApiError> {
+    Ok(Json(c.ledger().await?))
 }
 
 /// The vehicle as the node sees it: its state, whether it takes work, and why not.

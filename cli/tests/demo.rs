@@ -25,4 +25,14 @@ async fn the_demo_verifies_every_task_on_standing_offers() {
     assert_eq!((b.equal_to_local, b.checked_alone), (16, 16), "{}", r.table());
     assert!(b.correct >= 12, "{}", r.table());
     assert!(b.verified_by >= 2, "{}", r.table());
+    // Every node shows its vehicle state and its owner's ledger: node 0 a depot server, the
+    // others parked vehicles serving; the ledgers hold at least the k receipts of each of the
+    // 6 tasks and of the batch (the last receipts may still be in flight: at most k).
+    assert_eq!(r.vehicles.len(), 5, "{}", r.table());
+    assert_eq!(r.vehicles[0].source, "none");
+    assert!(r.vehicles[1..].iter().all(|v| v.source == "profile" && v.serving && v.state.contains("parked")));
+    let receipted: u64 = r.vehicles.iter().map(|v| v.tasks).sum();
+    assert!(receipted >= 7 * 2 - 2, "{}", r.table());
+    assert!(r.vehicles.iter().map(|v| v.credits).sum::<u64>() >= receipted, "{}", r.table());
+    assert!(r.table().contains("owners' ledgers"));
 }

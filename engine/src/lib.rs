@@ -28,6 +28,7 @@
 pub mod bounded;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
+pub mod ledger;
 pub mod reputation;
 pub mod requester;
 #[allow(clippy::arithmetic_side_effects)] // the simulator's own clock and counters, not peer input
@@ -199,6 +200,9 @@ pub enum Table {
     /// The requester's reputation ledger ([`reputation::Standing`], CBOR), keyed by the
     /// worker's public key bytes.
     Reputation,
+    /// The owner's ledger: totals by day ([`ledger::DayTotals`], CBOR), keyed by
+    /// [`ledger::key_of`].
+    Ledger,
 }
 
 /// One write of a durable transaction.
@@ -795,7 +799,18 @@ impl Engine {
         let (mut ctx, requester, worker) = self.split(now, &mut out);
         requester.restore(&mut ctx, requests);
         worker.restore(&mut ctx, jobs);
+        // Restarted while the vehicle does not serve (driving, or its state not known yet):
+        // the jobs it held go back to their requesters now, not at their deadlines.
+        if !ctx.availability.serving() {
+            let reason = ctx.availability.refusals.first().map(|r| r.label().to_owned()).unwrap_or_default();
+            worker.release(&mut ctx, true, &reason);
+        }
         out
+    }
+
+    /// Takes back the owner's ledger (totals by day) persisted before a restart.
+    pub fn restore_ledger(&mut self, entries: Vec<(TaskId, ledger::DayTotals)>) {
+        self.worker.ledger.restore(entries);
     }
 
     /// Takes back the reputation ledger persisted before a restart (call before
@@ -986,7 +1001,9 @@ impl Engine {
         } else {
             None
         };
-        let reason = after.refusals.first().map(ToString::to_string).unwrap_or_default();
+        // What a release tells the requester: the rule's name ("driving", "battery_low"),
+        // not the sentence, which holds the battery level, the hours or a local path.
+        let reason = after.refusals.first().map(|r| r.label().to_owned()).unwrap_or_default();
         let (mut ctx, _, worker) = self.split(now, out);
         if let Some(all) = release {
             worker.release(&mut ctx, all, &reason);

@@ -114,6 +114,9 @@ pub struct Assignment {
     /// tolerance (its status then names that output's digest; its receipt names its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own: Option<OutputDigest>,
+    /// The energy estimate in its result, millijoules (repeated in its receipt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_mj: Option<u64>,
 }
 
 impl Assignment {
@@ -1367,6 +1370,7 @@ impl Requester {
                 on_offer: offer,
                 operator: operator_of(ctx, worker),
                 own: None,
+                energy_mj: None,
             });
         }
         let spec = t.spec_env.clone();
@@ -1410,6 +1414,13 @@ impl Requester {
             return TaskResponse::Ack;
         }
         let awarded = t.assignments.iter().any(|a| a.worker == from && a.waiting());
+        // A release counts as a refusal only early in the worker's result window: one held
+        // until just before the deadline stalls the task as a vanished worker does, and counts
+        // as one (towards the task's bound of failed workers).
+        let early =
+            t.assignments.iter().rev().find(|a| a.worker == from).is_some_and(|a| {
+                ctx.now.saturating_add(u64::from(t.spec.exec_timeout_ms) / 2) < a.deadline_ms
+            });
         let fresh = !t.unable.iter().any(|(w, _)| *w == from);
         let in_round = t.phase == Phase::Bidding && u.round == t.round;
         match &u.reason {
@@ -1432,7 +1443,7 @@ impl Requester {
                     reason: Some(u.reason.to_string()),
                     ..record(event::RELEASE_RECEIVED, &u.task_id)
                 });
-                if t.refused() < MAX_REFUSED_PER_TASK {
+                if early && t.refused() < MAX_REFUSED_PER_TASK {
                     self.award_refused(ctx, &u.task_id, &from, u.reason.to_string());
                 } else {
                     self.worker_failed(ctx, &u.task_id, &from, u.reason.to_string());
@@ -1746,6 +1757,7 @@ impl Requester {
         if let Some(a) = t.assignments.iter_mut().rev().find(|a| a.worker == from) {
             a.status = AssignStatus::Returned(class);
             a.own = (class != h.output_digest).then_some(h.output_digest);
+            a.energy_mj = h.energy_mj;
         }
         ctx.trace(TaskRecord {
             peer: Some(from.peer_id()),
@@ -1975,6 +1987,7 @@ impl Requester {
                         output_digest: a.own.unwrap_or(digest),
                         price: a.price,
                         accepted_ms: now,
+                        energy_mj: a.energy_mj,
                     }
                     .sign(ctx.identity);
                     t.receipts.push((a.worker, r.clone()));

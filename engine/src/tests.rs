@@ -254,6 +254,7 @@ fn finding_3_a_result_from_a_peer_never_awarded_touches_nothing() {
         output_size: 1,
         run_time_us: 1,
         runtime: Default::default(),
+        energy_mj: None,
     }
     .sign(&stranger);
     for _ in 0..50 {
@@ -593,6 +594,14 @@ fn review2_an_announcement_flood_from_many_keys_does_not_stop_real_bids() {
 /// Runs one task of `r` on `w` up to the worker's result: announce, bid, award, execute.
 /// The result is sent and never answered. Returns the task id.
 fn run_unanswered(r: &mut Engine, w: &mut Engine, now: u64, input: &[u8]) -> TaskId {
+    let id = awarded(r, w, now, input);
+    let output = ExecOutput { output: vec![1], run_time_us: 1, runtime: Default::default() };
+    w.handle(now + 1, Input::Executed { task: id, result: Ok(output) });
+    id
+}
+
+/// `r` submits `input`, `w` bids, wins and accepts the award. Returns the task id.
+fn awarded(r: &mut Engine, w: &mut Engine, now: u64, input: &[u8]) -> TaskId {
     let (id, actions) = submit(r, now, input);
     let (_, bid) = announce_and_bid(r, w, now, &actions);
     let b = r.handle(now, Input::Request { reply: 1, from: w.public(), request: TaskRequest::Bid { bid } });
@@ -612,8 +621,6 @@ fn run_unanswered(r: &mut Engine, w: &mut Engine, now: u64, input: &[u8]) -> Tas
         },
     );
     assert_eq!(reply(&a), TaskResponse::Ack);
-    let output = ExecOutput { output: vec![1], run_time_us: 1, runtime: Default::default() };
-    w.handle(now + 1, Input::Executed { task: id, result: Ok(output) });
     id
 }
 
@@ -1141,6 +1148,7 @@ fn result_request(r: &Engine, id: TaskId, i: u64, output: &[u8]) -> Input {
         output_size: output.len() as u64,
         run_time_us: 5,
         runtime: fleetmesh_protocol::RuntimeProfile::default(),
+        energy_mj: None,
     }
     .sign(&identity(i));
     let request = TaskRequest::Result { task_id: id, header, output: output.to_vec() };
@@ -1958,6 +1966,7 @@ fn batch_results_that_do_not_match_their_root_are_rejected() {
             output_size: output.len() as u64,
             run_time_us: 5,
             runtime: fleetmesh_protocol::RuntimeProfile::default(),
+            energy_mj: None,
         }
         .sign(&identity(i));
         let request = TaskRequest::Result { task_id: id, header, output };
@@ -2550,4 +2559,82 @@ fn vehicles_the_power_budget_caps_slots_and_a_stop_keeps_the_running_job() {
         sends(&a).iter().any(|(_, o, _)| matches!(o, Outgoing::Request(TaskRequest::Result { .. }))),
         "{a:?}"
     );
+}
+
+/// Issue 11: a receipt adds the job to its day in the owner's ledger, with the energy the
+/// worker signed in its result, in the same write as the receipted job; a receipt sent again
+/// adds nothing.
+#[test]
+fn ledger_a_receipt_counts_once_with_the_energy_in_the_signed_result() {
+    let (mut r, mut w) = (engine(1), engine_with(2, |c| c.owner.device_power_w = 100.0));
+    let id = awarded(&mut r, &mut w, T0, &[4; 8]);
+    let exec = ExecOutput { output: vec![7; 4], run_time_us: 2_000, runtime: Default::default() };
+    let a = w.handle(T0 + 2_000, Input::Executed { task: id, result: Ok(exec) });
+    let (peer, result, tag) = sends(&a)
+        .into_iter()
+        .find(|(_, o, _)| matches!(o, Outgoing::Request(TaskRequest::Result { .. })))
+        .expect("the result");
+    let Outgoing::Request(TaskRequest::Result { header, .. }) = &result else { unreachable!() };
+    let h = fleetmesh_protocol::ResultHeader::open(header).unwrap();
+    assert_eq!(h.energy_mj, Some(200), "2 ms at 100 W is 200 mJ, signed");
+    let receipt = fleetmesh_protocol::Receipt {
+        v: WIRE_VERSION,
+        task_id: id,
+        worker: w.public(),
+        output_digest: h.output_digest,
+        price: 7,
+        accepted_ms: T0 + 2_001,
+        energy_mj: h.energy_mj,
+    }
+    .sign(&identity(1));
+    let a = w.handle(
+        T0 + 2_002,
+        Input::Response { tag, peer, result: Ok(TaskResponse::Receipt(receipt.clone())) },
+    );
+    let persisted: Vec<&StoreOp> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Persist(ops) => Some(ops),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(persisted.iter().any(|o| o.table == Table::Jobs), "{persisted:?}");
+    assert!(persisted
+        .iter()
+        .any(|o| o.table == Table::Ledger && o.key == ledger::key_of(ledger::day_of(T0 + 2_002))));
+    let want = ledger::DayTotals { tasks: 1, credits: 7, energy_mj: 200 };
+    assert_eq!(w.worker.ledger.total(), want);
+    // The same receipt again, as a request: nothing more.
+    let a = w.handle(
+        T0 + 3_000,
+        Input::Request { reply: 5, from: r.public(), request: TaskRequest::Receipt { receipt } },
+    );
+    assert_eq!(reply(&a), TaskResponse::Ack);
+    assert_eq!(w.worker.ledger.total(), want);
+}
+
+/// Issue 11 (review): a worker restarted while its vehicle drives (or before its state is
+/// known) starts none of the jobs it held: it hands them back at once.
+#[test]
+fn vehicles_a_worker_restarted_while_driving_hands_its_jobs_back() {
+    let (mut r, mut w) = (engine(1), engine(2));
+    let id = awarded(&mut r, &mut w, T0, &[6; 8]);
+    let mut job = w.worker.get(&id).unwrap().clone();
+    job.running = false;
+    for state in
+        [Ok(vehicle::VehicleState { parked: false, ..parked(None) }), Err("no state sent yet".to_owned())]
+    {
+        let mut again = engine(2);
+        again.handle(T0 + 10, Input::Vehicle(state.clone()));
+        let a = again.restore(T0 + 10, Vec::new(), vec![(id, job.clone())]);
+        assert!(!a.iter().any(|x| matches!(x, Action::Execute { .. })), "{state:?}: {a:?}");
+        let released = sends(&a).into_iter().any(|(to, o, _)| {
+            to == r.public()
+                && matches!(o, Outgoing::Request(TaskRequest::Unable { report })
+                    if matches!(fleetmesh_protocol::Unable::open(&report).unwrap().reason,
+                        fleetmesh_protocol::UnableReason::Released { .. }))
+        });
+        assert!(released, "{state:?}: {a:?}");
+    }
 }

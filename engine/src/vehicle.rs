@@ -21,6 +21,9 @@ pub const DEPARTURE_GRANULARITY_MS: u64 = 60_000;
 
 pub use fleetmesh_api::VehicleState;
 
+/// How long after an expected departure that did not happen the vehicle serves again, ms.
+pub const STALE_DEPARTURE_MS: u64 = 15 * 60_000;
+
 /// The hours of the day a vehicle serves, `"HH:MM-HH:MM"`; an end before the start wraps
 /// past midnight (`"22:00-07:00"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +53,10 @@ impl TryFrom<String> for Hours {
         let (a, b) = s.split_once('-').ok_or_else(bad)?;
         let minute = |t: &str| -> Option<u16> {
             let (h, m) = t.trim().split_once(':')?;
+            // Two digits each, nothing else ("9:5" or "+9:05" is a typo, not a time).
+            if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+                return None;
+            }
             let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
             (h < 24 && m < 60).then(|| h.saturating_mul(60).saturating_add(m))
         };
@@ -318,7 +325,12 @@ pub fn evaluate(
             refusals.push(Refusal::PowerBudget { budget_w, device_power_w: policy.device_power_w });
         }
     }
-    let depart_ms = state.departure_ms.map(|d| d.saturating_sub(d % DEPARTURE_GRANULARITY_MS));
+    // A departure more than STALE_DEPARTURE_MS past is forgotten: the owner did not leave and
+    // the integration did not clear it; it would otherwise stop serving for good.
+    let depart_ms = state
+        .departure_ms
+        .filter(|d| d.saturating_add(STALE_DEPARTURE_MS) > now)
+        .map(|d| d.saturating_sub(d % DEPARTURE_GRANULARITY_MS));
     if depart_ms.is_some_and(|d| d <= now) && !driving {
         refusals.push(Refusal::DepartureDue);
     }
@@ -497,8 +509,11 @@ mod tests {
         assert!(finishes_before(a.depart_ms, 10_000, NOON));
         assert!(!finishes_before(a.depart_ms, 60_001, NOON));
         assert!(finishes_before(None, u32::MAX, u64::MAX));
-        let due = evaluate(&Ok(leaving), &p, 2, NOON + 60_000);
+        let due = evaluate(&Ok(leaving.clone()), &p, 2, NOON + 60_000);
         assert_eq!(due.refusals, vec![Refusal::DepartureDue]);
+        // Long past and still parked: the departure is forgotten and the vehicle serves.
+        let later = evaluate(&Ok(leaving), &p, 2, NOON + 90_000 + STALE_DEPARTURE_MS);
+        assert!(later.serving() && later.depart_ms.is_none(), "{later:?}");
     }
 
     #[test]
@@ -507,7 +522,9 @@ mod tests {
         assert!(h.contains(22 * 60) && h.contains(0) && h.contains(7 * 60 + 29));
         assert!(!h.contains(7 * 60 + 30) && !h.contains(12 * 60));
         assert_eq!(String::from(h), "22:00-07:30");
-        for bad in ["22:00", "25:00-01:00", "10:60-11:00", "08:00-08:00", "a-b", ""] {
+        for bad in
+            ["22:00", "25:00-01:00", "10:60-11:00", "08:00-08:00", "a-b", "", "+9:05-17:00", "09:5-17:00"]
+        {
             assert!(Hours::try_from(bad.to_owned()).is_err(), "{bad}");
         }
         let p: OwnerPolicy = serde_json::from_str(r#"{"hours":"09:00-17:00"}"#).unwrap();

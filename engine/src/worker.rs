@@ -24,7 +24,7 @@ use fleetmesh_protocol::{
 use serde::{Deserialize, Serialize};
 
 use super::bounded::BoundedSet;
-use super::vehicle;
+use super::ledger;
 use super::{
     record, Action, Ctx, EngineConfig, ExecOutput, Lookup, Metric, Outgoing, SendFailure, SendTag, StoreOp,
     Table,
@@ -124,6 +124,9 @@ pub struct Job {
     /// Next delivery not before (Unix ms).
     #[serde(skip)]
     pub next_send_ms: u64,
+    /// The energy estimate of its run, millijoules (what its result header says).
+    #[serde(default)]
+    pub energy_mj: u64,
 }
 
 impl Job {
@@ -285,6 +288,8 @@ pub struct Worker {
     failures: BTreeMap<ModelId, u32>,
     /// Models not bid on until a self-test passes.
     quarantined: BTreeSet<ModelId>,
+    /// The owner's ledger: what receipted jobs earned and cost, by day.
+    pub ledger: crate::ledger::Ledger,
     /// Quarantined models whose self-test failed: when to test again, and the backoff.
     retest: BTreeMap<ModelId, (u64, u64)>,
     /// The last presence advert this node published: its standing offer, when it carries
@@ -317,6 +322,7 @@ impl Worker {
             unable_sent: BoundedSet::new(MAX_UNABLE_REMEMBERED),
             failures: BTreeMap::new(),
             quarantined: BTreeSet::new(),
+            ledger: Default::default(),
             retest: BTreeMap::new(),
             offer: None,
             bids_sent: 0,
@@ -540,7 +546,7 @@ impl Worker {
             || spec.deadline_ms <= ctx.now
             || spec.deadline_ms > ctx.now.saturating_add(MAX_TASK_HORIZON_MS)
             || spec.exec_timeout_ms > MAX_EXEC_TIMEOUT_MS
-            || !vehicle::finishes_before(ctx.availability.depart_ms, spec.exec_timeout_ms, ctx.now)
+            || !self.ends_before_departure(ctx, &spec, bid_deadline_ms.max(ctx.now))
             || !ctx.models.contains(&spec.model)
             || !self.has_capacity(ctx.config, &env.signer)
             || !self.bids.remember((task, round), env.signer, bid_deadline_ms, until, ctx.now)
@@ -785,10 +791,7 @@ impl Worker {
         }
         // Not serving now (driving, the battery, the heat, the hours), or leaving before the
         // task's timeout would end: the award goes to someone else.
-        if ctx.disk_low
-            || !ctx.availability.serving()
-            || !vehicle::finishes_before(ctx.availability.depart_ms, spec.exec_timeout_ms, ctx.now)
-        {
+        if ctx.disk_low || !ctx.availability.serving() || !self.ends_before_departure(ctx, &spec, ctx.now) {
             return TaskResponse::Refused(Refusal::Unavailable);
         }
         let result_deadline_ms = award
@@ -812,6 +815,7 @@ impl Worker {
             in_flight: false,
             attempts: 0,
             next_send_ms: 0,
+            energy_mj: 0,
         };
         ctx.push(Action::Persist(vec![
             StoreOp { table: Table::JobInputs, key: task, value: Some(input) },
@@ -829,8 +833,23 @@ impl Worker {
         TaskResponse::Ack
     }
 
+    /// Whether a task taken at `from` (its award: the bid window's end for a bid) ends before
+    /// the vehicle's departure, counting the jobs queued ahead of it at up to one execution
+    /// timeout per slot each ([`crate::vehicle::finishes_before`], which the requester applies
+    /// without the queue it cannot see).
+    fn ends_before_departure(&self, ctx: &Ctx<'_>, spec: &TaskSpec, from: u64) -> bool {
+        let Some(depart) = ctx.availability.depart_ms else { return true };
+        let ahead = u64::try_from(self.queued()).unwrap_or(u64::MAX).div_ceil(u64::from(ctx.slots().max(1)));
+        let wait = u64::from(spec.exec_timeout_ms).saturating_mul(ahead.saturating_add(1));
+        depart >= from.saturating_add(wait)
+    }
+
     /// Starts queued jobs while slots are free.
     pub(crate) fn start_queued(&mut self, ctx: &mut Ctx<'_>) {
+        // Not serving: nothing new starts (what was queued was handed back when it stopped).
+        if !ctx.availability.serving() {
+            return;
+        }
         while self.running < ctx.slots() {
             let Some(task) = self.queue.pop_front() else { return };
             let Some(job) = self.jobs.get_mut(&task) else { continue };
@@ -855,7 +874,10 @@ impl Worker {
         task: TaskId,
         result: Result<ExecOutput, String>,
     ) {
-        if result.is_ok() && self.jobs.get(&task).is_some_and(|j| j.running) {
+        // (Not for a job handed back while it ran: its output goes nowhere.)
+        if result.is_ok()
+            && self.jobs.get(&task).is_some_and(|j| j.running && matches!(j.state, JobState::Queued))
+        {
             self.make_room_for_delivery(ctx);
         }
         let Some(job) = self.jobs.get_mut(&task).filter(|j| j.running) else {
@@ -866,11 +888,12 @@ impl Worker {
         self.running = self.running.saturating_sub(1);
         // Handed back while it ran ([`Worker::release`]): its slot is free now; the output is
         // nobody's.
+        let drop_input = StoreOp { table: Table::JobInputs, key: task, value: None };
         if !matches!(job.state, JobState::Queued) {
+            ctx.push(Action::Persist(vec![drop_input]));
             self.start_queued(ctx);
             return;
         }
-        let drop_input = StoreOp { table: Table::JobInputs, key: task, value: None };
         #[allow(unused_mut)]
         let mut result = result;
         #[cfg(feature = "test-hooks")]
@@ -926,7 +949,9 @@ impl Worker {
                     output_size: output.len() as u64,
                     run_time_us: exec.run_time_us,
                     runtime: exec.runtime,
+                    energy_mj: Some(ctx.config.owner.energy_mj(exec.run_time_us)),
                 };
+                job.energy_mj = header.energy_mj.unwrap_or(0);
                 #[allow(unused_mut)]
                 let mut signed = header.sign(ctx.identity);
                 #[cfg(feature = "test-hooks")]
@@ -1054,9 +1079,17 @@ impl Worker {
         let requester = job.requester;
         let now = ctx.now;
         let grace_end = job.result_deadline_ms.saturating_add(DELIVERY_GRACE_MS);
+        let mut ledger_op = None;
         match resp {
             Ok(TaskResponse::Receipt(r)) => {
-                if r.signer == requester && Receipt::open(&r).is_ok_and(|x| x.task_id == task) {
+                let opened = Receipt::open(&r).ok().filter(|x| x.task_id == task);
+                if let Some(x) = opened.filter(|_| r.signer == requester) {
+                    // Counted once: a receipt re-sent for a receipted job adds nothing.
+                    if !matches!(job.state, JobState::Receipted(_)) {
+                        let earned =
+                            ledger::DayTotals { tasks: 1, credits: x.price, energy_mj: job.energy_mj };
+                        ledger_op = Some(self.ledger.record(now, earned));
+                    }
                     job.state = JobState::Receipted(r);
                     self.jobs_receipted = self.jobs_receipted.saturating_add(1);
                     ctx.trace(record(event::RECEIPT_RECEIVED, &task));
@@ -1089,7 +1122,8 @@ impl Worker {
                 }
             }
         }
-        ctx.push(Action::Persist(vec![job.op(&task)]));
+        // The job and its day's totals in one write: a crash cannot count a receipt twice.
+        ctx.push(Action::Persist(std::iter::once(job.op(&task)).chain(ledger_op).collect()));
     }
 
     pub(crate) fn on_receipt(
@@ -1109,11 +1143,15 @@ impl Worker {
                 "receipt from someone else or for someone else".into(),
             ));
         }
+        // Counted once: a receipt sent again adds nothing. (A requester signs a receipt only
+        // for a result this worker signed, so any first receipt is earned work.)
         if !matches!(job.state, JobState::Receipted(_)) {
             job.state = JobState::Receipted(env);
             self.jobs_receipted = self.jobs_receipted.saturating_add(1);
             ctx.trace(record(event::RECEIPT_RECEIVED, &r.task_id));
-            ctx.push(Action::Persist(vec![job.op(&r.task_id)]));
+            let earned = ledger::DayTotals { tasks: 1, credits: r.price, energy_mj: job.energy_mj };
+            let day = self.ledger.record(ctx.now, earned);
+            ctx.push(Action::Persist(vec![job.op(&r.task_id), day]));
         }
         TaskResponse::Ack
     }

@@ -220,3 +220,23 @@ fn the_lighter_mode_changes_the_work_not_the_outcome() {
     assert_eq!(light.awards_per_task, full.awards_per_task);
     assert_eq!(light.awards_not_a_winner, full.awards_not_a_winner);
 }
+
+/// Issue 11: a day of the fleet. Vehicles park, charge and drive off (some without notice)
+/// while tasks flow; workers hand back what they run when they leave, and every task is still
+/// verified or failed for a true reason, none lost or accepted twice; a released task is
+/// awarded again within about one bid window (300 ms in the simulator) plus the network.
+#[test]
+fn a_day_of_the_fleet_loses_nothing_when_vehicles_drive_off_mid_task() {
+    let mut released = 0;
+    for seed in [3, 4] {
+        let c =
+            SimConfig { vehicles: 30, tasks: 600, seed, redundancy: 1, ..SimConfig::default() }.a_day(60_000);
+        let r = check(c);
+        assert!(r.day);
+        assert!(r.verified >= 590, "{}", r.summary());
+        assert!(r.energy_mj_per_verified_task > 0.0, "{}", r.summary());
+        assert!(r.reaward_p99_ms <= 1_000.0, "{}", r.summary());
+        released += r.released;
+    }
+    assert!(released > 0, "some vehicle drove off mid-task");
+}

@@ -163,6 +163,7 @@ fn tag(t: Table) -> u8 {
         Table::Jobs => 2,
         Table::JobInputs => 3,
         Table::Reputation => 4,
+        Table::Ledger => 5,
     }
 }
 
@@ -415,6 +416,7 @@ impl Harness {
                     output_size: output.len() as u64,
                     run_time_us: 1,
                     runtime: Default::default(),
+                    energy_mj: None,
                 }
                 .sign(self.peer(signer));
                 self.request(peer, TaskRequest::Result { task_id: id, header, output });
@@ -447,6 +449,7 @@ impl Harness {
                             output_digest: OutputDigest::of(b"o"),
                             price: 1,
                             accepted_ms: self.now,
+                            energy_mj: None,
                         }
                         .sign(self.peer(peer_idx));
                         Ok(TaskResponse::Receipt(r))
@@ -516,6 +519,7 @@ impl Harness {
                     output_digest: OutputDigest::of(b"o"),
                     price: 1,
                     accepted_ms: self.now,
+                    energy_mj: None,
                 }
                 .sign(self.peer(peer));
                 self.request(peer, TaskRequest::Receipt { receipt: r });

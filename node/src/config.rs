@@ -260,6 +260,9 @@ impl VehicleConfig {
             VehicleSource::Profile => {
                 fleetmesh_engine::vehicle::Profile { steps: self.profile.clone() }.check()
             }
+            _ if self.state_file.is_some() && self.source != VehicleSource::File => {
+                Err("vehicle.state_file is set but vehicle.source is not \"file\"".into())
+            }
             _ if !self.profile.is_empty() && self.source != VehicleSource::Profile => {
                 Err("vehicle.profile is set but vehicle.source is not \"profile\"".into())
             }

@@ -41,9 +41,23 @@ pub(crate) struct Metrics {
     pub(crate) vehicle_slots: Gauge,
     /// The vehicle: 1 for each reason it takes no new work now, by reason.
     pub(crate) vehicle_refusing: Family<Vec<(String, String)>, Gauge>,
+    /// The owner's ledger, all days: tasks served and receipted.
+    pub(crate) ledger_tasks: Gauge,
+    /// The owner's ledger, all days: credits earned.
+    pub(crate) ledger_credits: Gauge,
+    /// The owner's ledger, all days: energy spent, millijoules.
+    pub(crate) ledger_energy_mj: Gauge,
 }
 
 impl Metrics {
+    /// Sets the ledger gauges from the owner's ledger's totals.
+    pub(crate) fn set_ledger(&self, t: &fleetmesh_engine::ledger::DayTotals) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.ledger_tasks.set(g(t.tasks));
+        self.ledger_credits.set(g(t.credits));
+        self.ledger_energy_mj.set(g(t.energy_mj));
+    }
+
     /// Sets the vehicle gauges from the engine's availability.
     pub(crate) fn set_vehicle(&self, a: &fleetmesh_engine::vehicle::Availability) {
         self.vehicle_serving.set(i64::from(a.serving()));
@@ -130,6 +144,21 @@ impl Metrics {
         for (name, help, c) in entries {
             registry.register(name, help, c.clone());
         }
+        registry.register(
+            "ledger_tasks",
+            "Tasks this node served and got a receipt for (the owner's ledger, all days)",
+            m.ledger_tasks.clone(),
+        );
+        registry.register(
+            "ledger_credits",
+            "Credits this node earned (the owner's ledger, all days)",
+            m.ledger_credits.clone(),
+        );
+        registry.register(
+            "ledger_energy_millijoules",
+            "Energy serving drew, millijoules (run time times device_power_w; the owner's ledger, all days)",
+            m.ledger_energy_mj.clone(),
+        );
         registry.register(
             "vehicle_serving",
             "1 while this node takes new work (its vehicle state and owner policy allow it)",

@@ -134,6 +134,7 @@ pub(crate) enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<(), ClientError>>),
     SendRaw(PeerId, Box<Frame>, oneshot::Sender<Result<TaskResponse, String>>),
     Stats(oneshot::Sender<NodeStats>),
+    Ledger(oneshot::Sender<fleetmesh_api::LedgerView>),
     SetVehicle(fleetmesh_api::VehicleState, oneshot::Sender<Result<fleetmesh_api::VehicleView, ClientError>>),
     Shutdown(oneshot::Sender<()>),
     #[cfg(feature = "test-hooks")]
@@ -224,6 +225,11 @@ impl Client {
     /// Counters.
     pub async fn stats(&self) -> Result<NodeStats, ClientError> {
         self.call(Command::Stats).await
+    }
+
+    /// The owner's ledger: what serving earned and cost, by day.
+    pub async fn ledger(&self) -> Result<fleetmesh_api::LedgerView, ClientError> {
+        self.call(Command::Ledger).await
     }
 
     /// Reports the vehicle's state (with `[vehicle] source = "api"`): the node takes work
@@ -450,6 +456,9 @@ impl Node {
                 version_cuts: VecDeque::new(),
             },
         };
+        // The vehicle's state before any restored job may start: a node restarted while its
+        // car drives (or before its integration answers) must not run them.
+        event_loop.poll_vehicle(now_ms());
         event_loop.resume()?;
         let task = tokio::spawn(tracing::Instrument::instrument(event_loop.run(), span));
         Ok(Self { client, task })
@@ -871,6 +880,7 @@ impl EventLoop {
                     self.poll_vehicle(now_ms());
                     self.step(Input::Tick);
                     self.meters.node.set_vehicle(self.engine.availability());
+                    self.meters.node.set_ledger(&self.engine.worker.ledger.total());
                     self.dial_bootstrap();
                     self.disconnect_graylisted();
                     self.cut_other_versions();
@@ -1358,6 +1368,11 @@ impl EventLoop {
             tracing::error!(records = bad.len(), "reputation records do not decode; skipped");
         }
         self.engine.restore_reputation(ledger);
+        let (days, bad) = self.store.load_all::<fleetmesh_engine::ledger::DayTotals>(crate::store::LEDGER)?;
+        if !bad.is_empty() {
+            tracing::error!(records = bad.len(), "owner's ledger records do not decode; skipped");
+        }
+        self.engine.restore_ledger(days);
         let actions = self.engine.restore(now_ms(), reqs, jobs);
         let mut follow_up = VecDeque::new();
         self.perform(actions, &mut follow_up);
@@ -1472,6 +1487,12 @@ impl EventLoop {
                         .collect(),
                 };
                 let _ = tx.send(stats);
+            }
+            Command::Ledger(tx) => {
+                let _ = tx.send(crate::vehicle::ledger_view(
+                    &self.engine.worker.ledger,
+                    self.engine.config().owner.device_power_w,
+                ));
             }
             Command::SetVehicle(state, tx) => {
                 let now = now_ms();

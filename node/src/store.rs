@@ -25,6 +25,8 @@ pub(crate) const JOBS: Table = Table(TableDefinition::new("jobs"));
 pub(crate) const JOB_INPUTS: Table = Table(TableDefinition::new("job_inputs"));
 /// The requester's reputation ledger: one record per worker, keyed by its public key.
 pub(crate) const REPUTATION: Table = Table(TableDefinition::new("reputation"));
+/// The owner's ledger: totals by day, kept when the jobs behind them leave the store.
+pub(crate) const LEDGER: Table = Table(TableDefinition::new("ledger"));
 
 /// The store table behind an engine table.
 pub(crate) fn table_of(t: fleetmesh_engine::Table) -> Table {
@@ -35,6 +37,7 @@ pub(crate) fn table_of(t: fleetmesh_engine::Table) -> Table {
         T::Jobs => JOBS,
         T::JobInputs => JOB_INPUTS,
         T::Reputation => REPUTATION,
+        T::Ledger => LEDGER,
     }
 }
 
@@ -73,7 +76,7 @@ impl Store {
             ))
         })?;
         let txn = db.begin_write().map_err(db_err)?;
-        for t in [REQUESTS, REQUEST_INPUTS, JOBS, JOB_INPUTS, REPUTATION] {
+        for t in [REQUESTS, REQUEST_INPUTS, JOBS, JOB_INPUTS, REPUTATION, LEDGER] {
             txn.open_table(t.0).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;

@@ -80,11 +80,12 @@ impl VehicleFeed {
     }
 
     fn read(&self, now_ms: u64) -> Result<VehicleState, String> {
+        // The same words however long it has been: the engine is told (and the log says it)
+        // once, not on every read.
         let stale = |at: u64| {
             let max = self.config.stale_after_ms;
-            (max > 0 && now_ms.saturating_sub(at) > max).then(|| {
-                format!("no update for {} s (stale_after_ms {max})", now_ms.saturating_sub(at) / 1000)
-            })
+            (max > 0 && now_ms.saturating_sub(at) > max)
+                .then(|| format!("no update for more than {max} ms (stale_after_ms)"))
         };
         match self.config.source {
             VehicleSource::None => Ok(VehicleState::default()),
@@ -112,8 +113,14 @@ impl VehicleFeed {
 /// Reads and checks a state file; returns the state and the file's modification time (Unix
 /// ms, when the file system tells it).
 pub fn read_state_file(path: &Path) -> Result<(VehicleState, Option<u64>), String> {
+    use std::io::Read;
     let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read {shown}: {e}"))?;
+    // A regular file only: a FIFO would block the node's event loop, a device never end.
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
     if meta.len() > MAX_STATE_FILE_BYTES {
         return Err(format!(
             "{shown} has {} bytes; a state file has at most {MAX_STATE_FILE_BYTES}",
@@ -125,11 +132,42 @@ pub fn read_state_file(path: &Path) -> Result<(VehicleState, Option<u64>), Strin
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let mut text = String::new();
+    file.take(MAX_STATE_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if text.len() as u64 > MAX_STATE_FILE_BYTES {
+        return Err(format!("{shown} grew past {MAX_STATE_FILE_BYTES} bytes while it was read"));
+    }
     let state: VehicleState =
         serde_json::from_str(&text).map_err(|e| format!("{shown} is not a vehicle state: {e}"))?;
     state.check().map_err(|e| format!("{shown}: {e}"))?;
     Ok((state, modified))
+}
+
+/// What `GET /v1/ledger` and `fleetmesh ledger` show.
+pub(crate) fn ledger_view(
+    ledger: &fleetmesh_engine::ledger::Ledger,
+    device_power_w: f32,
+) -> fleetmesh_api::LedgerView {
+    let row = |date: String, t: &fleetmesh_engine::ledger::DayTotals| fleetmesh_api::LedgerDay {
+        date,
+        tasks: t.tasks,
+        credits: t.credits,
+        energy_mj: t.energy_mj,
+    };
+    let days = ledger
+        .days()
+        .map(|(d, t)| {
+            let (y, m, day) = fleetmesh_engine::ledger::date_of(d);
+            row(format!("{y:04}-{m:02}-{day:02}"), t)
+        })
+        .collect();
+    fleetmesh_api::LedgerView {
+        days,
+        total: row("total".into(), &ledger.total()),
+        device_power_w: f64::from(device_power_w),
+    }
 }
 
 /// What `health` and `GET /v1/vehicle` show.
@@ -191,6 +229,9 @@ mod tests {
         std::fs::write(&path, vec![b' '; MAX_STATE_FILE_BYTES as usize + 1]).unwrap();
         feed.next_read_ms = 0;
         assert!(feed.poll(6_000).unwrap().unwrap_err().contains("at most"));
+        feed.config.state_file = Some(dir.path().to_owned());
+        feed.next_read_ms = 0;
+        assert!(feed.poll(7_000).unwrap().unwrap_err().contains("not a regular file"));
     }
 
     #[test]
@@ -203,6 +244,7 @@ mod tests {
         assert!(feed.poll(now).unwrap().is_ok());
         let e = feed.poll(now + 120_000).unwrap().unwrap_err();
         assert!(e.contains("no update for"), "{e}");
+        assert_eq!(feed.poll(now + 125_000), None, "still stale: said once");
 
         let api =
             VehicleConfig { source: VehicleSource::Api, stale_after_ms: 10_000, ..VehicleConfig::default() };

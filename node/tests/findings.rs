@@ -116,6 +116,7 @@ async fn results_from_peers_never_awarded_leave_the_task_untouched() {
             output_size: 10,
             run_time_us: 1,
             runtime: Default::default(),
+            energy_mj: None,
         }
         .sign(&attacker_key);
         let r = attacker

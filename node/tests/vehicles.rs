@@ -77,5 +77,29 @@ async fn a_vehicle_that_drives_off_hands_its_task_back_and_another_runs_it_at_on
     let metrics = leaving.client.metrics_text();
     assert!(metrics.contains("fleetmesh_vehicle_refusing{reason=\"driving\"} 1"), "{metrics}");
     assert!(metrics.contains("fleetmesh_vehicle_serving 0"), "{metrics}");
+
+    // The worker that ran it has it in its owner's ledger once the receipt is in: a task and
+    // its price today, and the ledger outlives a restart.
+    let i = nodes.iter().position(|n| done.verified_by.contains(&n.client.public_key().to_string())).unwrap();
+    let worker = nodes[i].client.clone();
+    wait_until("the receipt in the worker's ledger", async || {
+        worker.ledger().await.unwrap().total.tasks == 1
+    })
+    .await;
+    let ledger = worker.ledger().await.unwrap();
+    assert_eq!(ledger.days.len(), 1, "{ledger:?}");
+    assert!(ledger.total.credits >= 1, "{ledger:?}");
+    assert_eq!(ledger.device_power_w, 60.0);
+    wait_until("the ledger gauge", async || counter(&worker, "fleetmesh_ledger_tasks") == 1).await;
+    assert_eq!(counter(&leaving.client, "fleetmesh_ledger_tasks"), 0, "a released job earns nothing");
+    let mut nodes = nodes;
+    nodes.remove(i).stop().await;
+    let again = fleetmesh_node::Node::spawn(fleetmesh_node::local::loopback_config(
+        dir.path().join(format!("node{i}")),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(again.client.ledger().await.unwrap(), ledger, "the ledger after a restart");
+    nodes.push(again);
     stop_all(nodes).await;
 }

@@ -85,6 +85,7 @@ fn codec(c: &mut Criterion) {
             output_size: 30,
             run_time_us: 40,
             runtime: RuntimeProfile { engine: "tract-onnx 0.23.9".into(), isa: "x86_64,avx2,fma".into() },
+            energy_mj: None,
         }
     );
     let award_req =

@@ -368,6 +368,11 @@ pub struct ResultHeader {
     pub run_time_us: u64,
     /// How it ran.
     pub runtime: RuntimeProfile,
+    /// The energy the run drew, millijoules: run time times the worker's declared device
+    /// power (its owner's `device_power_w`); an estimate, the worker's word. Absent: not
+    /// estimated (a node from before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_mj: Option<u64>,
 }
 signed!(ResultHeader, MessageKind::ResultHeader, 2048);
 
@@ -434,6 +439,10 @@ pub struct Receipt {
     pub price: u64,
     /// When accepted, Unix ms.
     pub accepted_ms: u64,
+    /// The energy estimate in the worker's accepted result, millijoules (repeated, so the
+    /// receipt alone says what the work cost the vehicle's battery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_mj: Option<u64>,
 }
 signed!(Receipt, MessageKind::Receipt, 1024);
 

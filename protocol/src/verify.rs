@@ -289,6 +289,7 @@ mod tests {
             output_size: 3,
             run_time_us: 5,
             runtime: RuntimeProfile::default(),
+            energy_mj: None,
         };
         let awarded = [worker.public()];
         let ok = header.sign(&worker);

@@ -65,6 +65,33 @@ pub(crate) async fn peers(api: ApiArgs) -> Result<()> {
     Ok(())
 }
 
+/// `fleetmesh ledger`.
+#[derive(Args)]
+pub(crate) struct LedgerArgs {
+    /// Print the ledger as JSON (the API's `LedgerView`).
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+pub(crate) async fn ledger(a: LedgerArgs) -> Result<()> {
+    let l = a.api.client(Duration::from_secs(10))?.ledger().await?;
+    if a.json {
+        say!("{}", serde_json::to_string(&l)?);
+        return Ok(());
+    }
+    say!("{:<10} {:>8} {:>10} {:>12}", "date", "tasks", "credits", "energy Wh");
+    for d in l.days.iter().chain(std::iter::once(&l.total)) {
+        say!("{:<10} {:>8} {:>10} {:>12.4}", d.date, d.tasks, d.credits, d.energy_mj as f64 / 3_600_000.0);
+    }
+    say!(
+        "(energy: run time times device_power_w = {} W, the owner's declared power model)",
+        l.device_power_w
+    );
+    Ok(())
+}
+
 /// The time now, Unix ms.
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()

@@ -63,6 +63,13 @@ pub(crate) struct SimArgs {
     /// ring, as a real node keeps a bounded set (docs/SIMULATION.md).
     #[arg(long, default_value_t = 0)]
     pub(crate) links: usize,
+    /// Simulate a day of the fleet (docs/SIMULATION.md): vehicles park, charge and drive off
+    /// on a commuter and delivery profile, and the tasks are spread over the day.
+    #[arg(long)]
+    pub(crate) day: bool,
+    /// With --day: the day's length in virtual time, ms.
+    #[arg(long, default_value_t = 240_000, requires = "day")]
+    pub(crate) day_ms: u64,
     /// Write each vehicle's task timeline into this folder (read with `fleetmesh trace analyze`).
     #[arg(long)]
     pub(crate) trace: Option<PathBuf>,
@@ -86,6 +93,12 @@ pub(crate) fn run(a: SimArgs) -> Result<()> {
         links: a.links,
         ..SimConfig::default()
     };
+    if a.day {
+        if !(10_000..=3_600_000).contains(&a.day_ms) {
+            bail!("--day-ms must be between 10000 and 3600000, not {}", a.day_ms);
+        }
+        c = c.a_day(a.day_ms);
+    }
     if a.faults {
         c = c.with_faults();
     }

@@ -38,8 +38,10 @@ use fleetmesh_protocol::wire::{TaskRequest, TaskResponse};
 use fleetmesh_protocol::Signed;
 use serde::Serialize;
 
+mod day;
+
 use crate::{
-    Action, Engine, EngineConfig, ExecOutput, Input, Job, Outgoing, ReqTask, SendFailure, SendTag,
+    Action, Engine, EngineConfig, ExecOutput, Input, Job, Metric, Outgoing, ReqTask, SendFailure, SendTag,
     SubmitRequest, Table, Topic,
 };
 use fleetmesh_api::Phase;
@@ -113,6 +115,11 @@ pub struct SimConfig {
     pub links: usize,
     /// Write each vehicle's task timeline here.
     pub trace_dir: Option<PathBuf>,
+    /// A day of the fleet ([`day`]): vehicles park, charge and drive off on a synthetic
+    /// commuter and delivery profile, and the tasks are spread over the day.
+    pub day: bool,
+    /// The day's length in virtual time, ms.
+    pub day_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -140,11 +147,24 @@ impl Default for SimConfig {
             trace_dir: None,
             light: false,
             links: 0,
+            day: false,
+            day_ms: 240_000,
         }
     }
 }
 
 impl SimConfig {
+    /// A day of the fleet ([`SimConfig::day`]) of `day_ms` virtual ms: the tasks spread over
+    /// the day, each run taking 0.3 to 3 s (a heavier model than the default's, so vehicles
+    /// are busy when they drive off, which is what the run looks at).
+    pub fn a_day(mut self, day_ms: u64) -> Self {
+        self.day = true;
+        self.day_ms = day_ms;
+        self.submit_interval_ms = (day_ms / self.tasks.max(1) as u64).max(1);
+        self.exec_ms = (300, 3_000);
+        self
+    }
+
     /// The fault mix the CI runs: loss, reordering, partitions, crashes, skew, hostile peers
     /// and liars, scaled to the fleet.
     pub fn with_faults(mut self) -> Self {
@@ -230,6 +250,21 @@ pub struct SimReport {
     /// Awards made on standing offers that their worker refused (busy, or its offer gone since
     /// its last advert): the requester moves on to the next offer.
     pub offer_awards_refused: usize,
+    /// A day of the fleet was simulated ([`SimConfig::day`]).
+    pub day: bool,
+    /// Jobs workers handed back with a signed release (their vehicle drove off, or its
+    /// owner's policy stopped it serving).
+    pub released: usize,
+    /// Share of accepted tasks that a worker handed back at least once (each was awarded
+    /// again).
+    pub released_task_share: f64,
+    /// From a release reaching the requester to the task's next award, p50, virtual ms.
+    pub reaward_p50_ms: f64,
+    /// The same, p99.
+    pub reaward_p99_ms: f64,
+    /// Energy every run drew (run time times the owner's device power, released and
+    /// rejected runs included), per verified task, millijoules.
+    pub energy_mj_per_verified_task: f64,
     /// Properties that did not hold: empty on a good run.
     pub violations: Vec<String>,
 }
@@ -278,6 +313,8 @@ struct Vehicle {
     skew: i64,
     group: u8,
     trace: Option<ChainWriter<std::io::BufWriter<std::fs::File>>>,
+    /// The vehicle's state now, in a day run: fed to its engine, again after a restart.
+    state: Option<crate::vehicle::VehicleState>,
 }
 
 fn table_tag(t: Table) -> u8 {
@@ -287,6 +324,7 @@ fn table_tag(t: Table) -> u8 {
         Table::Jobs => 2,
         Table::JobInputs => 3,
         Table::Reputation => 4,
+        Table::Ledger => 5,
     }
 }
 
@@ -312,6 +350,8 @@ enum Event {
     PartitionStart,
     PartitionEnd,
     Hostile(usize),
+    /// A vehicle's state changes (a day run).
+    Vehicle(usize, day::Change),
 }
 
 /// The simulation.
@@ -364,6 +404,12 @@ pub struct Sim {
     /// Per quarter after the sybils joined: (awards, awards to sybils).
     sybil_awards: [(usize, usize); 4],
     partitioned: bool,
+    /// Jobs handed back, and when each task's release reached its requester.
+    released: usize,
+    released_tasks: BTreeSet<TaskId>,
+    release_at: BTreeMap<TaskId, u64>,
+    reawards_ms: Vec<u64>,
+    energy_mj: u64,
     violations: Vec<String>,
 }
 
@@ -403,6 +449,9 @@ impl Sim {
             return Err(
                 "latency and execution times must be at most an hour, loss at most 1,000,000 ppm".into()
             );
+        }
+        if config.day && !(10_000..=24 * HOUR).contains(&config.day_ms) {
+            return Err("a day of the fleet lasts 10 s to 24 h of virtual time".into());
         }
         if config.time_limit_ms > 365 * 24 * HOUR {
             return Err("the time limit must be at most a year".into());
@@ -472,6 +521,7 @@ impl Sim {
                 skew,
                 group: 0,
                 trace,
+                state: None,
             });
         }
         let by_key = vehicles.iter().enumerate().map(|(i, v)| (v.key, i)).collect();
@@ -522,6 +572,11 @@ impl Sim {
             awards: 0,
             sybil_awards: [(0, 0); 4],
             partitioned: false,
+            released: 0,
+            released_tasks: BTreeSet::new(),
+            release_at: BTreeMap::new(),
+            reawards_ms: Vec::new(),
+            energy_mj: 0,
             violations: Vec::new(),
             config,
         };
@@ -572,6 +627,18 @@ impl Sim {
             let jitter = self.rng.range(0, TICK_MS);
             self.schedule(jitter, Event::Tick(i));
         }
+        if self.config.day {
+            let requesters: BTreeSet<usize> = self.requesters.iter().copied().collect();
+            for i in 0..n {
+                if requesters.contains(&i) {
+                    continue;
+                }
+                let role = day::role(&mut self.rng);
+                for change in day::plan(&mut self.rng, role, 1_000, self.config.day_ms) {
+                    self.schedule(change.at, Event::Vehicle(i, change));
+                }
+            }
+        }
         let span = self.config.submit_interval_ms.saturating_mul(self.config.tasks as u64);
         for t in 0..self.config.tasks {
             let at = 1_000 + self.config.submit_interval_ms * t as u64;
@@ -608,8 +675,14 @@ impl Sim {
         let mut reqs = Vec::new();
         let mut jobs = Vec::new();
         let mut ledger = Vec::new();
+        let mut days = Vec::new();
         for ((table, key), bytes) in &v.store {
             match *table {
+                5 => {
+                    if let Ok(d) = fleetmesh_protocol::decode(bytes, usize::MAX) {
+                        days.push((*key, d));
+                    }
+                }
                 4 => {
                     if let Ok(s) = fleetmesh_protocol::decode(bytes, usize::MAX) {
                         ledger.push((*key, s));
@@ -629,6 +702,11 @@ impl Sim {
             }
         }
         engine.restore_reputation(ledger);
+        engine.restore_ledger(days);
+        // A day run: the vehicle's state as it is now (its source answers at once on start).
+        if let Some(state) = v.state.clone() {
+            let _ = engine.handle(now, Input::Vehicle(Ok(state)));
+        }
         let actions = engine.restore(now, reqs, jobs);
         v.engine = Some(engine);
         self.perform(i, actions);
@@ -668,6 +746,9 @@ impl Sim {
 
     fn perform(&mut self, i: usize, actions: Vec<Action>) {
         let life = self.vehicles[i].life;
+        // Releases this step, and tasks this step brought a worker to (an award, or a round).
+        let mut released_now = Vec::new();
+        let mut replaced_now = BTreeSet::new();
         for action in actions {
             match action {
                 Action::Persist(ops) => {
@@ -684,6 +765,7 @@ impl Sim {
                         }
                     }
                 }
+                Action::Count(Metric::JobsReleased) => self.released += 1,
                 Action::Reply { .. } | Action::Validate { .. } | Action::Count(_) => {}
                 Action::Send { to, request, tag } => {
                     let Some(&j) = self.by_key.get(&to) else { continue };
@@ -785,6 +867,7 @@ impl Sim {
                             };
                             let (lo, hi) = self.config.exec_ms;
                             let us = self.rng.range(lo, hi) * 1000;
+                            self.energy_mj += self.engine_config.owner.energy_mj(us);
                             Ok(ExecOutput {
                                 output,
                                 run_time_us: us,
@@ -816,6 +899,20 @@ impl Sim {
                         }
                         if r.event == event::VERIFIED {
                             *self.verified_events.entry(task).or_default() += 1;
+                        }
+                        if r.event == event::RELEASE_RECEIVED {
+                            self.released_tasks.insert(task);
+                            self.release_at.entry(task).or_insert(self.now);
+                            released_now.push(task);
+                        }
+                        if r.event == event::ANNOUNCED {
+                            replaced_now.insert(task);
+                        }
+                        if r.event == event::AWARDED {
+                            replaced_now.insert(task);
+                            if let Some(t) = self.release_at.remove(&task) {
+                                self.reawards_ms.push(self.now - t);
+                            }
                         }
                     }
                     let ts = self.local_now(i).saturating_mul(1_000_000);
@@ -852,6 +949,13 @@ impl Sim {
                         },
                     );
                 }
+            }
+        }
+        // A release the requester answered with no new worker (another still on the task
+        // can verify it) is not waiting for a re-award.
+        for task in released_now {
+            if !replaced_now.contains(&task) {
+                self.release_at.remove(&task);
             }
         }
     }
@@ -1049,6 +1153,7 @@ impl Sim {
                     output_size: output.len() as u64,
                     run_time_us: 1,
                     runtime: Default::default(),
+                    energy_mj: None,
                 }
                 .sign(&identity);
                 self.hostile_sent += 1;
@@ -1314,6 +1419,19 @@ impl Sim {
                         self.start(i);
                     }
                 }
+                Event::Vehicle(i, change) => {
+                    let skew = self.vehicles[i].skew;
+                    let local = |t: u64| (EPOCH_MS as i64 + t as i64 + skew).max(0) as u64;
+                    let state = crate::vehicle::VehicleState {
+                        parked: change.parked,
+                        charging: change.charging,
+                        soc_pct: Some(change.soc_pct),
+                        thermal_headroom_c: None,
+                        departure_ms: change.departs_at.map(local),
+                    };
+                    self.vehicles[i].state = Some(state.clone());
+                    self.input(i, Input::Vehicle(Ok(state)));
+                }
                 Event::PartitionStart => self.set_partition(true),
                 Event::PartitionEnd => self.set_partition(false),
                 Event::Hostile(i) => {
@@ -1499,6 +1617,21 @@ impl Sim {
             let total = self.sybil_awards.iter().fold((0, 0), |(a, s), q| (a + q.0, s + q.1));
             r.sybil_task_share = share(total);
         }
+        r.day = self.config.day;
+        r.released = self.released;
+        r.released_task_share = self.released_tasks.len() as f64 / accepted.len().max(1) as f64;
+        if !self.reawards_ms.is_empty() {
+            self.reawards_ms.sort_unstable();
+            let at = |p: usize| {
+                let i = (self.reawards_ms.len() * p).div_ceil(100).saturating_sub(1);
+                self.reawards_ms[i.min(self.reawards_ms.len() - 1)] as f64
+            };
+            r.reaward_p50_ms = at(50);
+            r.reaward_p99_ms = at(99);
+        }
+        // A release whose task was never awarded again (it failed, or was verified by the
+        // workers still on it) is not a re-award.
+        r.energy_mj_per_verified_task = self.energy_mj as f64 / r.verified.max(1) as f64;
         r.violations = self.violations;
         r
     }
@@ -1527,6 +1660,16 @@ impl SimReport {
         ));
         if self.light {
             s.push_str("  lighter mode: vehicles a round does not admit count its announcement but do not process it\n");
+        }
+        if self.day {
+            s.push_str(&format!(
+                "  a day of the fleet: jobs handed back {}  tasks released {:.1} %  re-award p50 {:.0} ms p99 {:.0} ms  energy per verified task {:.0} mJ\n",
+                self.released,
+                self.released_task_share * 100.0,
+                self.reaward_p50_ms,
+                self.reaward_p99_ms,
+                self.energy_mj_per_verified_task
+            ));
         }
         if self.sybils > 0 {
             let q: Vec<String> =
