@@ -158,6 +158,13 @@ impl ApiClient {
         self.get("/v1/ledger").await
     }
 
+    /// `PUT /v1/vehicle`: a vehicle integration reports the state.
+    pub async fn set_vehicle(&self, state: &crate::VehicleState) -> Result<crate::VehicleView, ApiError> {
+        let url = format!("{}/v1/vehicle", self.base);
+        let r = self.authorized(self.http.put(&url)).json(state).send().await;
+        self.answer(url, r).await
+    }
+
     /// `GET /v1/vehicle`.
     pub async fn vehicle(&self) -> Result<crate::VehicleView, ApiError> {
         self.get("/v1/vehicle").await

@@ -67,8 +67,15 @@ pub struct WorkerView {
     pub worker: String,
     /// Its libp2p peer id.
     pub peer_id: String,
-    /// `awarded`, `acked`, `returned`, `rejected: <reason>`, `failed: <reason>`.
+    /// `awarded`, `acked`, `returned`, `rejected: <reason>`, `failed: <reason>`,
+    /// `refused: <reason>`.
     pub status: String,
+    /// When it was awarded, Unix ms (the requester's clock).
+    #[serde(default)]
+    pub awarded_ms: u64,
+    /// When it handed the task back with a signed release (its vehicle drove off), Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_ms: Option<u64>,
 }
 
 /// A requested task as the requester sees it.
@@ -328,6 +335,8 @@ pub struct NodeStats {
     pub tasks_in_memory: u64,
     /// Served jobs held in memory (unfinished plus the most recent finished).
     pub jobs_in_memory: u64,
+    /// Jobs executing now.
+    pub jobs_running: u64,
     /// Trace events this node had to drop because its trace writer fell behind.
     pub trace_events_dropped: u64,
     /// Peers with an open connection.

@@ -117,6 +117,12 @@ pub struct Assignment {
     /// The energy estimate in its result, millijoules (repeated in its receipt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub energy_mj: Option<u64>,
+    /// When it was awarded, Unix ms (0: before this was recorded).
+    #[serde(default)]
+    pub awarded_ms: u64,
+    /// When it handed the task back with a signed release, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_ms: Option<u64>,
 }
 
 impl Assignment {
@@ -324,6 +330,8 @@ impl ReqTask {
                 .map(|a| WorkerView {
                     worker: a.worker.to_string(),
                     peer_id: a.worker.peer_id(),
+                    awarded_ms: a.awarded_ms,
+                    released_ms: a.released_ms,
                     status: match &a.status {
                         AssignStatus::Awarded => "awarded".into(),
                         AssignStatus::Acked => "acked".into(),
@@ -1371,6 +1379,8 @@ impl Requester {
                 operator: operator_of(ctx, worker),
                 own: None,
                 energy_mj: None,
+                awarded_ms: ctx.now,
+                released_ms: None,
             });
         }
         let spec = t.spec_env.clone();
@@ -1438,6 +1448,9 @@ impl Requester {
             // beyond the bound it counts as failed).
             UnableReason::Released { .. } if awarded => {
                 ctx.count(Metric::TasksReleased);
+                if let Some(a) = t.assignments.iter_mut().rev().find(|a| a.worker == from) {
+                    a.released_ms = Some(ctx.now);
+                }
                 ctx.trace(TaskRecord {
                     peer: Some(from.peer_id()),
                     reason: Some(u.reason.to_string()),

@@ -348,6 +348,11 @@ impl Worker {
         self.jobs.is_empty()
     }
 
+    /// Jobs executing now (a job handed back keeps its slot until its run ends).
+    pub fn running(&self) -> u32 {
+        self.running
+    }
+
     /// Free execution slots out of `slots` (the configured ones, capped by the owner's power
     /// budget: [`Ctx::slots`]).
     pub fn free_slots(&self, slots: u32) -> u32 {

@@ -1474,6 +1474,7 @@ impl EventLoop {
                     trace_events_dropped: self.tracer.as_ref().map_or(0, crate::tracer::Tracer::dropped),
                     tasks_in_memory: self.engine.requester.len() as u64,
                     jobs_in_memory: w.len() as u64,
+                    jobs_running: u64::from(w.running()),
                     peers_connected: self.swarm.connected_peers().count() as u64,
                     vehicle: self.vehicle_view(),
                     bootstrap: self

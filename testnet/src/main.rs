@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Parser)]
 #[command(about = "Run a fault scenario against a running fleetmesh testnet")]
 struct Args {
-    /// smoke, churn, partition, requester-restart or freeze.
+    /// smoke, churn, partition, requester-restart, freeze or commute.
     scenario: String,
     /// The topology file written by testnet/run.
     #[arg(long)]
@@ -72,11 +72,18 @@ enum Fault {
     Split,
     Heal,
     Restart(String),
+    /// One more vehicle starts driving: the first parked one seen running a job (within
+    /// 15 s; else the first parked one), so it leaves mid-task and hands the job back.
+    Drive,
+    /// The n-th vehicle that drove off (from 0) comes back, parked and charging.
+    Return(usize),
 }
 
 struct Plan {
     tasks: usize,
     rate: f64,
+    /// Inputs per task: a batch of digits samples (1: one sample).
+    batch: usize,
     /// (seconds after the first submission, fault)
     faults: Vec<(f64, Fault)>,
 }
@@ -84,7 +91,22 @@ struct Plan {
 fn plan(name: &str, topo: &Topology) -> Result<Plan> {
     let workers: Vec<String> = topo.workers.iter().map(|w| w.container.clone()).collect();
     Ok(match name {
-        "smoke" => Plan { tasks: 30, rate: 10.0, faults: vec![] },
+        "smoke" => Plan { tasks: 30, rate: 10.0, batch: 1, faults: vec![] },
+        "commute" => {
+            // A morning rush: 60 % of the vehicles drive off within two minutes, each while it
+            // runs a task; some come back, charging. Batches of 64 samples keep them busy long
+            // enough (a run takes tens of ms) that each is caught holding one.
+            let n = ((workers.len() as f64 * 0.6).round() as usize).clamp(1, workers.len());
+            let mut faults: Vec<(f64, Fault)> = (0..n)
+                .map(|i| (5.0 + 90.0 * i as f64 / n.max(2).saturating_sub(1) as f64, Fault::Drive))
+                .collect();
+            faults.push((80.0, Fault::Return(0)));
+            if n > 2 {
+                faults.push((110.0, Fault::Return(1)));
+            }
+            faults.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Plan { tasks: 240, rate: 2.0, batch: 64, faults }
+        }
         "churn" => {
             // 30 % of the serving nodes (boot nodes serve too; at least one) drive away
             // mid-run and come back later. Only vehicles are killed: the boot nodes stay.
@@ -94,6 +116,7 @@ fn plan(name: &str, topo: &Topology) -> Result<Plan> {
             Plan {
                 tasks: 200,
                 rate: 20.0,
+                batch: 1,
                 faults: vec![(3.0, Fault::Kill(gone.clone())), (8.0, Fault::Start(gone))],
             }
         }
@@ -103,15 +126,20 @@ fn plan(name: &str, topo: &Topology) -> Result<Plan> {
             Plan {
                 tasks: 40,
                 rate: 10.0,
+                batch: 1,
                 faults: vec![(1.0, Fault::Pause(frozen.clone())), (14.0, Fault::Unpause(frozen))],
             }
         }
-        "partition" => Plan { tasks: 60, rate: 6.0, faults: vec![(3.0, Fault::Split), (8.0, Fault::Heal)] },
+        "partition" => {
+            Plan { tasks: 60, rate: 6.0, batch: 1, faults: vec![(3.0, Fault::Split), (8.0, Fault::Heal)] }
+        }
         "requester-restart" => {
             let r = topo.requesters.first().context("no requester in the topology")?.container.clone();
-            Plan { tasks: 60, rate: 10.0, faults: vec![(2.5, Fault::Restart(r))] }
+            Plan { tasks: 60, rate: 10.0, batch: 1, faults: vec![(2.5, Fault::Restart(r))] }
         }
-        other => bail!("unknown scenario {other:?}: smoke, churn, partition, requester-restart or freeze"),
+        other => {
+            bail!("unknown scenario {other:?}: smoke, churn, partition, requester-restart, freeze or commute")
+        }
     })
 }
 
@@ -153,6 +181,7 @@ fn apply(fault: &Fault, topo: &Topology) -> Result<String> {
             docker(&["restart", "-t", "0", c])?;
             Ok(format!("restart -t 0 {c}"))
         }
+        Fault::Drive | Fault::Return(_) => bail!("a vehicle's state goes over its API, not docker"),
         Fault::Split | Fault::Heal => {
             let [net_a, net_b] = &topo.networks;
             let all = topo.boots.iter().chain(&topo.requesters).chain(&topo.workers);
@@ -178,7 +207,8 @@ fn apply(fault: &Fault, topo: &Topology) -> Result<String> {
 struct Tracked {
     requester: usize,
     task_id: String,
-    label: Option<u8>,
+    /// The expected label of each input (one for a single sample).
+    labels: Vec<u8>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -195,16 +225,71 @@ struct Report {
     failure_reasons: BTreeMap<String, usize>,
     events: Vec<String>,
     wall_s: f64,
+    /// Awards handed back with a signed release (commute: vehicles that drove off).
+    released: usize,
+    /// From a release to the task's next award, ms (a release after which the task needed
+    /// no other worker, because the workers still on it verified it, has none).
+    reaward_ms: Percentiles,
+    /// The same, p99 (the figure).
+    reaward_p99_ms: f64,
 }
 
-async fn submit(api: &ApiClient, sample: usize, k: u8) -> Result<(String, Option<u8>)> {
-    let body = SubmitBody {
-        params: SubmitRequest { redundancy: Some(k), ..SubmitRequest::default() },
-        digits_sample: Some(sample),
-        ..SubmitBody::default()
+async fn submit(api: &ApiClient, sample: usize, batch: usize, k: u8) -> Result<(String, Vec<u8>)> {
+    let params = SubmitRequest { redundancy: Some(k), ..SubmitRequest::default() };
+    let body = if batch <= 1 {
+        SubmitBody { params, digits_sample: Some(sample), ..SubmitBody::default() }
+    } else {
+        let samples = (0..batch).map(|j| (sample + j * 7) % 450).collect();
+        SubmitBody { params, digits_samples: Some(samples), ..SubmitBody::default() }
     };
     let s = api.submit(&body).await?;
-    Ok((s.task_id, s.expected_label))
+    Ok((s.task_id, if batch <= 1 { s.expected_label.into_iter().collect() } else { s.expected_labels }))
+}
+
+/// A parked vehicle on battery, as its integration reports it.
+fn parked(charging: bool) -> fleetmesh_api::VehicleState {
+    fleetmesh_api::VehicleState { parked: true, charging, soc_pct: Some(70.0), ..Default::default() }
+}
+
+/// Plays the vehicles' integrations. `Drive` watches the parked vehicles (up to 15 s) and
+/// reports the first one seen running a job as driving (the first parked one if none is);
+/// `Return` reports the n-th vehicle that drove off parked and charging. `driven` is the
+/// order they drove off in.
+async fn vehicle_fault(
+    fault: &Fault,
+    workers: &[(String, Option<ApiClient>)],
+    driven: &mut Vec<usize>,
+) -> Result<String> {
+    let api = |i: usize| -> Result<&ApiClient> {
+        workers.get(i).and_then(|w| w.1.as_ref()).context("the vehicle has no API in the topology")
+    };
+    match fault {
+        Fault::Drive => {
+            let parked_now: Vec<usize> = (0..workers.len()).filter(|i| !driven.contains(i)).collect();
+            let first = *parked_now.first().context("every vehicle is already driving")?;
+            let until = Instant::now() + Duration::from_secs(15);
+            let mut busy = None;
+            'watch: while Instant::now() < until {
+                for &i in &parked_now {
+                    if api(i)?.stats().await.is_ok_and(|s| s.jobs_running > 0) {
+                        busy = Some(i);
+                        break 'watch;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let i = busy.unwrap_or(first);
+            api(i)?.set_vehicle(&fleetmesh_api::VehicleState { parked: false, ..parked(false) }).await?;
+            driven.push(i);
+            Ok(format!("drive {}{}", workers[i].0, if busy.is_some() { " (mid-task)" } else { "" }))
+        }
+        Fault::Return(n) => {
+            let i = *driven.get(*n).context("that vehicle never drove off")?;
+            api(i)?.set_vehicle(&parked(true)).await?;
+            Ok(format!("park, charging {}", workers[i].0))
+        }
+        _ => bail!("not a vehicle fault"),
+    }
 }
 
 async fn status(api: &ApiClient, id: &str) -> Result<Option<TaskView>> {
@@ -228,6 +313,25 @@ async fn main() -> Result<()> {
     let clients: Vec<ApiClient> =
         apis.iter().map(|a| ApiClient::new(a.clone(), Duration::from_secs(5))).collect::<Result<_, _>>()?;
     let clients: Vec<ApiClient> = clients.into_iter().map(|c| c.with_token(topo.token.clone())).collect();
+    // The vehicles' own APIs, where the topology publishes them (commute).
+    let vehicles: Vec<(String, Option<ApiClient>)> = topo
+        .workers
+        .iter()
+        .map(|w| {
+            let api = w.api.as_ref().and_then(|a| ApiClient::new(a.clone(), Duration::from_secs(5)).ok());
+            (w.container.clone(), api.map(|c| c.with_token(topo.token.clone())))
+        })
+        .collect();
+    if args.scenario == "commute" {
+        // Every vehicle parks (on battery) before the rush; they report their state on the
+        // API, and take no work until they have.
+        for (name, api) in &vehicles {
+            let api = api.as_ref().with_context(|| format!("{name} has no API in the topology"))?;
+            api.set_vehicle(&parked(false)).await.with_context(|| format!("parking {name}"))?;
+        }
+        // Their next adverts carry their standing offers again.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let start = Instant::now();
     let mut report = Report { scenario: args.scenario.clone(), ..Report::default() };
 
@@ -235,13 +339,19 @@ async fn main() -> Result<()> {
     let faults = plan.faults.clone();
     let topo = std::sync::Arc::new(topo);
     let topo2 = topo.clone();
+    let vehicles2 = vehicles.clone();
     let fault_task = tokio::spawn(async move {
         let mut events = Vec::new();
+        let mut driven = Vec::new();
         for (at, fault) in faults {
             tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
             let t2 = topo2.clone();
             let f2 = fault.clone();
-            let r = tokio::task::spawn_blocking(move || apply(&f2, &t2)).await;
+            let r = if matches!(fault, Fault::Drive | Fault::Return(_)) {
+                Ok(vehicle_fault(&fault, &vehicles2, &mut driven).await)
+            } else {
+                tokio::task::spawn_blocking(move || apply(&f2, &t2)).await
+            };
             let line = match r {
                 Ok(Ok(what)) => format!("{:>6.1}s {what}", start.elapsed().as_secs_f64()),
                 Ok(Err(e)) => format!("{:>6.1}s FAILED {fault:?}: {e}", start.elapsed().as_secs_f64()),
@@ -260,9 +370,9 @@ async fn main() -> Result<()> {
         // A requester that is restarting is retried for up to a minute; nothing is dropped.
         let give_up = Instant::now() + Duration::from_secs(60);
         loop {
-            match submit(&clients[requester], (i * 37) % 450, args.redundancy).await {
-                Ok((task_id, label)) => {
-                    tracked.push(Tracked { requester, task_id, label });
+            match submit(&clients[requester], (i * 37) % 450, plan.batch, args.redundancy).await {
+                Ok((task_id, labels)) => {
+                    tracked.push(Tracked { requester, task_id, labels });
                     break;
                 }
                 Err(e) if Instant::now() < give_up => {
@@ -312,7 +422,8 @@ async fn main() -> Result<()> {
 
     report.submitted = tracked.len();
     let mut latencies = Vec::new();
-    let mut correct = 0;
+    let (mut correct, mut checked) = (0usize, 0usize);
+    let mut reawards = Vec::new();
     for t in &tracked {
         match views.get(&t.task_id) {
             Some(v) if v.phase == Phase::Verified => {
@@ -325,11 +436,32 @@ async fn main() -> Result<()> {
                 if by.len() != v.verified_by.len() {
                     report.duplicates_accepted += 1;
                 }
-                if v.label.is_some() && v.label.map(|l| l as u8) == t.label {
-                    correct += 1;
-                }
+                // Each input's label against the test set's (a batch's item by item).
+                let got: Vec<Option<u32>> = if v.items.is_empty() {
+                    vec![v.label]
+                } else {
+                    v.items.iter().map(|x| x.label).collect()
+                };
+                checked += t.labels.len();
+                correct +=
+                    got.iter().zip(&t.labels).filter(|(g, want)| **g == Some(u32::from(**want))).count();
                 latencies.push(v.timings.finished_ms.saturating_sub(v.timings.submitted_ms));
             }
+            _ => {}
+        }
+        // Releases, and how soon the requester awarded the task again.
+        if let Some(v) = views.get(&t.task_id) {
+            for (i, w) in v.workers.iter().enumerate() {
+                let Some(at) = w.released_ms else { continue };
+                report.released += 1;
+                if let Some(next) = v.workers[i + 1..].iter().map(|x| x.awarded_ms).filter(|a| *a >= at).min()
+                {
+                    reawards.push(next - at);
+                }
+            }
+        }
+        match views.get(&t.task_id) {
+            Some(v) if v.phase == Phase::Verified => {}
             Some(v) if v.phase == Phase::Failed && v.failure.is_some() => {
                 report.failed += 1;
                 *report.failure_reasons.entry(v.failure.clone().unwrap_or_default()).or_default() += 1;
@@ -337,7 +469,9 @@ async fn main() -> Result<()> {
             _ => report.lost += 1,
         }
     }
-    report.accuracy = if report.verified > 0 { correct as f64 / report.verified as f64 } else { 0.0 };
+    report.accuracy = if checked > 0 { correct as f64 / checked as f64 } else { 0.0 };
+    report.reaward_ms = Percentiles::of(&reawards);
+    report.reaward_p99_ms = report.reaward_ms.p99;
     report.latency_ms = Percentiles::of(&latencies);
     report.wall_s = start.elapsed().as_secs_f64();
 
@@ -350,6 +484,12 @@ async fn main() -> Result<()> {
     println!("  accuracy             {:>6.1} %", report.accuracy * 100.0);
     println!("  latency p50 / p99    {:>6.0} / {:.0} ms", report.latency_ms.p50, report.latency_ms.p99);
     println!("  submit retries       {:>6}", report.submit_retries);
+    if report.released > 0 || args.scenario == "commute" {
+        println!(
+            "  released             {:>6}  (re-awarded p50 / p99 {:.0} / {:.0} ms after the release)",
+            report.released, report.reaward_ms.p50, report.reaward_ms.p99
+        );
+    }
     for (reason, n) in &report.failure_reasons {
         println!("  failure x{n}: {reason}");
     }
@@ -359,6 +499,9 @@ async fn main() -> Result<()> {
     println!("{}", serde_json::to_string(&report)?);
     if report.lost > 0 || report.duplicates_accepted > 0 {
         bail!("{} tasks lost, {} accepted twice", report.lost, report.duplicates_accepted);
+    }
+    if args.scenario == "commute" && report.released == 0 {
+        bail!("no vehicle drove off holding a task: the scenario did not test a release");
     }
     if report.events.iter().any(|e| e.contains("FAILED")) {
         bail!("a fault could not be injected; the scenario did not test what it claims");
