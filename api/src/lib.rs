@@ -73,6 +73,9 @@ pub struct WorkerView {
     /// When it was awarded, Unix ms (the requester's clock).
     #[serde(default)]
     pub awarded_ms: u64,
+    /// When it acknowledged the award (took the task), Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_ms: Option<u64>,
     /// When it handed the task back with a signed release (its vehicle drove off), Unix ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_ms: Option<u64>,

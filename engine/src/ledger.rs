@@ -101,6 +101,16 @@ impl Ledger {
         StoreOp { table: Table::Ledger, key: key_of(day), value: Some(value) }
     }
 
+    /// The write that makes `day`'s totals as held now durable (again, after a failed one).
+    pub fn op_for(&self, day: u32) -> Option<StoreOp> {
+        let totals = self.days.get(&day)?;
+        Some(StoreOp {
+            table: Table::Ledger,
+            key: key_of(day),
+            value: Some(fleetmesh_protocol::encode(totals)),
+        })
+    }
+
     /// Takes back the days persisted before a restart (records whose key is no day are
     /// skipped).
     pub fn restore(&mut self, entries: impl IntoIterator<Item = (TaskId, DayTotals)>) {

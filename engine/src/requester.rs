@@ -123,6 +123,9 @@ pub struct Assignment {
     /// When it handed the task back with a signed release, Unix ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_ms: Option<u64>,
+    /// When it acknowledged the award (took the task), Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_ms: Option<u64>,
 }
 
 impl Assignment {
@@ -331,6 +334,7 @@ impl ReqTask {
                     worker: a.worker.to_string(),
                     peer_id: a.worker.peer_id(),
                     awarded_ms: a.awarded_ms,
+                    acked_ms: a.acked_ms,
                     released_ms: a.released_ms,
                     status: match &a.status {
                         AssignStatus::Awarded => "awarded".into(),
@@ -1381,6 +1385,7 @@ impl Requester {
                 energy_mj: None,
                 awarded_ms: ctx.now,
                 released_ms: None,
+                acked_ms: None,
             });
         }
         let spec = t.spec_env.clone();
@@ -1490,9 +1495,11 @@ impl Requester {
     ) {
         let reason = match resp {
             Ok(TaskResponse::Ack) => {
+                let now = ctx.now;
                 if let Some(a) = self.assignment_mut(&id, &worker) {
                     if a.status == AssignStatus::Awarded {
                         a.status = AssignStatus::Acked;
+                        a.acked_ms = Some(now);
                     }
                 }
                 return;

@@ -2566,8 +2566,38 @@ fn vehicles_the_power_budget_caps_slots_and_a_stop_keeps_the_running_job() {
 /// adds nothing.
 #[test]
 fn ledger_a_receipt_counts_once_with_the_energy_in_the_signed_result() {
-    let (mut r, mut w) = (engine(1), engine_with(2, |c| c.owner.device_power_w = 100.0));
+    let (mut r, mut w) = (
+        engine(1),
+        engine_with(2, |c| {
+            c.owner.device_power_w = 100.0;
+            c.price_floor = 7;
+        }),
+    );
     let id = awarded(&mut r, &mut w, T0, &[4; 8]);
+    // Review: a receipt before any result (the job still queued) is refused and earns nothing,
+    // and a receipt naming more than the worker asked credits what it asked.
+    let early = |price: u64| {
+        fleetmesh_protocol::Receipt {
+            v: WIRE_VERSION,
+            task_id: id,
+            worker: identity(2).public(),
+            output_digest: fleetmesh_crypto::OutputDigest::of(b"x"),
+            price,
+            accepted_ms: T0,
+            energy_mj: None,
+        }
+        .sign(&identity(1))
+    };
+    let a = w.handle(
+        T0 + 1,
+        Input::Request {
+            reply: 4,
+            from: r.public(),
+            request: TaskRequest::Receipt { receipt: early(u64::MAX) },
+        },
+    );
+    assert!(matches!(reply(&a), TaskResponse::Refused(Refusal::Invalid(_))), "{a:?}");
+    assert_eq!(w.worker.ledger.total(), ledger::DayTotals::default());
     let exec = ExecOutput { output: vec![7; 4], run_time_us: 2_000, runtime: Default::default() };
     let a = w.handle(T0 + 2_000, Input::Executed { task: id, result: Ok(exec) });
     let (peer, result, tag) = sends(&a)
@@ -2582,7 +2612,7 @@ fn ledger_a_receipt_counts_once_with_the_energy_in_the_signed_result() {
         task_id: id,
         worker: w.public(),
         output_digest: h.output_digest,
-        price: 7,
+        price: 1_000,
         accepted_ms: T0 + 2_001,
         energy_mj: h.energy_mj,
     }

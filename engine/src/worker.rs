@@ -290,6 +290,8 @@ pub struct Worker {
     quarantined: BTreeSet<ModelId>,
     /// The owner's ledger: what receipted jobs earned and cost, by day.
     pub ledger: crate::ledger::Ledger,
+    /// Days of the ledger whose last write failed (written again on the next retry).
+    ledger_unsaved: BTreeSet<u32>,
     /// Quarantined models whose self-test failed: when to test again, and the backoff.
     retest: BTreeMap<ModelId, (u64, u64)>,
     /// The last presence advert this node published: its standing offer, when it carries
@@ -323,6 +325,7 @@ impl Worker {
             failures: BTreeMap::new(),
             quarantined: BTreeSet::new(),
             ledger: Default::default(),
+            ledger_unsaved: BTreeSet::new(),
             retest: BTreeMap::new(),
             offer: None,
             bids_sent: 0,
@@ -1087,12 +1090,13 @@ impl Worker {
         let mut ledger_op = None;
         match resp {
             Ok(TaskResponse::Receipt(r)) => {
-                let opened = Receipt::open(&r).ok().filter(|x| x.task_id == task);
+                let me = ctx.identity.public();
+                let opened = Receipt::open(&r).ok().filter(|x| x.task_id == task && x.worker == me);
                 if let Some(x) = opened.filter(|_| r.signer == requester) {
                     // Counted once: a receipt re-sent for a receipted job adds nothing.
                     if !matches!(job.state, JobState::Receipted(_)) {
-                        let earned =
-                            ledger::DayTotals { tasks: 1, credits: x.price, energy_mj: job.energy_mj };
+                        let credits = x.price.min(job.spec.price_for(ctx.config.price_floor));
+                        let earned = ledger::DayTotals { tasks: 1, credits, energy_mj: job.energy_mj };
                         ledger_op = Some(self.ledger.record(now, earned));
                     }
                     job.state = JobState::Receipted(r);
@@ -1148,13 +1152,20 @@ impl Worker {
                 "receipt from someone else or for someone else".into(),
             ));
         }
-        // Counted once: a receipt sent again adds nothing. (A requester signs a receipt only
-        // for a result this worker signed, so any first receipt is earned work.)
+        // Only for a result this worker produced (a requester's word is not income: a
+        // receipt for a job still queued, handed back or refused is refused), and counted
+        // once: a receipt sent again adds nothing.
+        if job.done_ms == 0 || matches!(job.state, JobState::Rejected(_)) {
+            return TaskResponse::Refused(Refusal::Invalid("no result of this worker to receipt".into()));
+        }
         if !matches!(job.state, JobState::Receipted(_)) {
             job.state = JobState::Receipted(env);
             self.jobs_receipted = self.jobs_receipted.saturating_add(1);
             ctx.trace(record(event::RECEIPT_RECEIVED, &r.task_id));
-            let earned = ledger::DayTotals { tasks: 1, credits: r.price, energy_mj: job.energy_mj };
+            // At most the price this worker asked (its price floor per input: what it bid or
+            // offered); a receipt naming more does not inflate the owner's ledger.
+            let credits = r.price.min(job.spec.price_for(ctx.config.price_floor));
+            let earned = ledger::DayTotals { tasks: 1, credits, energy_mj: job.energy_mj };
             let day = self.ledger.record(ctx.now, earned);
             ctx.push(Action::Persist(vec![job.op(&r.task_id), day]));
         }
@@ -1242,6 +1253,15 @@ impl Worker {
             if *table == Table::Jobs && *written && self.jobs.contains_key(id) {
                 self.unsaved.mark(*id);
             }
+            // A day of the ledger whose write failed (with the receipted job it counts):
+            // written again with the job, so the receipt is not lost from it.
+            if *table == Table::Ledger && *written {
+                if let Some(day) = ledger::day_of_key(id) {
+                    if self.ledger_unsaved.len() < 64 {
+                        self.ledger_unsaved.insert(day);
+                    }
+                }
+            }
         }
     }
 
@@ -1250,6 +1270,12 @@ impl Worker {
         for id in self.unsaved.due(ctx.now, crate::requester::UNSAVED_GRACE_MS) {
             if let Some(j) = self.jobs.get(&id) {
                 ctx.push(Action::Persist(vec![j.op(&id)]));
+            }
+        }
+        // (Written until it sticks: a failure reports the day again.)
+        for day in std::mem::take(&mut self.ledger_unsaved) {
+            if let Some(op) = self.ledger.op_for(day) {
+                ctx.push(Action::Persist(vec![op]));
             }
         }
     }

@@ -258,7 +258,10 @@ pub struct SimReport {
     /// Share of accepted tasks that a worker handed back at least once (each was awarded
     /// again).
     pub released_task_share: f64,
-    /// From a release reaching the requester to the task's next award, p50, virtual ms.
+    /// Releases after which the task needed another worker, and got one.
+    pub reawards: usize,
+    /// From such a release reaching the requester to another worker accepting the task's
+    /// award, p50, virtual ms.
     pub reaward_p50_ms: f64,
     /// The same, p99.
     pub reaward_p99_ms: f64,
@@ -910,6 +913,10 @@ impl Sim {
                         }
                         if r.event == event::AWARDED {
                             replaced_now.insert(task);
+                        }
+                        // A worker took the task again: the release is replaced (an award
+                        // refused in between, by a vehicle gone since its advert, counts on).
+                        if r.event == event::AWARD_ACCEPTED {
                             if let Some(t) = self.release_at.remove(&task) {
                                 self.reawards_ms.push(self.now - t);
                             }
@@ -951,10 +958,15 @@ impl Sim {
                 }
             }
         }
-        // A release the requester answered with no new worker (another still on the task
-        // can verify it) is not waiting for a re-award.
+        // A release the requester answered with no new worker, and no round taking bids for
+        // one, is not waiting for a re-award (the workers still on the task can verify it).
         for task in released_now {
-            if !replaced_now.contains(&task) {
+            let bidding = self.vehicles[i]
+                .engine
+                .as_ref()
+                .and_then(|e| e.requester.get(&task))
+                .is_some_and(|t| t.phase == Phase::Bidding);
+            if !replaced_now.contains(&task) && !bidding {
                 self.release_at.remove(&task);
             }
         }
@@ -1620,6 +1632,7 @@ impl Sim {
         r.day = self.config.day;
         r.released = self.released;
         r.released_task_share = self.released_tasks.len() as f64 / accepted.len().max(1) as f64;
+        r.reawards = self.reawards_ms.len();
         if !self.reawards_ms.is_empty() {
             self.reawards_ms.sort_unstable();
             let at = |p: usize| {
@@ -1663,9 +1676,10 @@ impl SimReport {
         }
         if self.day {
             s.push_str(&format!(
-                "  a day of the fleet: jobs handed back {}  tasks released {:.1} %  re-award p50 {:.0} ms p99 {:.0} ms  energy per verified task {:.0} mJ\n",
+                "  a day of the fleet: jobs handed back {}  tasks released {:.1} %  re-awarded {} (p50 {:.0} ms, p99 {:.0} ms to another worker's acceptance)  energy per verified task {:.0} mJ\n",
                 self.released,
                 self.released_task_share * 100.0,
+                self.reawards,
                 self.reaward_p50_ms,
                 self.reaward_p99_ms,
                 self.energy_mj_per_verified_task
