@@ -144,31 +144,28 @@ impl Metrics {
         for (name, help, c) in entries {
             registry.register(name, help, c.clone());
         }
-        registry.register(
-            "ledger_tasks",
-            "Tasks this node served and got a receipt for (the owner's ledger, all days)",
-            m.ledger_tasks.clone(),
-        );
-        registry.register(
-            "ledger_credits",
-            "Credits this node earned (the owner's ledger, all days)",
-            m.ledger_credits.clone(),
-        );
-        registry.register(
-            "ledger_energy_millijoules",
-            "Energy serving drew, millijoules (run time times device_power_w; the owner's ledger, all days)",
-            m.ledger_energy_mj.clone(),
-        );
-        registry.register(
-            "vehicle_serving",
-            "1 while this node takes new work (its vehicle state and owner policy allow it)",
-            m.vehicle_serving.clone(),
-        );
-        registry.register(
-            "vehicle_slots",
-            "Running slots the owner's power budget allows now",
-            m.vehicle_slots.clone(),
-        );
+        let gauges: [(&str, &str, &Gauge); 5] = [
+            (
+                "ledger_tasks",
+                "Tasks this node served and got a receipt for (the owner's ledger, all days)",
+                &m.ledger_tasks,
+            ),
+            ("ledger_credits", "Credits this node earned (the owner's ledger, all days)", &m.ledger_credits),
+            (
+                "ledger_energy_millijoules",
+                "Energy serving drew, millijoules (run time times device_power_w; the owner's ledger, all days)",
+                &m.ledger_energy_mj,
+            ),
+            (
+                "vehicle_serving",
+                "1 while this node takes new work (its vehicle state and owner policy allow it)",
+                &m.vehicle_serving,
+            ),
+            ("vehicle_slots", "Running slots the owner's power budget allows now", &m.vehicle_slots),
+        ];
+        for (name, help, g) in gauges {
+            registry.register(name, help, g.clone());
+        }
         registry.register(
             "vehicle_refusing",
             "1 for each reason this node takes no new work now (driving, battery_low, too_hot, outside_hours, power_budget, departure_due, state_unknown)",
