@@ -139,7 +139,7 @@ impl Behaviour {
                     .map(|p| (StreamProtocol::new(p), ProtocolSupport::Inbound)),
             );
         let tasks = request_response::Behaviour::with_codec(
-            TaskCodec,
+            TaskCodec::default(),
             protocols,
             request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(30))

@@ -20,6 +20,7 @@ pub(crate) struct Metrics {
     pub(crate) reawards: Counter,
     pub(crate) jobs_executed: Counter,
     pub(crate) malformed_requests: Counter,
+    pub(crate) large_requests_refused: Counter,
     pub(crate) records_refused: Counter,
     pub(crate) gossip_rejected: Counter,
     pub(crate) peers_graylisted: Counter,
@@ -72,7 +73,7 @@ impl Metrics {
 
     pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
-        let entries: [(&str, &str, &Counter); 27] = [
+        let entries: [(&str, &str, &Counter); 28] = [
             ("tasks_submitted", "Tasks submitted to this node", &m.tasks_submitted),
             ("tasks_verified", "Tasks this node requested that were verified", &m.tasks_verified),
             ("tasks_failed", "Tasks this node requested that failed", &m.tasks_failed),
@@ -85,6 +86,11 @@ impl Metrics {
             ("reawards", "Workers replaced after failing, vanishing or being rejected", &m.reawards),
             ("jobs_executed", "Inferences this node ran for others", &m.jobs_executed),
             ("malformed_requests", "Task-protocol requests that did not decode", &m.malformed_requests),
+            (
+                "large_requests_refused",
+                "Awards and results refused unread: the budget for large requests in flight was spent",
+                &m.large_requests_refused,
+            ),
             ("records_refused", "DHT records refused by validation", &m.records_refused),
             ("gossip_rejected", "Gossip messages rejected by validation", &m.gossip_rejected),
             (

@@ -1674,6 +1674,15 @@ impl EventLoop {
                             let _ = self.swarm.behaviour_mut().tasks.send_response(channel, refuse(reason));
                             return;
                         }
+                        // Too many large requests in flight: as a worker with no free slot
+                        // answers (an award goes elsewhere, a result is sent again later).
+                        (Frame::Busy, _) => {
+                            self.meters.node.large_requests_refused.inc();
+                            tracing::debug!(%peer, "large request refused: the budget for them is spent");
+                            let r = TaskResponse::Refused(Refusal::NoCapacity);
+                            let _ = self.swarm.behaviour_mut().tasks.send_response(channel, r);
+                            return;
+                        }
                         // The codec never yields `Raw` inbound.
                         (Frame::Raw(_), _) => {
                             let r = refuse("unexpected raw frame".into());

@@ -111,7 +111,7 @@ fn old_peer(identify_version: Option<&str>, task_protocol: &'static str) -> libp
                 })
                 .into(),
             tasks: libp2p::request_response::Behaviour::with_codec(
-                crate::codec::TaskCodec,
+                crate::codec::TaskCodec::default(),
                 [(libp2p::StreamProtocol::new(task_protocol), ProtocolSupport::Full)],
                 Config::default(),
             ),
