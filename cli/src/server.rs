@@ -98,6 +98,12 @@ pub struct ServeOptions {
     /// How long a connection may take to send a request's headers; an idle keep-alive
     /// connection is closed after as long.
     pub header_timeout: Duration,
+    /// How long a request may take to send its body, from when its handling starts; a slower
+    /// one is answered 408 and its connection closed.
+    pub body_timeout: Duration,
+    /// How long a write of an answer may wait on a client that does not read; then the
+    /// connection is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -107,6 +113,8 @@ impl Default for ServeOptions {
             max_concurrent: 64,
             max_connections: 128,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -119,7 +127,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 struct Guard {
     token: Option<std::sync::Arc<str>>,
     slots: std::sync::Arc<tokio::sync::Semaphore>,
+    body_timeout: Duration,
 }
+
+/// The largest request body the API reads (a submit's input in base64, with room).
+const MAX_BODY_BYTES: usize = 2 * fleetmesh_protocol::limits::MAX_INPUT_BYTES;
 
 /// Binds `addr` and serves the API in the background. A bind beyond loopback without a
 /// token is refused: anyone who can reach the port could submit work or read results.
@@ -136,6 +148,7 @@ pub async fn serve(addr: SocketAddr, client: Client, opts: ServeOptions) -> Resu
     let guard = Guard {
         token: opts.token.map(std::sync::Arc::from),
         slots: std::sync::Arc::new(tokio::sync::Semaphore::new(opts.max_concurrent.max(1))),
+        body_timeout: opts.body_timeout,
     };
     let app = Router::new()
         .route("/v1/tasks", post(submit).get(list))
@@ -151,22 +164,34 @@ pub async fn serve(addr: SocketAddr, client: Client, opts: ServeOptions) -> Resu
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(guard, guard_layer))
-        .layer(DefaultBodyLimit::max(2 * fleetmesh_protocol::limits::MAX_INPUT_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(client);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let limits = (opts.max_connections.max(1), opts.header_timeout);
+    let limits = Limits {
+        max_connections: opts.max_connections.max(1),
+        header_timeout: opts.header_timeout,
+        write_timeout: opts.write_timeout,
+    };
     let task = tokio::spawn(accept_loop(listener, app, limits, stopped));
     Ok(Server { addr: bound, stop, task })
 }
 
+/// What [`accept_loop`] bounds.
+struct Limits {
+    max_connections: usize,
+    header_timeout: Duration,
+    write_timeout: Duration,
+}
+
 /// Serves connections until `stopped`: at most `max_connections` at once (a permit is taken
 /// before accepting, so the rest wait in the kernel's queue), each over HTTP/1 with a
-/// deadline for request headers. axum's own `serve` has neither: hyper's header timeout
-/// needs a timer it does not set, and it accepts without bound.
+/// deadline for request headers and for each write. axum's own `serve` has none of these:
+/// hyper's header timeout needs a timer it does not set, it accepts without bound, and
+/// neither has a write timeout.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: Router,
-    (max_connections, header_timeout): (usize, Duration),
+    Limits { max_connections, header_timeout, write_timeout }: Limits,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
@@ -203,7 +228,8 @@ async fn accept_loop(
         }
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        let io = hyper_util::rt::TokioIo::new(WriteDeadline::new(stream, write_timeout));
+        let conn = graceful.watch(http.serve_connection(io, service));
         let per_ip = per_ip.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -315,7 +341,130 @@ async fn guard_layer(
         return ApiError(StatusCode::SERVICE_UNAVAILABLE, "too many requests at once; try again".into())
             .into_response();
     };
-    next.run(request).await
+    // The body is read here, under a deadline, so a client that sends it slowly cannot hold
+    // a place for longer; the handler then reads it from memory.
+    let (parts, body) = request.into_parts();
+    let body = match tokio::time::timeout(g.body_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            // Over the limit, or the client went away mid-body.
+            let too_large =
+                std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let mut r = if too_large {
+                ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("the body exceeds {MAX_BODY_BYTES} bytes"))
+            } else {
+                ApiError(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))
+            }
+            .into_response();
+            r.headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            return r;
+        }
+        Err(_) => {
+            let secs = g.body_timeout.as_secs_f64();
+            let mut r =
+                ApiError(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {secs} s"))
+                    .into_response();
+            r.headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            return r;
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(body))).await
+}
+
+/// A connection whose writes may wait at most `limit` on a client that does not read: past
+/// it the write fails (hyper then closes the connection). Reads pass through untouched (the
+/// header and body deadlines bound them).
+struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    /// Set when a write first found the client not reading; cleared by any write that goes on.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self { inner, limit, stalled: None }
+    }
+
+    /// What a write that is pending returns: still pending, or an error once past the limit.
+    fn pending<T>(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future;
+        let limit = self.limit;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading the answer",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn done<T>(
+        &mut self,
+        r: std::task::Poll<std::io::Result<T>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        match r {
+            std::task::Poll::Pending => self.pending(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.done(r, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.done(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.done(r, cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.done(r, cx)
+    }
 }
 
 /// Compares without stopping at the first difference, so timing does not leak the token.
@@ -578,5 +727,32 @@ mod tests {
         }
         p.close(b);
         assert!(!p.open.contains_key(&b), "an address with nothing open is forgotten");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_to_a_client_that_does_not_read_fails_after_the_limit_and_reading_resets_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (server, mut client) = tokio::io::duplex(1024);
+        let mut conn = WriteDeadline::new(server, Duration::from_secs(30));
+        // Fills the pipe; the client reads a little now and then, so the writes go on.
+        let started = tokio::time::Instant::now();
+        let mut sink = [0u8; 512];
+        conn.write_all(&[1; 1024]).await.unwrap();
+        for _ in 0..4 {
+            let write = conn.write_all(&[2; 512]);
+            let read = async {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                client.read_exact(&mut sink).await.unwrap();
+            };
+            let (w, ()) = tokio::join!(write, read);
+            w.unwrap();
+        }
+        assert!(started.elapsed() >= Duration::from_secs(80), "slow reading is not stalling");
+        // Now the client stops reading: the next write fails after the limit, not before.
+        let before = tokio::time::Instant::now();
+        let err = conn.write_all(&[3; 512]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        let waited = before.elapsed();
+        assert!(waited >= Duration::from_secs(30) && waited < Duration::from_secs(31), "{waited:?}");
     }
 }

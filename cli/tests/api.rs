@@ -303,3 +303,39 @@ async fn connections_that_send_nothing_are_capped_and_closed() {
     server.shutdown().await;
     stop_all(nodes).await;
 }
+
+/// A request whose body never finishes (the second review's finding 13, its open half): it is
+/// answered 408 once the body time is out and its connection closed, and its place is free
+/// for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_finishes_is_answered_408_and_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = mesh(dir.path(), 1, |_, _| {}).await;
+    let opts = fleetmesh_cli::server::ServeOptions {
+        max_concurrent: 1,
+        body_timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let server = fleetmesh_cli::server::serve("127.0.0.1:0".parse().unwrap(), nodes[0].client.clone(), opts)
+        .await
+        .unwrap();
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = "POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\n\r\n{\"digits_sample\"";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    // While it holds the only place, another request is turned away...
+    let url = format!("http://{}/v1/peers", server.addr);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(reqwest::get(&url).await.unwrap().status().as_u16(), 503);
+    // ...until its body time is out: 408, and the connection closed.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    assert_eq!(reqwest::get(&url).await.unwrap().status().as_u16(), 200, "the place is free again");
+    server.shutdown().await;
+    stop_all(nodes).await;
+}
