@@ -1,31 +1,58 @@
 #!/usr/bin/env bash
 # 'testnet/run clean' removes what a killed run left behind (containers and networks labelled
-# fleetmesh.testnet) and keeps the testnet that 'testnet/run up' left running. Uses an empty
-# image made here (docker import of an empty tar): nothing is pulled, nothing is started.
+# fleetmesh.testnet whose testnet/run is gone) and keeps: the testnet 'testnet/run up' left
+# running here, one whose testnet/run still runs, and one meant to stay up (until --all).
+# Uses an empty image made here (docker import of an empty tar): nothing is pulled or started.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [[ -e testnet/runs/current ]] && { echo "a testnet is up; not touching it" >&2; exit 1; }
 mkdir -p testnet/runs
-gone=fmclean$$ kept=fmkeep$$
+source <(sed -n '/^process_id()/,/^}/p' testnet/run)
+gone=fmgone$$ up=fmup$$ live=fmlive$$ stays=fmstays$$
+all=("$gone" "$up" "$live" "$stays")
+sleep 300 & alive=$!
 cleanup() {
-  timeout 30 docker rm -f "$gone-n1" "$kept-n1" >/dev/null 2>&1 || true
-  timeout 30 docker network rm "${gone}_a" "${kept}_a" >/dev/null 2>&1 || true
+  kill "$alive" 2>/dev/null || true
+  for p in "${all[@]}"; do
+    timeout 30 docker rm -f "$p-n1" >/dev/null 2>&1 || true
+    timeout 30 docker network rm "${p}_a" >/dev/null 2>&1 || true
+  done
   timeout 30 docker rmi fleetmesh-empty:test >/dev/null 2>&1 || true
   rm -f testnet/runs/current
 }
 trap cleanup EXIT
 tar cf - --files-from /dev/null | timeout 60 docker import - fleetmesh-empty:test >/dev/null
-for p in "$gone" "$kept"; do
-  timeout 30 docker network create --label "fleetmesh.testnet=$p" "${p}_a" >/dev/null
-  timeout 30 docker create --label "fleetmesh.testnet=$p" --network "${p}_a" --name "$p-n1" fleetmesh-empty:test /none >/dev/null
-done
-printf 'project=%s\ncompose_file=/nonexistent\nrun_dir=/nonexistent\nnames="n1"\n' "$kept" > testnet/runs/current
-out=$(timeout 120 testnet/run clean 2>&1) || { echo "clean: testnet/run clean failed:"; echo "$out"; echo "0 passed, 1 failed"; exit 1; }
+# A pid that has ended: a subshell's.
+dead=$(bash -c 'echo $$')
+make() { # make <project> <owner> <keep>
+  local labels=(--label "fleetmesh.testnet=$1" --label "fleetmesh.testnet.host=$HOSTNAME"
+    --label "fleetmesh.testnet.pid=$2" --label "fleetmesh.testnet.keep=$3")
+  timeout 30 docker network create "${labels[@]}" "${1}_a" >/dev/null
+  timeout 30 docker create "${labels[@]}" --network "${1}_a" --name "$1-n1" fleetmesh-empty:test /none >/dev/null
+}
+make "$gone" "$dead/1" 0
+make "$up" "$dead/1" 1
+make "$live" "$(process_id "$alive")" 0
+make "$stays" "$dead/1" 1
+printf 'project=%s\ncompose_file=/nonexistent\nrun_dir=/nonexistent\nnames="n1"\n' "$up" > testnet/runs/current
+there() { timeout 30 docker inspect "$1-n1" >/dev/null 2>&1 && [[ -n $(timeout 30 docker network ls -q --filter "name=^${1}_") ]]; }
+gone() { ! timeout 30 docker inspect "$1-n1" >/dev/null 2>&1 && [[ -z $(timeout 30 docker network ls -q --filter "name=^${1}_") ]]; }
 fail() { echo "clean: $1"; echo "$out"; echo "0 passed, 1 failed"; exit 1; }
-timeout 30 docker inspect "$gone-n1" >/dev/null 2>&1 && fail "the leftover container $gone-n1 is still there"
-[[ -z $(timeout 30 docker network ls -q --filter "name=^${gone}_") ]] || fail "the leftover network ${gone}_a is still there"
-timeout 30 docker inspect "$kept-n1" >/dev/null 2>&1 || fail "the running testnet's container $kept-n1 was removed"
-[[ -n $(timeout 30 docker network ls -q --filter "name=^${kept}_") ]] || fail "the running testnet's network was removed"
+out=$(timeout 120 testnet/run clean 2>&1) || fail "testnet/run clean failed"
+gone "$gone" || fail "the leftover testnet $gone is still there"
+there "$up" || fail "the testnet 'up' left running was removed"
+there "$live" || fail "a testnet whose testnet/run still runs was removed"
+there "$stays" || fail "a testnet meant to stay up was removed without --all"
 grep -q "removing leftover testnet $gone: 1 containers" <<< "$out" || fail "it did not say what it removed"
-echo "clean: removed the leftover testnet, kept the one that is up"
+# --all removes every testnet on this daemon: only tried when the others are this test's.
+others=$(timeout 30 docker ps -a --filter label=fleetmesh.testnet --format '{{.Label "fleetmesh.testnet"}}' \
+  | grep -vx -e "$up" -e "$live" -e "$stays" || true)
+if [[ -z $others ]]; then
+  out=$(timeout 120 testnet/run clean --all 2>&1) || fail "testnet/run clean --all failed"
+  gone "$live" && gone "$stays" || fail "--all left a testnet behind"
+  there "$up" || fail "--all removed the testnet 'up' left running in this checkout"
+  echo "clean: removed the leftover, kept the running and the staying ones (until --all) and the one up here"
+else
+  echo "clean: removed the leftover, kept the running and the staying ones and the one up here (--all not tried: other testnets run)"
+fi
 echo "1 passed, 0 failed"
