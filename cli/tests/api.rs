@@ -336,6 +336,14 @@ async fn a_body_that_never_finishes_is_answered_408_and_closed() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive within 1 s"), "{answer}");
     assert_eq!(reqwest::get(&url).await.unwrap().status().as_u16(), 200, "the place is free again");
+    // `/healthz`, which answers anyone, reads no body: a stranger's endless one holds no place.
+    let mut probe = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2000000\r\n\r\nx";
+    probe.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(WAIT, probe.read_exact(&mut answer)).await.unwrap().unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200", "healthz answers at once");
+    assert_eq!(reqwest::get(&url).await.unwrap().status().as_u16(), 200, "healthz holds no place");
     server.shutdown().await;
     stop_all(nodes).await;
 }
