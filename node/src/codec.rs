@@ -7,9 +7,10 @@
 //! Awards and results may be a megabyte each, and libp2p reads up to 32 streams per connection
 //! at once: slow large requests on many connections would add up to gigabytes. So every large
 //! request is read under one budget shared by all connections ([`LARGE_REQUEST_BUDGET_BYTES`]).
-//! It counts the buffer the request is read into, which grows (doubling, up to the kind's
-//! limit) only when bytes have arrived that do not fit, so a stream that stalls holds what it
-//! sent and no more; the budget is given back once the request is decoded. When it is spent,
+//! It counts the buffer the request is read into, which grows (by 4 KiB, then by a quarter,
+//! up to the kind's limit) only once it is full, so a stream that stalls holds at most a
+//! quarter (or 4 KiB) more than it sent; the budget is given back once the request is decoded
+//! (the decoded request then waits for the event loop uncounted, as every other one does). When it is spent,
 //! what was read is dropped, the rest of the request read and thrown away (so the sender sees
 //! the answer, not a stalled write), and the request answered "no capacity": a worker that
 //! bid and cannot take its award is replaced as any worker refusing it, and a result is sent
@@ -26,8 +27,9 @@ use std::sync::Arc;
 /// Bytes of buffer that large requests (awards and results) being read may hold, across all
 /// connections: 64 requests of the largest size at once.
 pub(crate) const LARGE_REQUEST_BUDGET_BYTES: usize = 64 * limits::MAX_REQUEST_BYTES;
-/// A large request's first buffer; each further one is twice the last, up to its limit. Small,
-/// so a stream that stalls after its first bytes holds next to nothing.
+/// A large request's buffer grows by this much at first, then by a quarter of what it holds,
+/// up to its limit: a stream that stalls after its first bytes holds next to nothing, and one
+/// that stalls later at most a quarter more than it sent.
 const FIRST_BUFFER_BYTES: usize = 4 * 1024;
 
 /// A request as it crosses the codec.
@@ -130,8 +132,8 @@ async fn read_bounded<T: AsyncRead + Unpin + Send>(
     Ok((buf, over))
 }
 
-/// Reads up to `limit + 1` bytes after `head` into a buffer that grows (doubling) only when
-/// it is full, each growth taken from the budget first. `None` when the budget ran out (what
+/// Reads up to `limit + 1` bytes after `head` into a buffer that grows (by a quarter) only
+/// when it is full, each growth taken from the budget first. `None` when the budget ran out (what
 /// was read is then dropped and the rest drained).
 async fn read_budgeted<'b, T: AsyncRead + Unpin + Send>(
     io: &mut T,
@@ -145,7 +147,8 @@ async fn read_budgeted<'b, T: AsyncRead + Unpin + Send>(
     let mut buf = head;
     while filled < end {
         if filled >= buf.len() {
-            let size = buf.len().saturating_mul(2).max(FIRST_BUFFER_BYTES).min(end);
+            let step = buf.len().checked_div(4).unwrap_or(0).max(FIRST_BUFFER_BYTES);
+            let size = buf.len().saturating_add(step).min(end);
             let grow = size.saturating_sub(buf.len());
             if !budget.take(grow) {
                 drop((buf, held));
@@ -348,8 +351,9 @@ mod tests {
             let held = budget.used();
             // The first 33 bytes (which name the request's kind) are read before the budget is
             // consulted: a stream that stalls inside them holds those few bytes uncharged.
-            let charged = sent <= 33 || held >= sent;
-            assert!(charged && held <= (2 * sent).max(FIRST_BUFFER_BYTES), "{sent} bytes sent, {held} held");
+            let charged = sent <= 33 || held >= sent - 33;
+            let bound = sent + (sent / 4).max(FIRST_BUFFER_BYTES);
+            assert!(charged && held <= bound, "{sent} bytes sent, {held} held");
             // The request timeout (or the connection closing) drops the read.
             drop(read);
             assert_eq!(budget.used(), 0, "{sent} bytes sent");
